@@ -1,0 +1,626 @@
+"""A locker bank's behaviour: ``decide(state, command) -> events`` and ``evolve(state, event)``.
+
+Both are pure: no clock, no randomness, no I/O. ``decide`` either returns the events that the
+command causes (possibly none: a duplicate changes nothing) or raises
+:class:`~lockerd.domain.commands.CommandRejected`. ``evolve`` never fails for an event that
+``decide`` produced.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime, timedelta
+from functools import reduce
+from typing import Any
+
+from pyrsistent import PMap, pmap
+
+from lockerd.domain import commands as c
+from lockerd.domain import events as e
+from lockerd.domain.config_hash import config_compartments, config_hash
+from lockerd.domain.state import DEDUP_WINDOW, MAX_REMEMBERED, BankState, Compartment, Transaction
+
+# A device that lost its provisioning reply may redeem the same token with the same client id
+# again within this window, until its issued credentials have been seen in use.
+PROVISIONING_REPLY_GRACE = timedelta(minutes=15)
+
+
+def decide(state: BankState, command: c.BankCommand) -> list[e.Event]:
+    match command:
+        case c.CreateBank():
+            return _create(state, command)
+    if not state.exists:
+        raise c.CommandRejected("not_found", "unknown locker bank")
+    match command:
+        case c.IssueProvisioningToken():
+            return [
+                e.ProvisioningTokenIssued(
+                    token_hash=command.token_hash,
+                    expires_at=command.expires_at,
+                    issued_at=command.now,
+                )
+            ]
+        case c.Provision():
+            return _provision(state, command)
+        case c.RecordProvisioningReplyFailed():
+            return [
+                e.ProvisioningReplyFailed(
+                    client_id=command.client_id,
+                    mqtt_user=command.mqtt_user,
+                    reason=command.reason,
+                    at=command.now,
+                )
+            ]
+        case c.NoteCredentialsUsed():
+            return []
+        case c.GrantAccess():
+            return _grant(state, command)
+        case c.RevokeAccess():
+            return _revoke(state, command)
+        case c.RequestOpen():
+            return _request_open(state, command)
+        case c.RequestApplyConfig():
+            return [_apply_config_request(state, command.transaction_id, command.now,
+                                          command.command_timeout_seconds, command.requested_by)]
+        case c.MarkDispatched():
+            tx = state.transactions.get(command.transaction_id)
+            if tx is None or tx.dispatched:
+                return []
+            return [e.CommandDispatched(transaction_id=tx.transaction_id,
+                                        dispatched_at=command.now)]
+        case c.RecordAnswer():
+            return _answer(state, command)
+        case c.RecordHeartbeat():
+            return _heartbeat(state, command)
+        case c.RecordLastWill():
+            return _last_will(state, command)
+        case c.Tick():
+            return _tick(state, command.now)
+        case c.RecordDeviceEvent():
+            return _device_event(state, command)
+    raise AssertionError(f"unhandled command {command!r}")  # pragma: no cover
+
+
+def _create(state: BankState, command: c.CreateBank) -> list[e.Event]:
+    if state.exists:
+        raise c.CommandRejected("conflict", "locker bank already exists")
+    numbers = [spec.number for spec in command.compartments]
+    if not numbers:
+        raise c.CommandRejected("invalid", "a locker bank needs at least one compartment")
+    if len(set(numbers)) != len(numbers):
+        raise c.CommandRejected("invalid", "compartment numbers must be unique")
+    if any(n <= 0 for n in numbers):
+        raise c.CommandRejected("invalid", "compartment numbers must be positive")
+    modbus = [(spec.slave_id, spec.address) for spec in command.compartments]
+    if len(set(modbus)) != len(modbus):
+        raise c.CommandRejected("invalid", "slave_id and address must be unique per bank")
+    if not 1 <= command.heartbeat_interval_seconds <= 3600:
+        raise c.CommandRejected("invalid", "heartbeat_interval_seconds must be 1-3600")
+    return [
+        e.LockerBankCreated(
+            bank_id=command.bank_id,
+            name=command.name,
+            location=command.location,
+            heartbeat_interval_seconds=command.heartbeat_interval_seconds,
+            compartments=command.compartments,
+            created_at=command.now,
+        ),
+        e.ProvisioningTokenIssued(
+            token_hash=command.token_hash,
+            expires_at=command.token_expires_at,
+            issued_at=command.now,
+        ),
+    ]
+
+
+def _provision(state: BankState, command: c.Provision) -> list[e.Event]:
+    def failed(reason: str) -> list[e.Event]:
+        return [e.ProvisioningFailed(client_id=command.client_id, reason=reason, at=command.now)]
+
+    if command.token_hash == state.token_hash:
+        assert state.token_expires_at is not None
+        if command.now >= state.token_expires_at:
+            return failed("token_expired")
+    elif command.token_hash == state.used_token_hash:
+        if not _may_redeem_again(state, command):
+            return failed("token_used")
+    else:
+        return failed("token_unknown")
+    return [
+        e.LockerBankProvisioned(
+            client_id=command.client_id,
+            mqtt_user=command.new_mqtt_user,
+            credential_hash=command.new_credential_hash,
+            token_hash=command.token_hash,
+            provisioned_at=command.now,
+            previous_mqtt_user=state.mqtt_user,
+        )
+    ]
+
+
+def _may_redeem_again(state: BankState, command: c.Provision) -> bool:
+    """The lost-reply rule: same device, credentials never used, still within the grace."""
+    return (
+        state.provisioned_client_id == command.client_id
+        and not state.credentials_seen_in_use
+        and state.provisioned_at is not None
+        and command.now < state.provisioned_at + PROVISIONING_REPLY_GRACE
+    )
+
+
+def _grant(state: BankState, command: c.GrantAccess) -> list[e.Event]:
+    if state.compartment_by_id(command.compartment_id) is None:
+        raise c.CommandRejected("not_found", "unknown compartment")
+    if command.expires_at is not None and command.expires_at <= command.now:
+        raise c.CommandRejected("invalid", "expires_at must be in the future")
+    return [
+        e.CompartmentAccessGranted(
+            compartment_id=command.compartment_id,
+            user_id=command.user_id,
+            expires_at=command.expires_at,
+            granted_at=command.now,
+        )
+    ]
+
+
+def _revoke(state: BankState, command: c.RevokeAccess) -> list[e.Event]:
+    if command.user_id not in state.grants.get(command.compartment_id, pmap()):
+        raise c.CommandRejected("not_found", "no such grant")
+    return [
+        e.CompartmentAccessRevoked(
+            compartment_id=command.compartment_id,
+            user_id=command.user_id,
+            revoked_at=command.now,
+        )
+    ]
+
+
+def _open_refusal(
+    state: BankState, compartment: Compartment, user_id: str, now: datetime
+) -> str | None:
+    """Why an open must be refused, in the contract's order of precedence; None to allow."""
+    if not state.grant_valid(compartment.id, user_id, now):
+        return "no_grant"
+    if state.presence != "online":
+        return "offline"
+    if state.pending_for(compartment.number) is not None:
+        return "command_pending"
+    return None
+
+
+def _request_open(state: BankState, command: c.RequestOpen) -> list[e.Event]:
+    compartment = state.compartment_by_id(command.compartment_id)
+    if compartment is None:
+        raise c.CommandRejected("not_found", "unknown compartment")
+    reason = _open_refusal(state, compartment, command.user_id, command.now)
+    if reason is not None:
+        return [
+            e.CompartmentOpeningDenied(
+                user_id=command.user_id,
+                compartment_id=compartment.id,
+                reason=reason,
+                at=command.now,
+            )
+        ]
+    return [
+        e.CompartmentOpeningRequested(
+            transaction_id=command.transaction_id,
+            compartment_id=compartment.id,
+            compartment_number=compartment.number,
+            user_id=command.user_id,
+            requested_at=command.now,
+            expires_at=command.now + timedelta(seconds=command.command_timeout_seconds),
+        )
+    ]
+
+
+def _apply_config_request(
+    state: BankState, transaction_id: str, now: datetime, timeout: int, requested_by: str | None
+) -> e.ConfigApplyRequested:
+    compartments = config_compartments(state.config_entries())
+    return e.ConfigApplyRequested(
+        transaction_id=transaction_id,
+        config_hash=config_hash(compartments, state.heartbeat_interval_seconds),
+        heartbeat_interval_seconds=state.heartbeat_interval_seconds,
+        compartments=tuple(compartments),
+        requested_at=now,
+        expires_at=now + timedelta(seconds=timeout),
+        requested_by=requested_by,
+    )
+
+
+def _answer(state: BankState, command: c.RecordAnswer) -> list[e.Event]:
+    tx = state.transactions.get(command.transaction_id)
+    if tx is None:
+        raise c.CommandRejected("unknown_transaction", "answer for an unknown transaction")
+    if command.action != tx.action:
+        raise c.CommandRejected(
+            "invalid", f"answer action {command.action!r} does not match {tx.action!r}"
+        )
+    if tx.status == "timeout":
+        if tx.has_late_answer:
+            return []
+        return [
+            e.LateAnswerReceived(
+                transaction_id=tx.transaction_id,
+                result=command.result,
+                error_code=command.error_code,
+                received_at=command.now,
+            )
+        ]
+    if tx.status != "pending":
+        return []
+    if command.result == "error":
+        return [
+            e.CommandFailed(
+                transaction_id=tx.transaction_id,
+                action=tx.action,
+                error_code=command.error_code,
+                message=command.message,
+                received_at=command.now,
+            )
+        ]
+    if tx.action == "apply_config":
+        return [
+            e.ConfigApplied(
+                transaction_id=tx.transaction_id,
+                applied_config_hash=command.applied_config_hash,
+                message=command.message,
+                received_at=command.now,
+            )
+        ]
+    assert tx.compartment_number is not None
+    return [
+        e.CompartmentOpened(
+            transaction_id=tx.transaction_id,
+            compartment_number=tx.compartment_number,
+            message=command.message,
+            received_at=command.now,
+        )
+    ]
+
+
+def _heartbeat(state: BankState, command: c.RecordHeartbeat) -> list[e.Event]:
+    result: list[e.Event] = [
+        e.HeartbeatReceived(
+            received_at=command.now,
+            uptime_seconds=command.uptime_seconds,
+            session_id=command.session_id,
+        )
+    ]
+    if (
+        command.uptime_seconds is not None
+        and state.uptime_seconds is not None
+        and command.uptime_seconds < state.uptime_seconds
+    ):
+        result.append(
+            e.DeviceRebooted(
+                at=command.now,
+                previous_uptime_seconds=state.uptime_seconds,
+                uptime_seconds=command.uptime_seconds,
+            )
+        )
+    if state.presence != "online":
+        result.append(e.LockerBankCameOnline(at=command.now, session_id=command.session_id))
+        if (
+            state.config_hash is not None
+            and state.config_hash != state.applied_config_hash
+            and state.pending_config() is None
+        ):
+            result.append(
+                _apply_config_request(
+                    state, command.spare_transaction_id, command.now,
+                    command.command_timeout_seconds, None,
+                )
+            )
+    return result
+
+
+def _last_will(state: BankState, command: c.RecordLastWill) -> list[e.Event]:
+    stale = (
+        command.session_id is not None
+        and state.session_id is not None
+        and command.session_id != state.session_id
+    )
+    if stale or state.presence == "offline":
+        return []
+    return [e.LockerBankWentOffline(at=command.now, reason="last_will")]
+
+
+def _tick(state: BankState, now: datetime) -> list[e.Event]:
+    result: list[e.Event] = [
+        e.CommandTimedOut(transaction_id=tx.transaction_id, action=tx.action, timed_out_at=now)
+        for tx in sorted(state.pending(), key=lambda tx: tx.expires_at)
+        if tx.expires_at <= now
+    ]
+    deadline = state.heartbeat_deadline()
+    if deadline is not None and deadline <= now:
+        result.append(e.LockerBankWentOffline(at=now, reason="heartbeat_timeout"))
+    return result
+
+
+def _device_event(state: BankState, command: c.RecordDeviceEvent) -> list[e.Event]:
+    if command.event_id is not None and command.event_id in state.seen_event_ids:
+        return []
+    if command.event == "door_state_changed":
+        return _door_event(state, command)
+    if command.event == "qr_scanned":
+        return _qr_scanned(state, command)
+    return [
+        e.DeviceEventRecorded(
+            event=command.event, event_id=command.event_id, data=command.data, at=command.now
+        )
+    ]
+
+
+def _door_event(state: BankState, command: c.RecordDeviceEvent) -> list[e.Event]:
+    number = command.data.get("compartment_number")
+    door = command.data.get("state")
+    if type(number) is not int or number not in state.compartments:
+        raise c.CommandRejected("invalid", "door_state_changed needs a known compartment_number")
+    if door not in ("open", "closed"):
+        raise c.CommandRejected("invalid", "door state must be 'open' or 'closed'")
+    result: list[e.Event] = [
+        e.DoorStateChanged(
+            compartment_number=number, state=door, at=command.now, event_id=command.event_id
+        )
+    ]
+    previous = state.compartments[number].door_state
+    if door == "open" and previous != "open" and not _open_expected(state, number, command.now):
+        result.append(
+            e.UncommandedDoorOpening(
+                compartment_number=number, at=command.now, event_id=command.event_id
+            )
+        )
+    return result
+
+
+def _open_expected(state: BankState, number: int, now: datetime) -> bool:
+    """A door may open while its open command is pending or shortly after it succeeded."""
+    for tx in state.transactions.values():
+        if tx.action != "open_compartment" or tx.compartment_number != number:
+            continue
+        if tx.status == "pending":
+            return True
+        recently_done = tx.status in ("success", "timeout") and tx.completed_at is not None
+        if recently_done and now - tx.completed_at <= timedelta(minutes=2):  # type: ignore[operator]
+            return True
+    return False
+
+
+def _qr_scanned(state: BankState, command: c.RecordDeviceEvent) -> list[e.Event]:
+    claim = command.qr_claim
+    if claim is None:
+        return [
+            e.CompartmentOpeningDenied(
+                user_id="",
+                compartment_id="",
+                reason="qr_invalid",
+                at=command.now,
+                via="qr",
+                event_id=command.event_id,
+            )
+        ]
+
+    def denied(reason: str) -> list[e.Event]:
+        return [
+            e.CompartmentOpeningDenied(
+                user_id=claim.user_id,
+                compartment_id=claim.compartment_id,
+                reason=reason,
+                at=command.now,
+                via="qr",
+                event_id=command.event_id,
+            )
+        ]
+
+    compartment = state.compartment_by_id(claim.compartment_id)
+    if compartment is None:
+        return denied("qr_wrong_bank")
+    if command.now >= claim.expires_at:
+        return denied("qr_expired")
+    if claim.nonce in state.used_qr_nonces:
+        return denied("qr_used")
+    reason = _open_refusal(state, compartment, claim.user_id, command.now)
+    if reason is not None:
+        return denied(reason)
+    return [
+        e.CompartmentOpeningRequested(
+            transaction_id=command.spare_transaction_id,
+            compartment_id=compartment.id,
+            compartment_number=compartment.number,
+            user_id=claim.user_id,
+            requested_at=command.now,
+            expires_at=command.now + timedelta(seconds=command.command_timeout_seconds),
+            via="qr",
+            qr_nonce=claim.nonce,
+            event_id=command.event_id,
+        )
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# evolve
+
+
+def evolve(state: BankState, event: e.Event) -> BankState:
+    state = _apply(state, event)
+    if e.is_durable(event):
+        state = replace(state, version=state.version + 1)
+    return state
+
+
+def fold(state: BankState, events: list[e.Event]) -> BankState:
+    return reduce(evolve, events, state)
+
+
+def _apply(s: BankState, event: e.Event) -> BankState:
+    match event:
+        case e.LockerBankCreated():
+            return replace(
+                s,
+                bank_id=event.bank_id,
+                name=event.name,
+                location=event.location,
+                heartbeat_interval_seconds=event.heartbeat_interval_seconds,
+                compartments=pmap(
+                    {
+                        spec.number: Compartment(spec.id, spec.number, spec.slave_id, spec.address)
+                        for spec in event.compartments
+                    }
+                ),
+                config_hash=None,
+            )
+        case e.ProvisioningTokenIssued():
+            return replace(s, token_hash=event.token_hash, token_expires_at=event.expires_at)
+        case e.LockerBankProvisioned():
+            return replace(
+                s,
+                token_hash=None,
+                token_expires_at=None,
+                used_token_hash=event.token_hash,
+                provisioned_client_id=event.client_id,
+                provisioned_at=event.provisioned_at,
+                mqtt_user=event.mqtt_user,
+                credential_hash=event.credential_hash,
+                credentials_seen_in_use=False,
+            )
+        case e.CompartmentAccessGranted():
+            users = s.grants.get(event.compartment_id, pmap())
+            return replace(
+                s,
+                grants=s.grants.set(
+                    event.compartment_id, users.set(event.user_id, event.expires_at)
+                ),
+            )
+        case e.CompartmentAccessRevoked():
+            users = s.grants.get(event.compartment_id, pmap()).discard(event.user_id)
+            return replace(s, grants=s.grants.set(event.compartment_id, users))
+        case e.CompartmentOpeningRequested():
+            tx = Transaction(
+                transaction_id=event.transaction_id,
+                action="open_compartment",
+                status="pending",
+                requested_at=event.requested_at,
+                expires_at=event.expires_at,
+                compartment_number=event.compartment_number,
+                user_id=event.user_id,
+            )
+            used = s.used_qr_nonces
+            if event.qr_nonce is not None:
+                used = _remember(used, event.qr_nonce, event.requested_at)
+            return _seen(
+                replace(
+                    s,
+                    transactions=_prune(
+                        s.transactions.set(tx.transaction_id, tx), event.requested_at
+                    ),
+                    used_qr_nonces=used,
+                ),
+                event.event_id,
+                event.requested_at,
+            )
+        case e.ConfigApplyRequested():
+            tx = Transaction(
+                transaction_id=event.transaction_id,
+                action="apply_config",
+                status="pending",
+                requested_at=event.requested_at,
+                expires_at=event.expires_at,
+                user_id=event.requested_by,
+                config_hash=event.config_hash,
+            )
+            return replace(
+                s,
+                transactions=_prune(s.transactions.set(tx.transaction_id, tx), event.requested_at),
+                config_hash=event.config_hash,
+            )
+        case e.CommandDispatched():
+            return _update_tx(s, event.transaction_id, dispatched=True)
+        case e.CompartmentOpened():
+            return _update_tx(s, event.transaction_id, status="success",
+                              completed_at=event.received_at)
+        case e.CommandFailed():
+            return _update_tx(s, event.transaction_id, status="error",
+                              completed_at=event.received_at)
+        case e.ConfigApplied():
+            s = _update_tx(s, event.transaction_id, status="success",
+                           completed_at=event.received_at)
+            return replace(s, applied_config_hash=event.applied_config_hash)
+        case e.CommandTimedOut():
+            return _update_tx(s, event.transaction_id, status="timeout",
+                              completed_at=event.timed_out_at)
+        case e.LateAnswerReceived():
+            return _update_tx(s, event.transaction_id, has_late_answer=True)
+        case e.HeartbeatReceived():
+            return replace(
+                s,
+                presence="online",
+                last_seen=event.received_at,
+                session_id=event.session_id if event.session_id is not None else s.session_id,
+                uptime_seconds=event.uptime_seconds,
+                credentials_seen_in_use=True,
+            )
+        case e.LockerBankCameOnline():
+            return replace(s, presence="online", credentials_seen_in_use=True)
+        case e.LockerBankWentOffline():
+            return replace(s, presence="offline")
+        case e.DoorStateChanged():
+            compartment = s.compartments[event.compartment_number]
+            return _seen(
+                replace(
+                    s,
+                    compartments=s.compartments.set(
+                        compartment.number, replace(compartment, door_state=event.state)
+                    ),
+                ),
+                event.event_id,
+                event.at,
+            )
+        case e.UncommandedDoorOpening():
+            return replace(s, alerts=s.alerts + 1)
+        case e.DeviceEventRecorded():
+            return _seen(s, event.event_id, event.at)
+        case e.CompartmentOpeningDenied():
+            return _seen(s, event.event_id, event.at)
+        case e.ProvisioningFailed() | e.ProvisioningReplyFailed() | e.DeviceRebooted():
+            return s
+    raise AssertionError(f"unhandled event {event!r}")  # pragma: no cover
+
+
+def _update_tx(s: BankState, transaction_id: str, **changes: Any) -> BankState:
+    tx = s.transactions.get(transaction_id)
+    if tx is None:  # pruned long ago: nothing to update
+        return s
+    return replace(s, transactions=s.transactions.set(transaction_id, replace(tx, **changes)))
+
+
+def _seen(s: BankState, event_id: str | None, at: datetime) -> BankState:
+    if event_id is None:
+        return s
+    return replace(s, seen_event_ids=_remember(s.seen_event_ids, event_id, at))
+
+
+def _remember(seen: PMap[str, datetime], key: str, at: datetime) -> PMap[str, datetime]:
+    seen = seen.set(key, at)
+    if len(seen) <= MAX_REMEMBERED:
+        return seen
+    horizon = at - DEDUP_WINDOW
+    kept = {k: t for k, t in seen.items() if t >= horizon}
+    if len(kept) > MAX_REMEMBERED:
+        kept = dict(sorted(kept.items(), key=lambda item: item[1])[-MAX_REMEMBERED:])
+    return pmap(kept)
+
+
+def _prune(txs: PMap[str, Transaction], now: datetime) -> PMap[str, Transaction]:
+    """Forget finished transactions once the window is exceeded (they stay in the read model)."""
+    if len(txs) <= MAX_REMEMBERED:
+        return txs
+    horizon = now - DEDUP_WINDOW
+    return pmap(
+        {
+            k: tx
+            for k, tx in txs.items()
+            if tx.status == "pending" or (tx.completed_at or tx.requested_at) >= horizon
+        }
+    )

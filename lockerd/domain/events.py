@@ -1,0 +1,257 @@
+"""Everything that can happen to a locker bank, as immutable typed values.
+
+Each event is a tagged msgspec Struct: the tag is the event's ``type`` in the store and in the
+history API, the fields are its ``data``. Every event that concerns a command carries
+``transaction_id``. ``HeartbeatReceived`` is the one *ephemeral* event: it is folded into the
+actor's state but never stored, so 10,000 banks beating every 10 s do not flood the store.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+import msgspec
+
+DoorState = Literal["open", "closed", "unknown"]
+Presence = Literal["unknown", "online", "offline"]
+Action = Literal["open_compartment", "apply_config"]
+
+
+class Event(msgspec.Struct, frozen=True, tag=True, kw_only=True):
+    """Base of all bank events; the class name is the stored ``type``."""
+
+
+class CompartmentSpec(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    number: int
+    slave_id: int
+    address: int
+
+
+class LockerBankCreated(Event, frozen=True, kw_only=True):
+    bank_id: str
+    name: str
+    location: str | None
+    heartbeat_interval_seconds: int
+    compartments: tuple[CompartmentSpec, ...]
+    created_at: datetime
+
+
+class ProvisioningTokenIssued(Event, frozen=True, kw_only=True):
+    token_hash: str
+    expires_at: datetime
+    issued_at: datetime
+
+
+class LockerBankProvisioned(Event, frozen=True, kw_only=True):
+    client_id: str
+    mqtt_user: str
+    credential_hash: str
+    token_hash: str
+    provisioned_at: datetime
+    previous_mqtt_user: str | None = None
+
+
+class ProvisioningFailed(Event, frozen=True, kw_only=True):
+    client_id: str
+    reason: str
+    at: datetime
+
+
+class ProvisioningReplyFailed(Event, frozen=True, kw_only=True):
+    client_id: str
+    mqtt_user: str
+    reason: str
+    at: datetime
+
+
+class CompartmentAccessGranted(Event, frozen=True, kw_only=True):
+    compartment_id: str
+    user_id: str
+    expires_at: datetime | None
+    granted_at: datetime
+
+
+class CompartmentAccessRevoked(Event, frozen=True, kw_only=True):
+    compartment_id: str
+    user_id: str
+    revoked_at: datetime
+
+
+class CompartmentOpeningRequested(Event, frozen=True, kw_only=True):
+    transaction_id: str
+    compartment_id: str
+    compartment_number: int
+    user_id: str
+    requested_at: datetime
+    expires_at: datetime
+    via: Literal["app", "qr"] = "app"
+    qr_nonce: str | None = None
+    event_id: str | None = None
+
+
+class CompartmentOpeningDenied(Event, frozen=True, kw_only=True):
+    user_id: str
+    compartment_id: str
+    reason: str
+    at: datetime
+    via: Literal["app", "qr"] = "app"
+    event_id: str | None = None
+
+
+class ConfigApplyRequested(Event, frozen=True, kw_only=True):
+    transaction_id: str
+    config_hash: str
+    heartbeat_interval_seconds: int
+    compartments: tuple[dict[str, int], ...]
+    requested_at: datetime
+    expires_at: datetime
+    requested_by: str | None = None
+
+
+class CommandDispatched(Event, frozen=True, kw_only=True):
+    transaction_id: str
+    dispatched_at: datetime
+
+
+class CompartmentOpened(Event, frozen=True, kw_only=True):
+    transaction_id: str
+    compartment_number: int
+    message: str | None
+    received_at: datetime
+
+
+class CommandFailed(Event, frozen=True, kw_only=True):
+    transaction_id: str
+    action: Action
+    error_code: str | None
+    message: str | None
+    received_at: datetime
+
+
+class ConfigApplied(Event, frozen=True, kw_only=True):
+    transaction_id: str
+    applied_config_hash: str | None
+    message: str | None
+    received_at: datetime
+
+
+class CommandTimedOut(Event, frozen=True, kw_only=True):
+    transaction_id: str
+    action: Action
+    timed_out_at: datetime
+
+
+class LateAnswerReceived(Event, frozen=True, kw_only=True):
+    transaction_id: str
+    result: Literal["success", "error"]
+    error_code: str | None
+    received_at: datetime
+
+
+class HeartbeatReceived(Event, frozen=True, kw_only=True):
+    """Ephemeral: folded into the live state, never stored."""
+
+    received_at: datetime
+    uptime_seconds: int | None
+    session_id: str | None
+
+
+class LockerBankCameOnline(Event, frozen=True, kw_only=True):
+    at: datetime
+    session_id: str | None
+
+
+class LockerBankWentOffline(Event, frozen=True, kw_only=True):
+    at: datetime
+    reason: Literal["last_will", "heartbeat_timeout"]
+
+
+class DeviceRebooted(Event, frozen=True, kw_only=True):
+    at: datetime
+    previous_uptime_seconds: int
+    uptime_seconds: int
+
+
+class DoorStateChanged(Event, frozen=True, kw_only=True):
+    compartment_number: int
+    state: Literal["open", "closed"]
+    at: datetime
+    event_id: str | None = None
+
+
+class UncommandedDoorOpening(Event, frozen=True, kw_only=True):
+    compartment_number: int
+    at: datetime
+    event_id: str | None = None
+
+
+class DeviceEventRecorded(Event, frozen=True, kw_only=True):
+    """A well-formed device event of a type this backend does not know: kept, not dropped."""
+
+    event: str
+    event_id: str | None
+    data: dict[str, Any]
+    at: datetime
+
+
+AnyEvent = (
+    LockerBankCreated
+    | ProvisioningTokenIssued
+    | LockerBankProvisioned
+    | ProvisioningFailed
+    | ProvisioningReplyFailed
+    | CompartmentAccessGranted
+    | CompartmentAccessRevoked
+    | CompartmentOpeningRequested
+    | CompartmentOpeningDenied
+    | ConfigApplyRequested
+    | CommandDispatched
+    | CompartmentOpened
+    | CommandFailed
+    | ConfigApplied
+    | CommandTimedOut
+    | LateAnswerReceived
+    | HeartbeatReceived
+    | LockerBankCameOnline
+    | LockerBankWentOffline
+    | DeviceRebooted
+    | DoorStateChanged
+    | UncommandedDoorOpening
+    | DeviceEventRecorded
+)
+
+EPHEMERAL: frozenset[type[Event]] = frozenset({HeartbeatReceived})
+
+
+def is_durable(event: Event) -> bool:
+    return type(event) not in EPHEMERAL
+
+
+def event_type(event: Event) -> str:
+    return type(event).__name__
+
+
+def event_data(event: Event) -> dict[str, Any]:
+    """The JSON-ready ``data`` of an event (its fields, timestamps as ISO 8601 strings)."""
+    data: dict[str, Any] = msgspec.to_builtins(event)
+    data.pop("type", None)
+    return data
+
+
+_DECODER: msgspec.json.Decoder[Any] = msgspec.json.Decoder(AnyEvent)
+_CLASSES: dict[str, type[Event]] = {cls.__name__: cls for cls in AnyEvent.__args__}
+
+
+def event_from_stored(type_name: str, data: dict[str, Any]) -> Event:
+    """Rebuild an event from its stored type and data; raises ``ValueError`` if unknown."""
+    if type_name not in _CLASSES:
+        raise ValueError(f"unknown event type {type_name!r}")
+    result: Event = msgspec.convert({**data, "type": type_name}, AnyEvent)
+    return result
+
+
+def decode_event_json(raw: bytes) -> Event:
+    result: Event = _DECODER.decode(raw)
+    return result

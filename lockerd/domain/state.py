@@ -1,0 +1,130 @@
+"""The state of one locker bank: an immutable value folded from its events.
+
+Frozen dataclasses hold the scalars; pyrsistent maps hold the collections, so every ``evolve``
+step shares structure with the previous state instead of copying it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Literal
+
+from pyrsistent import PMap, pmap
+
+from lockerd.domain.events import Action, DoorState, Presence
+
+TxStatus = Literal["pending", "success", "error", "timeout"]
+
+# How long answers to finished transactions and seen device event ids are remembered for
+# deduplication. Older duplicates are treated as unknown and dropped.
+DEDUP_WINDOW = timedelta(hours=24)
+MAX_REMEMBERED = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Compartment:
+    id: str
+    number: int
+    slave_id: int
+    address: int
+    door_state: DoorState = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    transaction_id: str
+    action: Action
+    status: TxStatus
+    requested_at: datetime
+    expires_at: datetime
+    compartment_number: int | None = None
+    user_id: str | None = None
+    dispatched: bool = False
+    completed_at: datetime | None = None
+    has_late_answer: bool = False
+    config_hash: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BankState:
+    """``version`` is the number of stored events folded in (0: the bank does not exist)."""
+
+    version: int = 0
+    bank_id: str = ""
+    name: str = ""
+    location: str | None = None
+    heartbeat_interval_seconds: int = 10
+    compartments: PMap[int, Compartment] = field(default_factory=pmap)
+    # provisioning
+    token_hash: str | None = None
+    token_expires_at: datetime | None = None
+    used_token_hash: str | None = None
+    provisioned_client_id: str | None = None
+    provisioned_at: datetime | None = None
+    mqtt_user: str | None = None
+    credential_hash: str | None = None
+    credentials_seen_in_use: bool = False
+    # access: compartment id -> user id -> expiry (None: no expiry)
+    grants: PMap[str, PMap[str, datetime | None]] = field(default_factory=pmap)
+    # commands
+    transactions: PMap[str, Transaction] = field(default_factory=pmap)
+    config_hash: str | None = None
+    applied_config_hash: str | None = None
+    # presence (live; presence is "unknown" again whenever the actor is rebuilt)
+    presence: Presence = "unknown"
+    last_seen: datetime | None = None
+    session_id: str | None = None
+    uptime_seconds: int | None = None
+    # deduplication of device events and single use of QR codes: id -> first seen
+    seen_event_ids: PMap[str, datetime] = field(default_factory=pmap)
+    used_qr_nonces: PMap[str, datetime] = field(default_factory=pmap)
+    alerts: int = 0
+
+    @property
+    def exists(self) -> bool:
+        return self.version > 0
+
+    def compartment_by_id(self, compartment_id: str) -> Compartment | None:
+        for compartment in self.compartments.values():
+            if compartment.id == compartment_id:
+                return compartment
+        return None
+
+    def pending(self) -> list[Transaction]:
+        return [tx for tx in self.transactions.values() if tx.status == "pending"]
+
+    def pending_for(self, compartment_number: int) -> Transaction | None:
+        for tx in self.transactions.values():
+            if tx.status == "pending" and tx.compartment_number == compartment_number:
+                return tx
+        return None
+
+    def pending_config(self) -> Transaction | None:
+        for tx in self.transactions.values():
+            if tx.status == "pending" and tx.action == "apply_config":
+                return tx
+        return None
+
+    def grant_valid(self, compartment_id: str, user_id: str, now: datetime) -> bool:
+        users = self.grants.get(compartment_id)
+        if users is None or user_id not in users:
+            return False
+        expires_at = users[user_id]
+        return expires_at is None or now < expires_at
+
+    def heartbeat_deadline(self) -> datetime | None:
+        if self.presence != "online" or self.last_seen is None:
+            return None
+        return self.last_seen + timedelta(seconds=3 * self.heartbeat_interval_seconds)
+
+    def next_deadline(self) -> datetime | None:
+        """The earliest moment at which time alone changes this bank (a timeout, going offline)."""
+        deadlines = [tx.expires_at for tx in self.transactions.values() if tx.status == "pending"]
+        heartbeat = self.heartbeat_deadline()
+        if heartbeat is not None:
+            deadlines.append(heartbeat)
+        return min(deadlines, default=None)
+
+    def config_entries(self) -> list[tuple[int, int, int]]:
+        return [(c.number, c.slave_id, c.address) for c in self.compartments.values()]
