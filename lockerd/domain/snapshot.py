@@ -1,0 +1,70 @@
+"""Serialising a bank's state for snapshots, so a bank loads as snapshot + tail of events."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, fields, replace
+from datetime import datetime
+from typing import Any
+
+import msgspec
+from pyrsistent import PMap, pmap
+
+from lockerd.domain.state import BankState, Compartment, Transaction
+
+SNAPSHOT_FORMAT = 1
+
+_DATETIME_FIELDS = {
+    "token_expires_at", "provisioned_at", "last_seen", "requested_at", "expires_at",
+    "completed_at",
+}
+
+
+def _thaw(value: Any) -> Any:
+    if isinstance(value, PMap):
+        return {str(k): _thaw(v) for k, v in value.items()}
+    if isinstance(value, Compartment | Transaction):
+        return asdict(value)
+    return value
+
+
+def encode_snapshot(state: BankState) -> bytes:
+    # Live presence is not part of a snapshot: a rebuilt bank starts "unknown".
+    state = replace(state, presence="unknown", last_seen=None, session_id=None, uptime_seconds=None)
+    body = {f.name: _thaw(getattr(state, f.name)) for f in fields(state)}
+    return msgspec.json.encode({"format": SNAPSHOT_FORMAT, "state": body})
+
+
+def _dt(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+def decode_snapshot(raw: bytes) -> BankState:
+    """Rebuild a state; raises ``ValueError`` for a snapshot of an unknown format."""
+    document = msgspec.json.decode(raw)
+    if document.get("format") != SNAPSHOT_FORMAT:
+        raise ValueError("unknown snapshot format")
+    body: dict[str, Any] = document["state"]
+    for key in _DATETIME_FIELDS & body.keys():
+        body[key] = _dt(body[key])
+    compartments = {
+        int(number): Compartment(**value) for number, value in body.pop("compartments").items()
+    }
+    transactions = {}
+    for tx_id, value in body.pop("transactions").items():
+        for key in ("requested_at", "expires_at", "completed_at"):
+            value[key] = _dt(value[key])
+        transactions[tx_id] = Transaction(**value)
+    grants = {
+        compartment: pmap({user: _dt(expiry) for user, expiry in users.items()})
+        for compartment, users in body.pop("grants").items()
+    }
+    seen = {k: datetime.fromisoformat(v) for k, v in body.pop("seen_event_ids").items()}
+    nonces = {k: datetime.fromisoformat(v) for k, v in body.pop("used_qr_nonces").items()}
+    return BankState(
+        **body,
+        compartments=pmap(compartments),
+        transactions=pmap(transactions),
+        grants=pmap(grants),
+        seen_event_ids=pmap(seen),
+        used_qr_nonces=pmap(nonces),
+    )

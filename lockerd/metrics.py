@@ -1,0 +1,68 @@
+"""Prometheus metrics of one lockerd instance (own registry, so tests can run several)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+INBOUND_KINDS = ("register", "state", "response", "event", "metric")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.inbound = Counter(
+            "lockerd_inbound_messages",
+            "Inbound messages by kind and outcome (processed: applied by its actor; dropped:"
+            " malformed, unknown or duplicate)",
+            ["kind", "outcome"],
+            registry=r,
+        )
+        self.dropped = Counter(
+            "lockerd_dropped_messages", "Dropped inbound messages by reason", ["kind", "reason"],
+            registry=r,
+        )
+        self.outbound = Counter(
+            "lockerd_outbound_messages", "Messages published by kind", ["kind"], registry=r
+        )
+        self.actor_restarts = Counter(
+            "lockerd_actor_restarts", "Actor restarts after a crash", ["actor"], registry=r
+        )
+        self.actors_failed = Gauge(
+            "lockerd_actors_failed", "Actors that exceeded their restart budget", registry=r
+        )
+        self.actors_running = Gauge("lockerd_actors_running", "Bank actors running", registry=r)
+        self.mailbox_depth = Gauge(
+            "lockerd_mailbox_depth_total", "Messages waiting in all bank mailboxes", registry=r
+        )
+        self.command_outcomes = Counter(
+            "lockerd_command_outcomes", "Finished commands by action and status",
+            ["action", "status"], registry=r,
+        )
+        self.goauth_checks = Counter(
+            "lockerd_goauth_checks", "go-auth checks by endpoint and result",
+            ["endpoint", "result"], registry=r,
+        )
+        self.store_append_seconds = Histogram(
+            "lockerd_store_append_seconds", "Event store append latency",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=r,
+        )
+        self.mqtt_connected = Gauge(
+            "lockerd_mqtt_connected", "1 while the gateway is connected to the broker", registry=r
+        )
+        for kind in INBOUND_KINDS:
+            for outcome in ("processed", "dropped"):
+                self.inbound.labels(kind, outcome)
+
+    def processed(self, kind: str | None) -> None:
+        if kind is not None:
+            self.inbound.labels(kind, "processed").inc()
+
+    def drop(self, kind: str | None, reason: str) -> None:
+        if kind is not None:
+            self.inbound.labels(kind, "dropped").inc()
+            self.dropped.labels(kind, reason).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,276 @@
+"""Read models of the locker banks, kept in SQL inside the append transaction.
+
+Each projection applies stored events to tables it alone owns, so that
+``EventStore.rebuild_projections`` can drop and refill them from the history at any time.
+Data not derived from events (``last_seen``, coalesced from heartbeats) lives in tables of
+its own that a rebuild leaves alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from store.base import Projection, SqlTx, StoredEvent
+
+Handler = Callable[[SqlTx, StoredEvent], None]
+
+
+class _TableProjection:
+    """Dispatches events by type to handler functions."""
+
+    def __init__(
+        self, name: str, ddl: Sequence[str], tables: Sequence[str], handlers: dict[str, Handler]
+    ) -> None:
+        self.name = name
+        self.ddl = ddl
+        self.tables = tables
+        self._handlers = handlers
+
+    def apply(self, tx: SqlTx, event: StoredEvent) -> None:
+        handler = self._handlers.get(event.type)
+        if handler is not None:
+            handler(tx, event)
+
+
+def _bank_created(tx: SqlTx, ev: StoredEvent) -> None:
+    d = ev.data
+    tx.execute(
+        "INSERT INTO banks (id, name, location, heartbeat_interval_seconds, created_at)"
+        " VALUES (?, ?, ?, ?, ?)",
+        (d["bank_id"], d["name"], d["location"], d["heartbeat_interval_seconds"], d["created_at"]),
+    )
+    tx.executemany(
+        "INSERT INTO compartments (id, bank_id, number, slave_id, address, door_state)"
+        " VALUES (?, ?, ?, ?, ?, 'unknown')",
+        [
+            (c["id"], d["bank_id"], c["number"], c["slave_id"], c["address"])
+            for c in d["compartments"]
+        ],
+    )
+
+
+def _update_bank(columns: Mapping[str, str | None]) -> Handler:
+    """A handler that copies event fields (values) to bank columns (keys); None clears."""
+    assignments = ", ".join(f"{column} = ?" for column in columns)
+    sql = f"UPDATE banks SET {assignments} WHERE id = ?"
+
+    def handler(tx: SqlTx, ev: StoredEvent) -> None:
+        values: list[Any] = [
+            None if field is None else ev.data.get(field) for field in columns.values()
+        ]
+        tx.execute(sql, [*values, ev.stream_id])
+
+    return handler
+
+
+def _door_changed(tx: SqlTx, ev: StoredEvent) -> None:
+    tx.execute(
+        "UPDATE compartments SET door_state = ? WHERE bank_id = ? AND number = ?",
+        (ev.data["state"], ev.stream_id, ev.data["compartment_number"]),
+    )
+
+
+BANKS = _TableProjection(
+    "banks",
+    ddl=[
+        """CREATE TABLE IF NOT EXISTS banks (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            location TEXT,
+            heartbeat_interval_seconds BIGINT NOT NULL,
+            created_at TEXT NOT NULL,
+            provisioned_at TEXT,
+            token_hash TEXT,
+            token_expires_at TEXT,
+            used_token_hash TEXT,
+            provisioned_client_id TEXT,
+            mqtt_user TEXT,
+            credential_hash TEXT,
+            config_hash TEXT,
+            applied_config_hash TEXT
+        )""",
+        "CREATE INDEX IF NOT EXISTS banks_token ON banks (token_hash)",
+        "CREATE INDEX IF NOT EXISTS banks_mqtt_user ON banks (mqtt_user)",
+        """CREATE TABLE IF NOT EXISTS compartments (
+            id TEXT PRIMARY KEY,
+            bank_id TEXT NOT NULL,
+            number BIGINT NOT NULL,
+            slave_id BIGINT NOT NULL,
+            address BIGINT NOT NULL,
+            door_state TEXT NOT NULL,
+            UNIQUE (bank_id, number)
+        )""",
+    ],
+    tables=["compartments", "banks"],
+    handlers={
+        "LockerBankCreated": _bank_created,
+        "ProvisioningTokenIssued": _update_bank(
+            {"token_hash": "token_hash", "token_expires_at": "expires_at"}
+        ),
+        "LockerBankProvisioned": _update_bank(
+            {
+                "provisioned_at": "provisioned_at",
+                "token_hash": None,
+                "token_expires_at": None,
+                "used_token_hash": "token_hash",
+                "provisioned_client_id": "client_id",
+                "mqtt_user": "mqtt_user",
+                "credential_hash": "credential_hash",
+            }
+        ),
+        "ConfigApplyRequested": _update_bank({"config_hash": "config_hash"}),
+        "ConfigApplied": _update_bank({"applied_config_hash": "applied_config_hash"}),
+        "DoorStateChanged": _door_changed,
+    },
+)
+
+
+def _grant(tx: SqlTx, ev: StoredEvent) -> None:
+    tx.execute(
+        "INSERT INTO grants (compartment_id, user_id, bank_id, expires_at, granted_at)"
+        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (compartment_id, user_id) DO UPDATE SET"
+        " expires_at = excluded.expires_at, granted_at = excluded.granted_at",
+        (
+            ev.data["compartment_id"],
+            ev.data["user_id"],
+            ev.stream_id,
+            ev.data["expires_at"],
+            ev.data["granted_at"],
+        ),
+    )
+
+
+def _revoke(tx: SqlTx, ev: StoredEvent) -> None:
+    tx.execute(
+        "DELETE FROM grants WHERE compartment_id = ? AND user_id = ?",
+        (ev.data["compartment_id"], ev.data["user_id"]),
+    )
+
+
+GRANTS = _TableProjection(
+    "grants",
+    ddl=[
+        """CREATE TABLE IF NOT EXISTS grants (
+            compartment_id TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            bank_id TEXT NOT NULL,
+            expires_at TEXT,
+            granted_at TEXT NOT NULL,
+            PRIMARY KEY (compartment_id, user_id)
+        )""",
+        "CREATE INDEX IF NOT EXISTS grants_user ON grants (user_id)",
+    ],
+    tables=["grants"],
+    handlers={"CompartmentAccessGranted": _grant, "CompartmentAccessRevoked": _revoke},
+)
+
+
+def _tx_requested(action: str) -> Handler:
+    def handler(tx: SqlTx, ev: StoredEvent) -> None:
+        d = ev.data
+        tx.execute(
+            "INSERT INTO transactions (transaction_id, bank_id, action, status, user_id,"
+            " compartment_id, compartment_number, requested_at, expires_at)"
+            " VALUES (?, ?, ?, 'pending', ?, ?, ?, ?, ?)",
+            (
+                d["transaction_id"],
+                ev.stream_id,
+                action,
+                d.get("user_id", d.get("requested_by")),
+                d.get("compartment_id"),
+                d.get("compartment_number"),
+                d["requested_at"],
+                d["expires_at"],
+            ),
+        )
+
+    return handler
+
+
+def _tx_finished(status: str, at_field: str) -> Handler:
+    def handler(tx: SqlTx, ev: StoredEvent) -> None:
+        d = ev.data
+        tx.execute(
+            "UPDATE transactions SET status = ?, completed_at = ?, error_code = ?, message = ?"
+            " WHERE transaction_id = ?",
+            (status, d[at_field], d.get("error_code"), d.get("message"), d["transaction_id"]),
+        )
+
+    return handler
+
+
+def _tx_late(tx: SqlTx, ev: StoredEvent) -> None:
+    d = ev.data
+    tx.execute(
+        "UPDATE transactions SET late_result = ?, late_error_code = ?, late_received_at = ?"
+        " WHERE transaction_id = ? AND late_result IS NULL",
+        (d["result"], d["error_code"], d["received_at"], d["transaction_id"]),
+    )
+
+
+def _tx_dispatched(tx: SqlTx, ev: StoredEvent) -> None:
+    tx.execute(
+        "UPDATE transactions SET dispatched_at = ? WHERE transaction_id = ?",
+        (ev.data["dispatched_at"], ev.data["transaction_id"]),
+    )
+
+
+TIMEOUT_MESSAGE = (
+    "No answer from the locker before the command expired: whether the door opened is unknown."
+)
+
+
+def _tx_timeout(tx: SqlTx, ev: StoredEvent) -> None:
+    tx.execute(
+        "UPDATE transactions SET status = 'timeout', completed_at = ?, message = ?"
+        " WHERE transaction_id = ?",
+        (ev.data["timed_out_at"], TIMEOUT_MESSAGE, ev.data["transaction_id"]),
+    )
+
+
+TRANSACTIONS = _TableProjection(
+    "transactions",
+    ddl=[
+        """CREATE TABLE IF NOT EXISTS transactions (
+            transaction_id TEXT PRIMARY KEY,
+            bank_id TEXT NOT NULL,
+            action TEXT NOT NULL,
+            status TEXT NOT NULL,
+            user_id TEXT,
+            compartment_id TEXT,
+            compartment_number BIGINT,
+            requested_at TEXT NOT NULL,
+            expires_at TEXT NOT NULL,
+            dispatched_at TEXT,
+            completed_at TEXT,
+            error_code TEXT,
+            message TEXT,
+            late_result TEXT,
+            late_error_code TEXT,
+            late_received_at TEXT
+        )""",
+        "CREATE INDEX IF NOT EXISTS transactions_pending ON transactions (status, bank_id)",
+    ],
+    tables=["transactions"],
+    handlers={
+        "CompartmentOpeningRequested": _tx_requested("open_compartment"),
+        "ConfigApplyRequested": _tx_requested("apply_config"),
+        "CommandDispatched": _tx_dispatched,
+        "CompartmentOpened": _tx_finished("success", "received_at"),
+        "ConfigApplied": _tx_finished("success", "received_at"),
+        "CommandFailed": _tx_finished("error", "received_at"),
+        "CommandTimedOut": _tx_timeout,
+        "LateAnswerReceived": _tx_late,
+    },
+)
+
+PROJECTIONS: tuple[Projection, ...] = (BANKS, GRANTS, TRANSACTIONS)
+
+# Plain tables that are not projections: a rebuild leaves them alone.
+PLAIN_TABLES_DDL: tuple[str, ...] = (
+    """CREATE TABLE IF NOT EXISTS bank_last_seen (
+        bank_id TEXT PRIMARY KEY,
+        last_seen TEXT NOT NULL
+    )""",
+)
