@@ -1,0 +1,276 @@
+"""The bank actor: the imperative shell around ``decide`` and ``evolve``.
+
+One incarnation loads the bank (snapshot + tail of events), then handles its mailbox one
+message at a time: decide, append the durable events with the expected version, fold them into
+the state, and only then act on them (publish commands and replies through the dispatcher,
+schedule the next deadline, update the fleet view). If anything raises, the incarnation dies;
+its supervisor starts a new one, which rebuilds the state from the store, so no half-applied
+change survives a crash. The message that was being handled gets an error answer, never silence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+import structlog
+import trio
+
+from actors.dispatcher import Delivery, Dispatcher
+from actors.fleet import FleetView
+from actors.mailbox import Mailbox
+from actors.timers import TimerService
+from gateway import outbound, topics
+from lockerd.directory import Directory
+from lockerd.domain import commands as c
+from lockerd.domain import events as e
+from lockerd.domain.bank import decide, fold
+from lockerd.domain.config_hash import config_compartments
+from lockerd.domain.snapshot import decode_snapshot, encode_snapshot
+from lockerd.domain.state import BankState
+from lockerd.metrics import Metrics
+from store.base import EventStore, NewEvent, Snapshot, StoredEvent
+
+log = structlog.get_logger("lockerd.bank")
+
+Clock = Callable[[], datetime]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    state: BankState
+    events: tuple[e.Event, ...] = ()
+    stored: tuple[StoredEvent, ...] = ()
+    rejected: c.CommandRejected | None = None
+    crashed: str | None = None
+
+
+@dataclass(slots=True)
+class Envelope:
+    command: c.BankCommand
+    kind: str | None = None  # inbound message kind, for the processed/dropped counter
+    reply: trio.MemorySendChannel[Outcome] | None = None
+    secret: str | None = None  # the plaintext password for a provisioning reply; never stored
+
+
+@dataclass(slots=True)
+class BankServices:
+    store: EventStore
+    directory: Directory
+    fleet: FleetView
+    dispatcher: Dispatcher
+    timers: TimerService
+    metrics: Metrics
+    clock: Clock
+    command_timeout: int = 30
+    snapshot_every: int = 100
+    listeners: list[Callable[[str, list[StoredEvent]], None]] = field(default_factory=list)
+
+
+ALERT_EVENTS = (e.UncommandedDoorOpening, e.CommandFailed, e.CommandTimedOut)
+
+
+class BankActor:
+    """One incarnation of a bank's actor."""
+
+    def __init__(self, bank_id: str, mailbox: Mailbox[Envelope], services: BankServices) -> None:
+        self.bank_id = bank_id
+        self.mailbox = mailbox
+        self.s = services
+        self.state = BankState()
+        self._snapshot_version = 0
+
+    async def run(self) -> None:
+        await self._load()
+        await self._resume_outbox()
+        self._publish_status()
+        self.s.timers.schedule(self.bank_id, self.state.next_deadline())
+        while True:
+            envelope = await self.mailbox.get()
+            try:
+                await self._handle(envelope)
+            except BaseException as exc:
+                self._answer(envelope, Outcome(self.state, crashed=repr(exc)))
+                if not isinstance(exc, trio.Cancelled):
+                    self.s.metrics.drop(envelope.kind, "actor_crashed")
+                raise
+
+    async def _load(self) -> None:
+        state = BankState()
+        snapshot = await self.s.store.load_snapshot(self.bank_id)
+        if snapshot is not None:
+            try:
+                state = decode_snapshot(snapshot.state)
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("snapshot_ignored", bank_id=self.bank_id, error=repr(exc))
+                state = BankState()
+        tail = await self.s.store.read_stream(self.bank_id, after_version=state.version)
+        state = fold(state, [e.event_from_stored(ev.type, dict(ev.data)) for ev in tail])
+        self.state = state
+        self._snapshot_version = snapshot.version if snapshot is not None else 0
+
+    async def _resume_outbox(self) -> None:
+        """Publish commands that were recorded but never acknowledged by the broker.
+
+        This is the outbox: a crash between recording a request and publishing it must not
+        lose the command. Expired ones are left to time out; the device must not act on them.
+        """
+        now = self.s.clock()
+        for tx in self.state.pending():
+            if not tx.dispatched and tx.expires_at > now:
+                await self._dispatch_command(tx.transaction_id, now)
+
+    async def _handle(self, envelope: Envelope) -> None:
+        now = self.s.clock()
+        command = replace(envelope.command, now=now)
+        try:
+            decided = decide(self.state, command)
+        except c.CommandRejected as rejection:
+            self.s.metrics.drop(envelope.kind, rejection.code)
+            if envelope.kind is not None:
+                log.info("message_dropped", bank_id=self.bank_id, kind=envelope.kind,
+                         reason=rejection.code, detail=rejection.message)
+            self._answer(envelope, Outcome(self.state, rejected=rejection))
+            return
+        durable = [ev for ev in decided if e.is_durable(ev)]
+        stored: list[StoredEvent] = []
+        if durable:
+            started = trio.current_time()
+            stored = await self.s.store.append(
+                self.bank_id,
+                self.state.version,
+                [NewEvent(e.event_type(ev), e.event_data(ev)) for ev in durable],
+            )
+            self.s.metrics.store_append_seconds.observe(trio.current_time() - started)
+            for stored_event in stored:
+                self.s.directory.apply(stored_event)
+        self.state = fold(self.state, decided)
+        if stored:
+            for listener in self.s.listeners:
+                listener(self.bank_id, stored)
+        if envelope.kind is not None:
+            if decided:
+                self.s.metrics.processed(envelope.kind)
+            else:
+                self.s.metrics.drop(envelope.kind, "duplicate")
+        await self._react(envelope, decided, now)
+        self._publish_status(decided)
+        self.s.timers.schedule(self.bank_id, self.state.next_deadline())
+        self._answer(envelope, Outcome(self.state, tuple(decided), tuple(stored)))
+        if self.state.version - self._snapshot_version >= self.s.snapshot_every:
+            await self.s.store.save_snapshot(
+                Snapshot(self.bank_id, self.state.version, encode_snapshot(self.state))
+            )
+            self._snapshot_version = self.state.version
+
+    def _answer(self, envelope: Envelope, outcome: Outcome) -> None:
+        if envelope.reply is not None:
+            # the asker may have given up waiting
+            with suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                envelope.reply.send_nowait(outcome)
+            envelope.reply = None
+
+    async def _react(self, envelope: Envelope, decided: list[e.Event], now: datetime) -> None:
+        for event in decided:
+            match event:
+                case e.CompartmentOpeningRequested() | e.ConfigApplyRequested():
+                    await self._dispatch_command(event.transaction_id, now)
+                case e.LockerBankProvisioned():
+                    await self._reply_provisioned(event, envelope.secret or "")
+                case e.ProvisioningFailed():
+                    await self.s.dispatcher.submit(
+                        Delivery(
+                            "provisioning_reply",
+                            topics.provisioning_reply_topic(event.client_id),
+                            outbound.provisioning_error(event.reason),
+                        )
+                    )
+                case e.CompartmentOpened() | e.ConfigApplied():
+                    self.s.metrics.command_outcomes.labels(
+                        "open_compartment" if isinstance(event, e.CompartmentOpened)
+                        else "apply_config", "success").inc()
+                case e.CommandFailed():
+                    self.s.metrics.command_outcomes.labels(event.action, "error").inc()
+                case e.CommandTimedOut():
+                    self.s.metrics.command_outcomes.labels(event.action, "timeout").inc()
+                case _:
+                    pass
+            if e.is_durable(event) and not isinstance(event, e.CommandDispatched):
+                log.info("bank_event", bank_id=self.bank_id, event=e.event_type(event),
+                         transaction_id=getattr(event, "transaction_id", None))
+
+    async def _dispatch_command(self, transaction_id: str, now: datetime) -> None:
+        tx = self.state.transactions[transaction_id]
+        data: dict[str, Any]
+        if tx.action == "open_compartment":
+            data = {"compartment_number": tx.compartment_number}
+        else:
+            data = {
+                "heartbeat_interval_seconds": self.state.heartbeat_interval_seconds,
+                "compartments": config_compartments(self.state.config_entries()),
+                "config_hash": tx.config_hash,
+            }
+        payload = outbound.command_payload(
+            tx.action, tx.transaction_id, tx.requested_at, tx.expires_at, data
+        )
+        bank_id = self.bank_id
+        mailbox = self.mailbox
+
+        async def sent() -> None:
+            await mailbox.put(Envelope(c.MarkDispatched(transaction_id, now)))
+
+        remaining = (tx.expires_at - now).total_seconds()
+        await self.s.dispatcher.submit(
+            Delivery(
+                "command",
+                topics.command_topic(bank_id),
+                payload,
+                deadline=trio.current_time() + remaining,
+                on_sent=sent,
+            )
+        )
+
+    async def _reply_provisioned(self, event: e.LockerBankProvisioned, password: str) -> None:
+        mailbox = self.mailbox
+        clock = self.s.clock
+
+        async def failed(reason: str) -> None:
+            await mailbox.put(
+                Envelope(
+                    c.RecordProvisioningReplyFailed(
+                        event.client_id, event.mqtt_user, reason, clock()
+                    )
+                )
+            )
+
+        await self.s.dispatcher.submit(
+            Delivery(
+                "provisioning_reply",
+                topics.provisioning_reply_topic(event.client_id),
+                outbound.provisioning_success(self.bank_id, event.mqtt_user, password),
+                deadline=trio.current_time() + 30.0,
+                on_failed=failed,
+            )
+        )
+
+    def _publish_status(self, decided: list[e.Event] | None = None) -> None:
+        state = self.state
+        status = self.s.fleet.status(self.bank_id, state.name)
+        status.name = state.name
+        status.location = state.location
+        status.presence = state.presence
+        status.last_seen = state.last_seen
+        status.pending_commands = len(state.pending())
+        status.mailbox = self.mailbox.depth
+        status.doors = {n: comp.door_state for n, comp in state.compartments.items()}
+        status.config_hash = state.config_hash
+        status.applied_config_hash = state.applied_config_hash
+        for event in decided or ():
+            if isinstance(event, ALERT_EVENTS):
+                status.alerts.append({"type": e.event_type(event), **e.event_data(event)})
+                del status.alerts[:-50]
+        self.s.fleet.changed(self.bank_id)
+
