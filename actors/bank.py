@@ -131,8 +131,13 @@ class BankActor:
         except c.CommandRejected as rejection:
             self.s.metrics.drop(envelope.kind, rejection.code)
             if envelope.kind is not None:
-                log.info("message_dropped", bank_id=self.bank_id, kind=envelope.kind,
-                         reason=rejection.code, detail=rejection.message)
+                log.info(
+                    "message_dropped",
+                    bank_id=self.bank_id,
+                    kind=envelope.kind,
+                    reason=rejection.code,
+                    detail=rejection.message,
+                )
             self._answer(envelope, Outcome(self.state, rejected=rejection))
             return
         durable = [ev for ev in decided if e.is_durable(ev)]
@@ -190,8 +195,11 @@ class BankActor:
                     )
                 case e.CompartmentOpened() | e.ConfigApplied():
                     self.s.metrics.command_outcomes.labels(
-                        "open_compartment" if isinstance(event, e.CompartmentOpened)
-                        else "apply_config", "success").inc()
+                        "open_compartment"
+                        if isinstance(event, e.CompartmentOpened)
+                        else "apply_config",
+                        "success",
+                    ).inc()
                 case e.CommandFailed():
                     self.s.metrics.command_outcomes.labels(event.action, "error").inc()
                 case e.CommandTimedOut():
@@ -199,8 +207,12 @@ class BankActor:
                 case _:
                     pass
             if e.is_durable(event) and not isinstance(event, e.CommandDispatched):
-                log.info("bank_event", bank_id=self.bank_id, event=e.event_type(event),
-                         transaction_id=getattr(event, "transaction_id", None))
+                log.info(
+                    "bank_event",
+                    bank_id=self.bank_id,
+                    event=e.event_type(event),
+                    transaction_id=getattr(event, "transaction_id", None),
+                )
 
     async def _dispatch_command(self, transaction_id: str, now: datetime) -> None:
         tx = self.state.transactions[transaction_id]
@@ -273,4 +285,3 @@ class BankActor:
                 status.alerts.append({"type": e.event_type(event), **e.event_data(event)})
                 del status.alerts[:-50]
         self.s.fleet.changed(self.bank_id)
-

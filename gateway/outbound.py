@@ -17,7 +17,7 @@ PROVISIONING_ERRORS = {
     "token_used": "Provisioning token has already been used.",
     "rate_limited": "Too many provisioning attempts; try again later.",
     "invalid_client_id": "client_id must be a non-empty MQTT client id without '/', '+' or '#'.",
-    "malformed": "Malformed registration payload: expected {\"client_id\": \"...\"}.",
+    "malformed": 'Malformed registration payload: expected {"client_id": "..."}.',
 }
 
 

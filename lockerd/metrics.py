@@ -19,7 +19,9 @@ class Metrics:
             registry=r,
         )
         self.dropped = Counter(
-            "lockerd_dropped_messages", "Dropped inbound messages by reason", ["kind", "reason"],
+            "lockerd_dropped_messages",
+            "Dropped inbound messages by reason",
+            ["kind", "reason"],
             registry=r,
         )
         self.outbound = Counter(
@@ -36,15 +38,20 @@ class Metrics:
             "lockerd_mailbox_depth_total", "Messages waiting in all bank mailboxes", registry=r
         )
         self.command_outcomes = Counter(
-            "lockerd_command_outcomes", "Finished commands by action and status",
-            ["action", "status"], registry=r,
+            "lockerd_command_outcomes",
+            "Finished commands by action and status",
+            ["action", "status"],
+            registry=r,
         )
         self.goauth_checks = Counter(
-            "lockerd_goauth_checks", "go-auth checks by endpoint and result",
-            ["endpoint", "result"], registry=r,
+            "lockerd_goauth_checks",
+            "go-auth checks by endpoint and result",
+            ["endpoint", "result"],
+            registry=r,
         )
         self.store_append_seconds = Histogram(
-            "lockerd_store_append_seconds", "Event store append latency",
+            "lockerd_store_append_seconds",
+            "Event store append latency",
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
             registry=r,
         )

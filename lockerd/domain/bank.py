@@ -60,14 +60,24 @@ def decide(state: BankState, command: c.BankCommand) -> list[e.Event]:
         case c.RequestOpen():
             return _request_open(state, command)
         case c.RequestApplyConfig():
-            return [_apply_config_request(state, command.transaction_id, command.now,
-                                          command.command_timeout_seconds, command.requested_by)]
+            if state.pending_config() is not None:
+                raise c.CommandRejected("conflict", "an apply_config command is still pending")
+            return [
+                _apply_config_request(
+                    state,
+                    command.transaction_id,
+                    command.now,
+                    command.command_timeout_seconds,
+                    command.requested_by,
+                )
+            ]
         case c.MarkDispatched():
             tx = state.transactions.get(command.transaction_id)
             if tx is None or tx.dispatched:
                 return []
-            return [e.CommandDispatched(transaction_id=tx.transaction_id,
-                                        dispatched_at=command.now)]
+            return [
+                e.CommandDispatched(transaction_id=tx.transaction_id, dispatched_at=command.now)
+            ]
         case c.RecordAnswer():
             return _answer(state, command)
         case c.RecordHeartbeat():
@@ -309,8 +319,11 @@ def _heartbeat(state: BankState, command: c.RecordHeartbeat) -> list[e.Event]:
         ):
             result.append(
                 _apply_config_request(
-                    state, command.spare_transaction_id, command.now,
-                    command.command_timeout_seconds, None,
+                    state,
+                    command.spare_transaction_id,
+                    command.now,
+                    command.command_timeout_seconds,
+                    None,
                 )
             )
     return result
@@ -538,18 +551,22 @@ def _apply(s: BankState, event: e.Event) -> BankState:
         case e.CommandDispatched():
             return _update_tx(s, event.transaction_id, dispatched=True)
         case e.CompartmentOpened():
-            return _update_tx(s, event.transaction_id, status="success",
-                              completed_at=event.received_at)
+            return _update_tx(
+                s, event.transaction_id, status="success", completed_at=event.received_at
+            )
         case e.CommandFailed():
-            return _update_tx(s, event.transaction_id, status="error",
-                              completed_at=event.received_at)
+            return _update_tx(
+                s, event.transaction_id, status="error", completed_at=event.received_at
+            )
         case e.ConfigApplied():
-            s = _update_tx(s, event.transaction_id, status="success",
-                           completed_at=event.received_at)
+            s = _update_tx(
+                s, event.transaction_id, status="success", completed_at=event.received_at
+            )
             return replace(s, applied_config_hash=event.applied_config_hash)
         case e.CommandTimedOut():
-            return _update_tx(s, event.transaction_id, status="timeout",
-                              completed_at=event.timed_out_at)
+            return _update_tx(
+                s, event.transaction_id, status="timeout", completed_at=event.timed_out_at
+            )
         case e.LateAnswerReceived():
             return _update_tx(s, event.transaction_id, has_late_answer=True)
         case e.HeartbeatReceived():

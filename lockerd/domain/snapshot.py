@@ -14,7 +14,11 @@ from lockerd.domain.state import BankState, Compartment, Transaction
 SNAPSHOT_FORMAT = 1
 
 _DATETIME_FIELDS = {
-    "token_expires_at", "provisioned_at", "last_seen", "requested_at", "expires_at",
+    "token_expires_at",
+    "provisioned_at",
+    "last_seen",
+    "requested_at",
+    "expires_at",
     "completed_at",
 }
 

@@ -1,0 +1,66 @@
+"""Bearer-token authentication for the HTTP API.
+
+The bootstrap admin token comes from ``LOCKERD_ADMIN_TOKEN``; user sessions are resolved by
+whatever session service is registered in the context (``extensions["sessions"]``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from quart import request
+
+from lockerd.http.context import ctx
+from lockerd.http.errors import ApiError
+from lockerd.security import constant_time_equals
+
+Role = Literal["user", "admin"]
+BOOTSTRAP_ADMIN_ID = "admin"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    user_id: str
+    role: Role
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+class SessionResolver(Protocol):
+    async def resolve(self, token: str) -> Principal | None: ...
+
+
+def bearer_token() -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+async def authenticate(token: str | None) -> Principal | None:
+    if token is None:
+        return None
+    if constant_time_equals(token, ctx().settings.admin_token):
+        return Principal(BOOTSTRAP_ADMIN_ID, "admin")
+    sessions: SessionResolver | None = ctx().extensions.get("sessions")
+    if sessions is None:
+        return None
+    return await sessions.resolve(token)
+
+
+async def require_user() -> Principal:
+    principal = await authenticate(bearer_token())
+    if principal is None:
+        raise ApiError(401, "missing or invalid bearer token")
+    return principal
+
+
+async def require_admin() -> Principal:
+    principal = await require_user()
+    if not principal.is_admin:
+        raise ApiError(403, "this route needs the admin role")
+    return principal

@@ -1,0 +1,65 @@
+"""Secrets: random tokens, keyed hashes, constant-time comparisons.
+
+Machine secrets (provisioning tokens, device and agent passwords, bearer tokens) are 256-bit
+random values, so a keyed HMAC-SHA256 is as strong as a slow KDF for them and costs 2 µs instead
+of 16-100 ms (research/deps.md §4): go-auth checks a device password on every CONNECT.
+Human passwords get argon2id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+
+from store.base import EventStore, SqlTx
+
+KEY_TABLE_DDL = (
+    "CREATE TABLE IF NOT EXISTS server_keys (name TEXT PRIMARY KEY, value TEXT NOT NULL)"
+)
+
+
+def new_token(nbytes: int = 32) -> str:
+    return secrets.token_urlsafe(nbytes)
+
+
+class Keyring:
+    """Keyed hashing under the server's secret key, with a separate subkey per purpose."""
+
+    def __init__(self, master: bytes) -> None:
+        self._master = master
+
+    def _subkey(self, purpose: str) -> bytes:
+        return hmac.new(self._master, purpose.encode(), hashlib.sha256).digest()
+
+    def hash(self, purpose: str, value: str) -> str:
+        return hmac.new(self._subkey(purpose), value.encode(), hashlib.sha256).hexdigest()
+
+    def verify(self, purpose: str, value: str, expected_hash: str) -> bool:
+        return hmac.compare_digest(self.hash(purpose, value), expected_hash)
+
+    def sign(self, purpose: str, message: bytes) -> bytes:
+        return hmac.new(self._subkey(purpose), message, hashlib.sha256).digest()
+
+
+def constant_time_equals(given: str | None, expected: str | None) -> bool:
+    if given is None or expected is None:
+        return False
+    return hmac.compare_digest(given.encode(), expected.encode())
+
+
+async def load_keyring(store: EventStore, configured: str | None) -> Keyring:
+    """Use LOCKERD_SECRET_KEY if set, else a random key created once and kept in the store."""
+    if configured:
+        return Keyring(configured.encode())
+
+    def get_or_create(tx: SqlTx) -> str:
+        tx.execute(KEY_TABLE_DDL)
+        rows = tx.query("SELECT value FROM server_keys WHERE name = 'master'")
+        if rows:
+            return str(rows[0][0])
+        value = secrets.token_hex(32)
+        tx.execute("INSERT INTO server_keys (name, value) VALUES ('master', ?)", (value,))
+        return value
+
+    return Keyring(bytes.fromhex(await store.write(get_or_create)))
