@@ -78,7 +78,8 @@ def parse_duration(variable: str, text: str) -> int:
 
 def parse_host_port(variable: str, text: str) -> tuple[str, int]:
     host, sep, port = text.strip().rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    # port 0 asks the OS for any free port (useful for tests)
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ConfigError(variable, f"expected host:port, got {text!r}")
     return host.strip("[]"), int(port)
 

@@ -1,0 +1,76 @@
+"""Running lockerd in-process against a test broker, with an HTTP client for it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from lockerd.config import Settings, load_settings
+from lockerd.context import ServiceContext
+from lockerd.service import running_service
+
+ADMIN_TOKEN = "test-admin-token"
+MOSQ_SECRET = "test-mosq-secret"
+BACKEND_USER = "lockerd-backend"
+BACKEND_PASSWORD = "backend-password"
+
+
+def test_settings(broker_url: str, db_path: Path, **overrides: str) -> Settings:
+    values = {
+        "LOCKERD_HTTP": "127.0.0.1:0",
+        "LOCKERD_MQTT_URL": broker_url,
+        "LOCKERD_DATABASE": f"sqlite:///{db_path}",
+        "LOCKERD_ADMIN_TOKEN": ADMIN_TOKEN,
+        "LOCKERD_MOSQ_SECRET": MOSQ_SECRET,
+        "LOCKERD_PROVISIONING_PASSWORD": "provisioning-password",
+        "LOCKERD_SECRET_KEY": "test-secret-key",
+        **overrides,
+    }
+    return load_settings({}, values)
+
+
+@dataclass
+class RunningLockerd:
+    context: ServiceContext
+    http: httpx.AsyncClient
+    base_url: str
+
+    def admin_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+    async def admin_post(self, path: str, json: Any = None) -> httpx.Response:
+        return await self.http.post(path, json=json, headers=self.admin_headers())
+
+    async def admin_get(self, path: str) -> httpx.Response:
+        return await self.http.get(path, headers=self.admin_headers())
+
+    async def create_bank(self, compartments: int = 2, **fields: Any) -> dict[str, Any]:
+        body = {
+            "name": fields.pop("name", "Test bank"),
+            "compartments": [
+                {"number": n, "slave_id": 1, "address": n - 1} for n in range(1, compartments + 1)
+            ],
+            **fields,
+        }
+        response = await self.admin_post("/api/admin/locker-banks", body)
+        assert response.status_code == 201, response.text
+        result: dict[str, Any] = response.json()
+        return result
+
+
+def http_base(context: ServiceContext) -> str:
+    urls: list[str] = context.extensions["http_urls"]
+    return urls[0]
+
+
+@asynccontextmanager
+async def lockerd(settings: Settings) -> AsyncIterator[RunningLockerd]:
+    async with running_service(settings) as context:
+        base = http_base(context)
+        async with httpx.AsyncClient(base_url=base, timeout=10.0) as client:
+            yield RunningLockerd(context, client, base)
