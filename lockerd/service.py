@@ -34,6 +34,7 @@ from lockerd.config import Settings
 from lockerd.context import ServiceContext, utc_now
 from lockerd.directory import Directory
 from lockerd.domain import commands as c
+from lockerd.features import installers
 from lockerd.http.app import create_app
 from lockerd.metrics import Metrics
 from lockerd.projections import PLAIN_TABLES_DDL, PROJECTIONS
@@ -44,17 +45,6 @@ from store.base import EventStore, SqlTx
 log = structlog.get_logger("lockerd.service")
 
 LAST_SEEN_FLUSH_SECONDS = 5.0
-
-# Capabilities beyond the core (users, go-auth, metrics ingestion, dashboard) plug in here:
-# each gets the context and the nursery once the core runs and returns its blueprints.
-Extension = Callable[[ServiceContext, trio.Nursery], Any]
-EXTENSIONS: list[Extension] = []
-
-
-def register_extension(extension: Extension) -> Extension:
-    EXTENSIONS.append(extension)
-    return extension
-
 
 async def prepare_schema(store: EventStore) -> None:
     def create(tx: SqlTx) -> None:
@@ -204,8 +194,8 @@ async def running_service(
             root.start_child("timers", timers.run)
             root.start_child("last-seen", lambda: flush_last_seen(store, fleet))
             blueprints: list[Blueprint] = []
-            for extension in EXTENSIONS:
-                blueprints.extend(await extension(context, nursery) or ())
+            for install in installers():
+                blueprints.extend(await install(context, nursery))
             root.start_child("gateway", gateway.run)
             for bank_id, expiry in pending:
                 timers.schedule(bank_id, datetime.fromisoformat(expiry))

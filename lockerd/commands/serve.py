@@ -1,0 +1,59 @@
+"""``lockerd serve``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+
+import trio
+
+from lockerd.config import VARIABLES, ConfigError, Settings, load_settings
+
+NAMES = ("serve",)
+HELP = {"serve": "run the service (HTTP, MQTT gateway, actors, timers, store)"}
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    for variable, (flag, default) in VARIABLES.items():
+        parser.add_argument(
+            flag,
+            dest=variable,
+            default=None,
+            help=f"overrides {variable} (default: {default if default is not None else 'unset'})",
+        )
+
+
+def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
+    add_config_flags(parser)
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    overrides = {variable: getattr(args, variable, None) for variable in VARIABLES}
+    return load_settings(os.environ, overrides)
+
+
+def settings_or_exit(args: argparse.Namespace) -> Settings:
+    try:
+        return settings_from(args)
+    except ConfigError as exc:
+        print(f"lockerd: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+async def _serve_until_signal(settings: Settings) -> None:
+    from lockerd.service import serve
+
+    async with trio.open_nursery() as nursery:
+        context = await nursery.start(serve, settings)
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for _ in signals:
+                context.shutdown.set()
+                break
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_or_exit(args)
+    trio.run(_serve_until_signal, settings)
+    return 0
