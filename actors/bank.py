@@ -210,7 +210,7 @@ class BankActor:
                 log.info(
                     "bank_event",
                     bank_id=self.bank_id,
-                    event=e.event_type(event),
+                    event_type=e.event_type(event),
                     transaction_id=getattr(event, "transaction_id", None),
                 )
 

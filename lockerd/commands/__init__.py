@@ -20,4 +20,4 @@ class Subcommand(Protocol):
 
 
 def subcommands() -> list[Subcommand]:
-    return [import_module(f"lockerd.commands.{name}") for name in COMMANDS]  # type: ignore[misc]
+    return [import_module(f"lockerd.commands.{name}") for name in COMMANDS]  # type: ignore[misc,unused-ignore]

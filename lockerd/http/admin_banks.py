@@ -8,7 +8,6 @@ from typing import Annotated, Any
 
 import msgspec
 from quart import Blueprint
-from quart_schema import validate_request
 
 from actors.fleet import iso
 from actors.registry import BankUnavailable, UnknownBank
@@ -17,6 +16,7 @@ from lockerd.domain import events as e
 from lockerd.http.auth import require_admin
 from lockerd.http.context import ctx
 from lockerd.http.errors import ApiError
+from lockerd.http.validation import json_body
 from lockerd.security import new_token
 from store.base import SqlTx
 
@@ -63,7 +63,7 @@ def raise_rejection(outcome: Any) -> None:
 
 
 @blueprint.post("/api/admin/locker-banks")
-@validate_request(CreateBankIn)
+@json_body(CreateBankIn)
 async def create_bank(data: CreateBankIn) -> tuple[dict[str, Any], int]:
     await require_admin()
     service = ctx()

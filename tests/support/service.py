@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+import trio
 
 from lockerd.config import Settings, load_settings
 from lockerd.context import ServiceContext
@@ -32,6 +33,9 @@ def test_settings(broker_url: str, db_path: Path, **overrides: str) -> Settings:
         **overrides,
     }
     return load_settings({}, values)
+
+
+test_settings.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
 
 
 @dataclass
@@ -74,3 +78,13 @@ async def lockerd(settings: Settings) -> AsyncIterator[RunningLockerd]:
         base = http_base(context)
         async with httpx.AsyncClient(base_url=base, timeout=10.0) as client:
             yield RunningLockerd(context, client, base)
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], within: float = 10.0) -> None:
+    """Poll an outside view (HTTP, /metrics) until ``check`` holds; fail after ``within`` s.
+
+    Used only where no event can be awaited: the state lives behind an HTTP API.
+    """
+    with trio.fail_after(within):
+        while not await check():  # noqa: ASYNC110 - nothing to await across HTTP
+            await trio.sleep(0.02)

@@ -1,0 +1,154 @@
+"""End to end through the core: HTTP admin routes, MQTT routing, presence, restart."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import paho.mqtt.client as paho
+from tests.support.mosquitto import MosquittoBroker
+from tests.support.service import ADMIN_TOKEN, eventually, lockerd, test_settings
+
+
+UNKNOWN_BANK = "8a0c5e4e-0000-4000-8000-000000000000"
+
+
+def heartbeat(uptime: int = 5) -> bytes:
+    return json.dumps(
+        {"type": "state", "state": "heartbeat",
+         "data": {"timestamp": "2026-11-24T10:00:00Z", "uptime_seconds": uptime}}
+    ).encode()
+
+
+def publish(broker: MosquittoBroker, topic: str, payload: bytes, retain: bool = False) -> None:
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="test-publisher")
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
+    client.loop_stop()
+    client.disconnect()
+
+
+async def test_create_list_get_bank_and_history(mosquitto: MosquittoBroker, tmp_path: Path) -> None:
+    async with lockerd(test_settings(mosquitto.url, tmp_path / "l.db")) as svc:
+        created = await svc.create_bank(compartments=3, name="Town hall", location="Foyer")
+        assert set(created) == {"id", "name", "provisioning_token", "compartments"}
+        assert [c["number"] for c in created["compartments"]] == [1, 2, 3]
+        listed = (await svc.admin_get("/api/admin/locker-banks")).json()
+        assert [b["id"] for b in listed] == [created["id"]]
+        bank = (await svc.admin_get(f"/api/admin/locker-banks/{created['id']}")).json()
+        assert bank["name"] == "Town hall"
+        assert bank["location"] == "Foyer"
+        assert bank["presence"] == "unknown"
+        assert bank["provisioned_at"] is None
+        assert [c["door_state"] for c in bank["compartments"]] == ["unknown"] * 3
+        events = (await svc.admin_get(f"/api/admin/locker-banks/{created['id']}/events")).json()
+        assert [e["type"] for e in events] == ["LockerBankCreated", "ProvisioningTokenIssued"]
+        assert "token_hash" in events[1]["data"]
+        assert created["provisioning_token"] not in json.dumps(events)
+
+
+async def test_bad_input_gets_clear_errors(mosquitto: MosquittoBroker, tmp_path: Path) -> None:
+    async with lockerd(test_settings(mosquitto.url, tmp_path / "l.db")) as svc:
+        cases = [
+            {},
+            {"name": "x", "compartments": []},
+            {"name": "x", "compartments": [{"number": 0, "slave_id": 1, "address": 0}]},
+            {"name": "x", "compartments": [{"number": 1, "slave_id": 1, "address": 0},
+                                           {"number": 1, "slave_id": 1, "address": 1}]},
+            {"name": "x", "heartbeat_interval_seconds": 0,
+             "compartments": [{"number": 1, "slave_id": 1, "address": 0}]},
+            {"name": "x", "compartments": [{"number": "1", "slave_id": 1, "address": 0}]},
+        ]
+        for body in cases:
+            response = await svc.admin_post("/api/admin/locker-banks", body)
+            assert response.status_code == 400, (body, response.text)
+            assert response.json()["error"] == "invalid_input"
+            assert response.json()["message"]
+        raw = await svc.http.post("/api/admin/locker-banks", content=b"{not json",
+                                  headers={**svc.admin_headers(),
+                                           "Content-Type": "application/json"})
+        assert raw.status_code == 400
+        assert (await svc.http.get("/api/admin/locker-banks")).status_code == 401
+        bad = await svc.http.get("/api/admin/locker-banks",
+                                 headers={"Authorization": "Bearer nope"})
+        assert bad.status_code == 401
+        assert (await svc.admin_get("/api/admin/locker-banks/not-a-uuid")).status_code == 404
+        missing = await svc.admin_get(f"/api/admin/locker-banks/{UNKNOWN_BANK}")
+        assert missing.status_code == 404
+        assert missing.json()["error"] == "not_found"
+        assert (await svc.admin_get("/api/admin/locker-banks")).json() == []
+
+
+async def test_heartbeat_brings_bank_online_and_health(
+    mosquitto: MosquittoBroker, tmp_path: Path
+) -> None:
+    async with lockerd(test_settings(mosquitto.url, tmp_path / "l.db")) as svc:
+        bank = await svc.create_bank(heartbeat_interval_seconds=1)
+        health = await svc.http.get("/healthz")
+        assert health.status_code == 200
+        assert health.json() == {"status": "ok", "mqtt": "connected", "store": "ok"}
+        publish(mosquitto, f"locker/{bank['id']}/state", heartbeat())
+
+        async def online() -> bool:
+            got = (await svc.admin_get(f"/api/admin/locker-banks/{bank['id']}")).json()
+            return bool(got["presence"] == "online" and got["last_seen"])
+
+        await eventually(online)
+
+        async def offline() -> bool:
+            got = (await svc.admin_get(f"/api/admin/locker-banks/{bank['id']}")).json()
+            return bool(got["presence"] == "offline")
+
+        await eventually(offline)  # 3 x 1 s without heartbeat
+        events = (await svc.admin_get(f"/api/admin/locker-banks/{bank['id']}/events")).json()
+        types = [e["type"] for e in events]
+        assert types[-2:] == ["LockerBankCameOnline", "LockerBankWentOffline"]
+        assert events[-1]["data"]["reason"] == "heartbeat_timeout"
+        metrics = (await svc.http.get("/metrics")).text
+        assert 'lockerd_inbound_messages_total{kind="state",outcome="processed"} 1.0' in metrics
+
+
+async def test_malformed_messages_are_dropped_and_counted(
+    mosquitto: MosquittoBroker, tmp_path: Path
+) -> None:
+    async with lockerd(test_settings(mosquitto.url, tmp_path / "l.db")) as svc:
+        bank = await svc.create_bank()
+        bad = [
+            (f"locker/{bank['id']}/state", b"not json"),
+            (f"locker/{bank['id']}/state", b'{"type":"state"}'),
+            (f"locker/{bank['id']}/response", b'{"result":"maybe"}'),
+            (f"locker/{bank['id']}/event", b'{"type":"event","event":"door_state_changed",'
+                                           b'"data":{"compartment_number":1,"state":"ajar"}}'),
+            (f"locker/{UNKNOWN_BANK}/state", heartbeat()),
+        ]
+        for topic, payload in bad:
+            publish(mosquitto, topic, payload)
+
+        async def all_dropped() -> bool:
+            text = (await svc.http.get("/metrics")).text
+            total = 0.0
+            for line in text.splitlines():
+                counter = line.startswith("lockerd_inbound_messages_total{")
+                if counter and 'outcome="dropped"' in line:
+                    total += float(line.rsplit(" ", 1)[1])
+            return total == len(bad)
+
+        await eventually(all_dropped)
+        events = (await svc.admin_get(f"/api/admin/locker-banks/{bank['id']}/events")).json()
+        assert len(events) == 2
+        assert (await svc.http.get("/healthz")).status_code == 200
+
+
+async def test_restart_keeps_banks_and_history(mosquitto: MosquittoBroker, tmp_path: Path) -> None:
+    settings = test_settings(mosquitto.url, tmp_path / "l.db")
+    async with lockerd(settings) as svc:
+        bank = await svc.create_bank(name="Survivor")
+        before = (await svc.admin_get(f"/api/admin/locker-banks/{bank['id']}/events")).json()
+    async with lockerd(settings) as svc:
+        got = await svc.admin_get(f"/api/admin/locker-banks/{bank['id']}")
+        assert got.status_code == 200
+        assert got.json()["name"] == "Survivor"
+        after = (await svc.admin_get(f"/api/admin/locker-banks/{bank['id']}/events")).json()
+        assert after == before
+    assert ADMIN_TOKEN
