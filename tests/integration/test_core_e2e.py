@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import paho.mqtt.client as paho
+
 from tests.support.mosquitto import MosquittoBroker
 from tests.support.service import ADMIN_TOKEN, eventually, lockerd, test_settings
-
 
 UNKNOWN_BANK = "8a0c5e4e-0000-4000-8000-000000000000"
 
