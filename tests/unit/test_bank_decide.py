@@ -592,6 +592,17 @@ def test_apply_config_success_records_the_applied_hash() -> None:
     assert state.transactions["cfg-1"].status == "success"
 
 
+def test_apply_config_while_one_is_pending_is_a_conflict() -> None:
+    state = apply(online_bank(), c.RequestApplyConfig(transaction_id="cfg-1",
+                                                      command_timeout_seconds=TIMEOUT,
+                                                      now=T_ONLINE + secs(1)))
+    again = c.RequestApplyConfig(transaction_id="cfg-2", command_timeout_seconds=TIMEOUT,
+                                 now=T_ONLINE + secs(2))
+    assert rejected(state, again).code == "conflict"
+    state = apply(state, c.Tick(T_ONLINE + secs(1 + TIMEOUT)))
+    assert [type(ev) for ev in b.decide(state, again)] == [e.ConfigApplyRequested]
+
+
 def test_apply_config_request_carries_sorted_compartments_and_contract_hash() -> None:
     specs = (spec(3, slave_id=2, address=5), spec(1, slave_id=1, address=0),
              spec(2, slave_id=1, address=1))

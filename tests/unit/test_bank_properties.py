@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from lockerd.domain import bank as b
 from lockerd.domain import commands as c
 from lockerd.domain import events as e
+from lockerd.domain.snapshot import decode_snapshot, encode_snapshot
 from lockerd.domain.state import BankState
 from tests.unit._bank import (
     T0,
@@ -274,6 +275,8 @@ def test_history_round_trips_through_the_store_and_replays_to_the_same_state(
     rebuilt = b.fold(BankState(), durable)
     assert rebuilt.version == run.state.version == len(durable)
     assert live_fields_cleared(rebuilt) == live_fields_cleared(run.state)
+    # a snapshot keeps everything but live presence, which starts "unknown" again
+    assert decode_snapshot(encode_snapshot(run.state)) == live_fields_cleared(run.state)
 
 
 # ---------------------------------------------------------------------------------------------
