@@ -15,8 +15,11 @@ UNKNOWN_BANK = "8a0c5e4e-0000-4000-8000-000000000000"
 
 def heartbeat(uptime: int = 5) -> bytes:
     return json.dumps(
-        {"type": "state", "state": "heartbeat",
-         "data": {"timestamp": "2026-11-24T10:00:00Z", "uptime_seconds": uptime}}
+        {
+            "type": "state",
+            "state": "heartbeat",
+            "data": {"timestamp": "2026-11-24T10:00:00Z", "uptime_seconds": uptime},
+        }
     ).encode()
 
 
@@ -54,10 +57,18 @@ async def test_bad_input_gets_clear_errors(mosquitto: MosquittoBroker, tmp_path:
             {},
             {"name": "x", "compartments": []},
             {"name": "x", "compartments": [{"number": 0, "slave_id": 1, "address": 0}]},
-            {"name": "x", "compartments": [{"number": 1, "slave_id": 1, "address": 0},
-                                           {"number": 1, "slave_id": 1, "address": 1}]},
-            {"name": "x", "heartbeat_interval_seconds": 0,
-             "compartments": [{"number": 1, "slave_id": 1, "address": 0}]},
+            {
+                "name": "x",
+                "compartments": [
+                    {"number": 1, "slave_id": 1, "address": 0},
+                    {"number": 1, "slave_id": 1, "address": 1},
+                ],
+            },
+            {
+                "name": "x",
+                "heartbeat_interval_seconds": 0,
+                "compartments": [{"number": 1, "slave_id": 1, "address": 0}],
+            },
             {"name": "x", "compartments": [{"number": "1", "slave_id": 1, "address": 0}]},
         ]
         for body in cases:
@@ -65,13 +76,16 @@ async def test_bad_input_gets_clear_errors(mosquitto: MosquittoBroker, tmp_path:
             assert response.status_code == 400, (body, response.text)
             assert response.json()["error"] == "invalid_input"
             assert response.json()["message"]
-        raw = await svc.http.post("/api/admin/locker-banks", content=b"{not json",
-                                  headers={**svc.admin_headers(),
-                                           "Content-Type": "application/json"})
+        raw = await svc.http.post(
+            "/api/admin/locker-banks",
+            content=b"{not json",
+            headers={**svc.admin_headers(), "Content-Type": "application/json"},
+        )
         assert raw.status_code == 400
         assert (await svc.http.get("/api/admin/locker-banks")).status_code == 401
-        bad = await svc.http.get("/api/admin/locker-banks",
-                                 headers={"Authorization": "Bearer nope"})
+        bad = await svc.http.get(
+            "/api/admin/locker-banks", headers={"Authorization": "Bearer nope"}
+        )
         assert bad.status_code == 401
         assert (await svc.admin_get("/api/admin/locker-banks/not-a-uuid")).status_code == 404
         missing = await svc.admin_get(f"/api/admin/locker-banks/{UNKNOWN_BANK}")
@@ -118,8 +132,11 @@ async def test_malformed_messages_are_dropped_and_counted(
             (f"locker/{bank['id']}/state", b"not json"),
             (f"locker/{bank['id']}/state", b'{"type":"state"}'),
             (f"locker/{bank['id']}/response", b'{"result":"maybe"}'),
-            (f"locker/{bank['id']}/event", b'{"type":"event","event":"door_state_changed",'
-                                           b'"data":{"compartment_number":1,"state":"ajar"}}'),
+            (
+                f"locker/{bank['id']}/event",
+                b'{"type":"event","event":"door_state_changed",'
+                b'"data":{"compartment_number":1,"state":"ajar"}}',
+            ),
             (f"locker/{UNKNOWN_BANK}/state", heartbeat()),
         ]
         for topic, payload in bad:
@@ -152,3 +169,91 @@ async def test_restart_keeps_banks_and_history(mosquitto: MosquittoBroker, tmp_p
         after = (await svc.admin_get(f"/api/admin/locker-banks/{bank['id']}/events")).json()
         assert after == before
     assert ADMIN_TOKEN
+
+
+async def test_gateway_reconnects_after_broker_restart_and_still_routes(
+    mosquitto: MosquittoBroker, tmp_path: Path
+) -> None:
+    async with lockerd(test_settings(mosquitto.url, tmp_path / "l.db")) as svc:
+        bank = await svc.create_bank(heartbeat_interval_seconds=3600)
+        mosquitto.restart()
+
+        async def reconnected() -> bool:
+            return (await svc.http.get("/healthz")).json()["mqtt"] == "connected"
+
+        await eventually(reconnected, within=20.0)
+        publish(mosquitto, f"locker/{bank['id']}/state", heartbeat())
+
+        async def online() -> bool:
+            got = (await svc.admin_get(f"/api/admin/locker-banks/{bank['id']}")).json()
+            return bool(got["presence"] == "online")
+
+        await eventually(online)
+
+
+async def test_healthz_degraded_while_broker_is_down(
+    mosquitto: MosquittoBroker, tmp_path: Path
+) -> None:
+    async with lockerd(test_settings(mosquitto.url, tmp_path / "l.db")) as svc:
+        mosquitto.stop()
+
+        async def degraded() -> bool:
+            response = await svc.http.get("/healthz")
+            return response.status_code == 503 and response.json() == {
+                "status": "degraded",
+                "mqtt": "disconnected",
+                "store": "ok",
+            }
+
+        await eventually(degraded)
+        mosquitto.start()
+
+        async def healthy() -> bool:
+            return (await svc.http.get("/healthz")).status_code == 200
+
+        await eventually(healthy, within=20.0)
+
+
+async def test_bank_actor_crash_is_restarted_and_state_rebuilt(
+    mosquitto: MosquittoBroker, tmp_path: Path
+) -> None:
+    async with lockerd(test_settings(mosquitto.url, tmp_path / "l.db")) as svc:
+        bank = await svc.create_bank()
+        registry = svc.context.registry
+        store = svc.context.store
+        original_append = store.append
+        failures = 1
+
+        async def failing_append(*args: object, **kwargs: object) -> object:
+            nonlocal failures
+            if failures:
+                failures -= 1
+                raise RuntimeError("disk on fire")
+            return await original_append(*args, **kwargs)  # type: ignore[arg-type]
+
+        store.append = failing_append  # type: ignore[method-assign]
+        rotate = f"/api/admin/locker-banks/{bank['id']}/provisioning-token"
+        first = await svc.admin_post(rotate)
+        assert first.status_code == 503  # the crash answered, not swallowed
+        second = await svc.admin_post(rotate)
+        assert second.status_code == 200
+        entry = registry.entries[bank["id"]]
+        assert entry.child is not None
+        assert entry.child.restarts == 1
+        assert svc.context.fleet.banks[bank["id"]].restarts == 1
+        metrics = (await svc.http.get("/metrics")).text
+        assert 'lockerd_actor_restarts_total{actor="bank"} 1.0' in metrics
+        events = (await svc.admin_get(f"/api/admin/locker-banks/{bank['id']}/events")).json()
+        assert [e["type"] for e in events] == [
+            "LockerBankCreated",
+            "ProvisioningTokenIssued",
+            "ProvisioningTokenIssued",
+        ]
+
+
+async def test_openapi_describes_the_routes(mosquitto: MosquittoBroker, tmp_path: Path) -> None:
+    async with lockerd(test_settings(mosquitto.url, tmp_path / "l.db")) as svc:
+        spec = (await svc.http.get("/openapi.json")).json()
+        create = spec["paths"]["/api/admin/locker-banks"]["post"]
+        assert "requestBody" in create
+        assert "/healthz" in spec["paths"]
