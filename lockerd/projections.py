@@ -106,7 +106,7 @@ BANKS = _TableProjection(
     handlers={
         "LockerBankCreated": _bank_created,
         "ProvisioningTokenIssued": _update_bank(
-            {"token_hash": "token_hash", "token_expires_at": "expires_at"}
+            {"token_hash": "token_hash", "token_expires_at": "expires_at", "used_token_hash": None}
         ),
         "LockerBankProvisioned": _update_bank(
             {

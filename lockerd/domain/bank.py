@@ -52,7 +52,9 @@ def decide(state: BankState, command: c.BankCommand) -> list[e.Event]:
                 )
             ]
         case c.NoteCredentialsUsed():
-            return []
+            if state.mqtt_user != command.mqtt_user or state.credentials_seen_in_use:
+                return []
+            return [e.DeviceCredentialsUsed(mqtt_user=command.mqtt_user, at=command.now)]
         case c.GrantAccess():
             return _grant(state, command)
         case c.RevokeAccess():
@@ -485,7 +487,13 @@ def _apply(s: BankState, event: e.Event) -> BankState:
                 config_hash=None,
             )
         case e.ProvisioningTokenIssued():
-            return replace(s, token_hash=event.token_hash, token_expires_at=event.expires_at)
+            # a new token voids every earlier one, the used one too (no lost-reply redemption)
+            return replace(
+                s,
+                token_hash=event.token_hash,
+                token_expires_at=event.expires_at,
+                used_token_hash=None,
+            )
         case e.LockerBankProvisioned():
             return replace(
                 s,
@@ -578,6 +586,8 @@ def _apply(s: BankState, event: e.Event) -> BankState:
                 uptime_seconds=event.uptime_seconds,
                 credentials_seen_in_use=True,
             )
+        case e.DeviceCredentialsUsed():
+            return replace(s, credentials_seen_in_use=True)
         case e.LockerBankCameOnline():
             return replace(s, presence="online", credentials_seen_in_use=True)
         case e.LockerBankWentOffline():

@@ -158,6 +158,13 @@ class HeartbeatReceived(Event, frozen=True, kw_only=True):
     session_id: str | None
 
 
+class DeviceCredentialsUsed(Event, frozen=True, kw_only=True):
+    """The device authenticated with its issued credentials: its provisioning reply arrived."""
+
+    mqtt_user: str
+    at: datetime
+
+
 class LockerBankCameOnline(Event, frozen=True, kw_only=True):
     at: datetime
     session_id: str | None
@@ -214,6 +221,7 @@ AnyEvent = (
     | CommandTimedOut
     | LateAnswerReceived
     | HeartbeatReceived
+    | DeviceCredentialsUsed
     | LockerBankCameOnline
     | LockerBankWentOffline
     | DeviceRebooted
