@@ -1,0 +1,102 @@
+"""Admin routes for people: create users, grant and revoke access to compartments."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+from quart import Blueprint
+from quart_schema import validate_request
+
+from lockerd.domain import commands as c
+from lockerd.http.auth import require_admin
+from lockerd.http.context import ctx
+from lockerd.http.errors import ApiError
+from lockerd.users.common import (
+    ask_bank,
+    bank_of_compartment,
+    iso_text,
+    parse_id,
+    raise_rejection,
+    sessions,
+)
+from lockerd.users.sessions import EmailTaken
+
+blueprint = Blueprint("admin_users", __name__)
+
+EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
+
+
+class CreateUserIn(msgspec.Struct, forbid_unknown_fields=True):
+    email: Annotated[
+        str, msgspec.Meta(min_length=3, max_length=254, description="unique, case-insensitive")
+    ]
+    password: Annotated[str, msgspec.Meta(min_length=8, max_length=1024)]
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    role: Literal["user", "admin"] = "user"
+
+
+class GrantIn(msgspec.Struct, forbid_unknown_fields=True):
+    user_id: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+    expires_at: (
+        Annotated[datetime, msgspec.Meta(tz=True, description="ISO 8601 with a UTC offset")]
+        | None
+    ) = None
+
+
+@blueprint.post("/api/admin/users")
+@validate_request(CreateUserIn)
+async def create_user(data: CreateUserIn) -> tuple[dict[str, Any], int]:
+    await require_admin()
+    email = data.email.strip()
+    if not EMAIL.match(email):
+        raise ApiError(400, "email must be an e-mail address like name@example.org")
+    name = data.name.strip()
+    if not name:
+        raise ApiError(400, "name must not be blank")
+    try:
+        user_id = await sessions().create_user(email, data.password, name, data.role)
+    except EmailTaken:
+        raise ApiError(409, "a user with this email already exists") from None
+    return {"id": user_id}, 201
+
+
+@blueprint.post("/api/admin/compartments/<compartment_id>/grants")
+@validate_request(GrantIn)
+async def grant(compartment_id: str, data: GrantIn) -> tuple[dict[str, Any], int]:
+    await require_admin()
+    bank_id = bank_of_compartment(compartment_id)
+    compartment_id = parse_id(compartment_id, "compartment")
+    user_id = parse_id(data.user_id, "user")
+    if not await sessions().user_exists(user_id):
+        raise ApiError(404, "no such user")
+    outcome = await ask_bank(
+        bank_id,
+        c.GrantAccess(
+            compartment_id=compartment_id,
+            user_id=user_id,
+            expires_at=data.expires_at,
+            now=ctx().clock(),
+        ),
+    )
+    raise_rejection(outcome)
+    expires_at = None if data.expires_at is None else iso_text(data.expires_at.isoformat())
+    return {"compartment_id": compartment_id, "user_id": user_id, "expires_at": expires_at}, 201
+
+
+@blueprint.delete("/api/admin/compartments/<compartment_id>/grants/<user_id>")
+async def revoke(compartment_id: str, user_id: str) -> tuple[str, int]:
+    await require_admin()
+    bank_id = bank_of_compartment(compartment_id)
+    outcome = await ask_bank(
+        bank_id,
+        c.RevokeAccess(
+            compartment_id=parse_id(compartment_id, "compartment"),
+            user_id=parse_id(user_id, "grant"),
+            now=ctx().clock(),
+        ),
+    )
+    raise_rejection(outcome)
+    return "", 204

@@ -1,0 +1,166 @@
+"""App routes: sign in and out, my compartments, open, QR codes, transaction status."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+from typing import Annotated, Any
+
+import msgspec
+from quart import Blueprint, request
+from quart_schema import validate_request
+
+from actors.fleet import iso
+from lockerd.domain import commands as c
+from lockerd.domain import events as e
+from lockerd.http.auth import bearer_token, require_user
+from lockerd.http.context import ctx
+from lockerd.http.errors import ApiError
+from lockerd.qr import issue_qr
+from lockerd.users import tables
+from lockerd.users.common import (
+    ask_bank,
+    bank_of_compartment,
+    iso_text,
+    parse_id,
+    raise_rejection,
+    sessions,
+)
+from lockerd.users.sessions import InvalidCredentials, TooManyAttempts
+
+blueprint = Blueprint("app_users", __name__)
+
+QR_LIFETIME = timedelta(seconds=120)
+
+# a refused open: HTTP status and message by the bank's reason
+REFUSALS: dict[str, tuple[int, str]] = {
+    "no_grant": (403, "you have no valid grant for this compartment"),
+    "offline": (409, "the locker bank is not online"),
+    "command_pending": (409, "a command for this compartment is still pending"),
+}
+
+
+class LoginIn(msgspec.Struct, forbid_unknown_fields=True):
+    email: Annotated[str, msgspec.Meta(max_length=320)]
+    password: Annotated[str, msgspec.Meta(max_length=1024)]
+
+
+@blueprint.post("/api/login")
+@validate_request(LoginIn)
+async def login(data: LoginIn) -> dict[str, Any]:
+    try:
+        token = await sessions().login(data.email, data.password, request.remote_addr)
+    except InvalidCredentials:
+        raise ApiError(401, "invalid email or password") from None
+    except TooManyAttempts as exc:
+        raise ApiError(
+            429,
+            f"too many login attempts; try again in {exc.retry_after} s",
+            retry_after=exc.retry_after,
+        ) from None
+    return {"token": token}
+
+
+@blueprint.post("/api/logout")
+async def logout() -> tuple[str, int]:
+    await require_user()
+    token = bearer_token()
+    assert token is not None  # require_user() passed
+    await sessions().logout(token)
+    return "", 204
+
+
+def _grant_valid(expires_at: Any, now: datetime) -> bool:
+    return expires_at is None or now < datetime.fromisoformat(str(expires_at))
+
+
+@blueprint.get("/api/compartments")
+async def my_compartments() -> list[dict[str, Any]]:
+    principal = await require_user()
+    service = ctx()
+    rows = await service.store.read(tables.granted_compartments(principal.user_id))
+    now = service.clock()
+    result = []
+    for compartment_id, number, bank_id, bank_name, door_state, expires_at in rows:
+        if not _grant_valid(expires_at, now):
+            continue
+        status = service.fleet.banks.get(bank_id)
+        result.append(
+            {
+                "id": compartment_id,
+                "number": number,
+                "locker_bank_id": bank_id,
+                "locker_bank_name": bank_name,
+                "presence": "unknown" if status is None else status.presence,
+                "door_state": door_state,
+            }
+        )
+    return result
+
+
+@blueprint.post("/api/compartments/<compartment_id>/open")
+async def open_compartment(compartment_id: str) -> tuple[dict[str, Any], int]:
+    principal = await require_user()
+    service = ctx()
+    bank_id = bank_of_compartment(compartment_id)
+    transaction_id = str(uuid.uuid4())
+    outcome = await ask_bank(
+        bank_id,
+        c.RequestOpen(
+            compartment_id=parse_id(compartment_id, "compartment"),
+            user_id=principal.user_id,
+            transaction_id=transaction_id,
+            command_timeout_seconds=service.settings.command_timeout,
+            now=service.clock(),
+        ),
+    )
+    raise_rejection(outcome)
+    for event in outcome.events:
+        if isinstance(event, e.CompartmentOpeningDenied):
+            status, message = REFUSALS.get(event.reason, (409, f"refused: {event.reason}"))
+            raise ApiError(status, message, reason=event.reason)
+        if isinstance(event, e.CompartmentOpeningRequested):
+            return {"transaction_id": event.transaction_id, "status": "pending"}, 202
+    raise ApiError(409, "the locker bank did not accept the request")
+
+
+@blueprint.post("/api/compartments/<compartment_id>/qr")
+async def issue_qr_code(compartment_id: str) -> tuple[dict[str, Any], int]:
+    principal = await require_user()
+    service = ctx()
+    bank_of_compartment(compartment_id)
+    compartment_id = parse_id(compartment_id, "compartment")
+    exists, grant_expiry = await service.store.read(
+        tables.grant_expiry(compartment_id, principal.user_id)
+    )
+    now = service.clock()
+    if not exists or not _grant_valid(grant_expiry, now):
+        raise ApiError(403, "you have no valid grant for this compartment", reason="no_grant")
+    expires_at = (now + QR_LIFETIME).replace(microsecond=0)
+    payload = issue_qr(service.keyring, principal.user_id, compartment_id, expires_at)
+    return {"qr_payload": payload, "expires_at": iso(expires_at)}, 201
+
+
+@blueprint.get("/api/transactions/<transaction_id>")
+async def get_transaction(transaction_id: str) -> dict[str, Any]:
+    principal = await require_user()
+    row = await ctx().store.read(tables.transaction(parse_id(transaction_id, "transaction")))
+    if row is None or not (principal.is_admin or row["user_id"] == principal.user_id):
+        raise ApiError(404, "no such transaction")
+    late = None
+    if row["late_result"] is not None:
+        late = {
+            "result": row["late_result"],
+            "error_code": row["late_error_code"],
+            "received_at": iso_text(row["late_received_at"]),
+        }
+    return {
+        "transaction_id": row["transaction_id"],
+        "action": row["action"],
+        "status": row["status"],
+        "error_code": row["error_code"],
+        "message": row["message"],
+        "requested_at": iso_text(row["requested_at"]),
+        "completed_at": iso_text(row["completed_at"]),
+        "late_answer": late,
+    }
