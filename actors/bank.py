@@ -109,7 +109,7 @@ class BankActor:
                 state = BankState()
         tail = await self.s.store.read_stream(self.bank_id, after_version=state.version)
         state = fold(state, [e.event_from_stored(ev.type, dict(ev.data)) for ev in tail])
-        self.state = state
+        self.state = state.rehydrated()
         self._snapshot_version = snapshot.version if snapshot is not None else 0
 
     async def _resume_outbox(self) -> None:
@@ -274,7 +274,8 @@ class BankActor:
         status.name = state.name
         status.location = state.location
         status.presence = state.presence
-        status.last_seen = state.last_seen
+        if state.last_seen is not None:  # keep the persisted last_seen until a heartbeat
+            status.last_seen = state.last_seen
         status.pending_commands = len(state.pending())
         status.mailbox = self.mailbox.depth
         status.doors = {n: comp.door_state for n, comp in state.compartments.items()}

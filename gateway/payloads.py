@@ -8,7 +8,7 @@ name the offending field, which is what the drop log needs.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
@@ -20,12 +20,16 @@ class PayloadError(ValueError):
     """The payload is not valid for its topic; the message says why."""
 
 
+# ISO 8601 with an explicit offset: a naive timestamp cannot be compared with server time.
+UtcTimestamp = Annotated[datetime, msgspec.Meta(tz=True)]
+
+
 class RegisterPayload(msgspec.Struct, forbid_unknown_fields=False):
     client_id: str
 
 
 class HeartbeatData(msgspec.Struct):
-    timestamp: str | None = None
+    timestamp: UtcTimestamp | None = None
     uptime_seconds: int | None = None
 
 
@@ -34,33 +38,33 @@ class StatePayload(msgspec.Struct):
     state: str
     data: HeartbeatData | None = None
     status: str | None = None
-    timestamp: str | None = None
+    timestamp: UtcTimestamp | None = None
     reason: str | None = None
     session_id: str | None = None
 
 
-class ResponsePayload(msgspec.Struct):
+class ResponsePayload(msgspec.Struct, kw_only=True):
+    type: Literal["command_response"]
     action: str
     result: Literal["success", "error"]
-    transaction_id: str
-    type: Literal["command_response"] = "command_response"
-    timestamp: str | None = None
+    transaction_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    timestamp: UtcTimestamp
     message: str | None = None
     error_code: str | None = None
     applied_config_hash: str | None = None
 
 
-class DevicePayload(msgspec.Struct):
+class DevicePayload(msgspec.Struct, kw_only=True):
     type: Literal["event"]
-    event: str
-    data: dict[str, Any] = {}
-    event_id: str | None = None
-    timestamp: str | None = None
+    event: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    timestamp: UtcTimestamp
+    data: dict[str, Any]
+    event_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)] | None = None
 
 
 class MetricPayload(msgspec.Struct):
     value: float | int
-    timestamp: datetime | None = None
+    timestamp: UtcTimestamp | None = None
     dedupe_id: str | None = None
 
 

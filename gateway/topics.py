@@ -12,7 +12,7 @@ from typing import Literal
 
 TopicKind = Literal["register", "state", "response", "event", "metric"]
 
-_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 SERVER_STATUS = "server/status"
 
 SUBSCRIPTIONS: tuple[tuple[str, int], ...] = (
@@ -26,7 +26,7 @@ SUBSCRIPTIONS: tuple[tuple[str, int], ...] = (
 
 
 def is_uuid(text: str) -> bool:
-    return _UUID.match(text) is not None
+    return _UUID.fullmatch(text) is not None
 
 
 def is_plain_level(text: str) -> bool:

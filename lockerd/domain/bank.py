@@ -26,11 +26,24 @@ PROVISIONING_REPLY_GRACE = timedelta(minutes=15)
 
 
 def decide(state: BankState, command: c.BankCommand) -> list[e.Event]:
+    """Deadlines that are already due fire first, so every command is decided on the state as
+    it is at ``command.now``, whether or not the timer's tick has been handled yet."""
     match command:
         case c.CreateBank():
             return _create(state, command)
+        case c.Tick():
+            if not state.exists:
+                raise c.CommandRejected("not_found", "unknown locker bank")
+            return _tick(state, command.now)
     if not state.exists:
         raise c.CommandRejected("not_found", "unknown locker bank")
+    due = _tick(state, command.now)
+    if due:
+        state = fold(state, due)
+    return due + _decide_now(state, command)
+
+
+def _decide_now(state: BankState, command: c.BankCommand) -> list[e.Event]:
     match command:
         case c.IssueProvisioningToken():
             return [
@@ -86,8 +99,6 @@ def decide(state: BankState, command: c.BankCommand) -> list[e.Event]:
             return _heartbeat(state, command)
         case c.RecordLastWill():
             return _last_will(state, command)
-        case c.Tick():
-            return _tick(state, command.now)
         case c.RecordDeviceEvent():
             return _device_event(state, command)
     raise AssertionError(f"unhandled command {command!r}")  # pragma: no cover
@@ -589,7 +600,14 @@ def _apply(s: BankState, event: e.Event) -> BankState:
         case e.DeviceCredentialsUsed():
             return replace(s, credentials_seen_in_use=True)
         case e.LockerBankCameOnline():
-            return replace(s, presence="online", credentials_seen_in_use=True)
+            # when replayed from the store (no live heartbeat before it) the heartbeat deadline
+            # still runs from the moment it came online, so it cannot stay online forever
+            return replace(
+                s,
+                presence="online",
+                last_seen=s.last_seen or event.at,
+                credentials_seen_in_use=True,
+            )
         case e.LockerBankWentOffline():
             return replace(s, presence="offline")
         case e.DoorStateChanged():

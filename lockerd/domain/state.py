@@ -6,7 +6,7 @@ step shares structure with the previous state instead of copying it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Literal
 
@@ -80,6 +80,13 @@ class BankState:
     seen_event_ids: PMap[str, datetime] = field(default_factory=pmap)
     used_qr_nonces: PMap[str, datetime] = field(default_factory=pmap)
     alerts: int = 0
+
+    def rehydrated(self) -> BankState:
+        """The state as a freshly (re)started actor holds it: presence is live knowledge, so it
+        is ``unknown`` until the retained state or a new heartbeat arrives."""
+        return replace(
+            self, presence="unknown", last_seen=None, session_id=None, uptime_seconds=None
+        )
 
     @property
     def exists(self) -> bool:

@@ -94,7 +94,9 @@ def test_create_emits_bank_created_then_token_issued() -> None:
     assert state.presence == "unknown"
     assert sorted(state.compartments) == [1, 2, 3]
     assert {n: comp.door_state for n, comp in state.compartments.items()} == {
-        1: "unknown", 2: "unknown", 3: "unknown"
+        1: "unknown",
+        2: "unknown",
+        3: "unknown",
     }
     assert state.token_hash == TOKEN
     assert state.token_expires_at == T0 + TOKEN_TTL
@@ -121,8 +123,11 @@ def test_create_rejects_duplicate_slave_id_and_address() -> None:
 
 
 def test_create_accepts_same_address_on_different_slaves_and_vice_versa() -> None:
-    specs = (spec(1, slave_id=1, address=0), spec(2, slave_id=2, address=0),
-             spec(3, slave_id=1, address=1))
+    specs = (
+        spec(1, slave_id=1, address=0),
+        spec(2, slave_id=2, address=0),
+        spec(3, slave_id=1, address=1),
+    )
     events = b.decide(BankState(), create_command(specs=specs))
     assert [type(ev) for ev in events] == [e.LockerBankCreated, e.ProvisioningTokenIssued]
 
@@ -147,8 +152,9 @@ def test_create_twice_is_a_conflict() -> None:
     "command",
     [
         c.IssueProvisioningToken(token_hash="t", expires_at=T0 + TOKEN_TTL, now=T0),
-        c.Provision(token_hash=TOKEN, client_id=CLIENT, new_mqtt_user="u",
-                    new_credential_hash="h", now=T0),
+        c.Provision(
+            token_hash=TOKEN, client_id=CLIENT, new_mqtt_user="u", new_credential_hash="h", now=T0
+        ),
         c.GrantAccess(compartment_id=comp_id(1), user_id=USER, expires_at=None, now=T0),
         open_cmd(T0),
         answer("tx-1", T0),
@@ -188,8 +194,9 @@ def test_valid_token_provisions_the_bank() -> None:
 
 def test_token_expired_exactly_at_its_expiry() -> None:
     events = b.decide(created(), provision(TOKEN, CLIENT, T0 + TOKEN_TTL))
-    assert events == [e.ProvisioningFailed(client_id=CLIENT, reason="token_expired",
-                                           at=T0 + TOKEN_TTL)]
+    assert events == [
+        e.ProvisioningFailed(client_id=CLIENT, reason="token_expired", at=T0 + TOKEN_TTL)
+    ]
 
 
 def test_token_still_valid_just_before_its_expiry() -> None:
@@ -207,8 +214,7 @@ def test_used_token_by_another_client_fails_and_changes_no_credentials() -> None
     state = provisioned()
     after, events = step(state, provision(TOKEN, "another-client", T_PROV + secs(5)))
     assert events == [
-        e.ProvisioningFailed(client_id="another-client", reason="token_used",
-                             at=T_PROV + secs(5))
+        e.ProvisioningFailed(client_id="another-client", reason="token_used", at=T_PROV + secs(5))
     ]
     assert after.mqtt_user == state.mqtt_user == "mqtt-user-1"
     assert after.credential_hash == state.credential_hash
@@ -217,12 +223,17 @@ def test_used_token_by_another_client_fails_and_changes_no_credentials() -> None
 def test_reprovision_after_token_rotation_names_the_previous_mqtt_user() -> None:
     state = apply(provisioned(), heartbeat(T_ONLINE))
     rotated, issued = step(
-        state, c.IssueProvisioningToken(token_hash="token-hash-2", expires_at=T0 + TOKEN_TTL,
-                                        now=T0 + secs(600))
+        state,
+        c.IssueProvisioningToken(
+            token_hash="token-hash-2", expires_at=T0 + TOKEN_TTL, now=T0 + secs(600)
+        ),
     )
-    assert issued == [e.ProvisioningTokenIssued(token_hash="token-hash-2",
-                                                expires_at=T0 + TOKEN_TTL,
-                                                issued_at=T0 + secs(600))]
+    assert issued[0] == e.LockerBankWentOffline(at=T0 + secs(600), reason="heartbeat_timeout")
+    assert issued[1:] == [
+        e.ProvisioningTokenIssued(
+            token_hash="token-hash-2", expires_at=T0 + TOKEN_TTL, issued_at=T0 + secs(600)
+        )
+    ]
     after, events = step(rotated, provision("token-hash-2", "new-device", T0 + secs(700)))
     assert events == [
         e.LockerBankProvisioned(
@@ -239,12 +250,15 @@ def test_reprovision_after_token_rotation_names_the_previous_mqtt_user() -> None
 
 def test_rotation_voids_the_unredeemed_previous_token() -> None:
     state = apply(
-        created(), c.IssueProvisioningToken(token_hash="token-hash-2",
-                                            expires_at=T0 + TOKEN_TTL, now=T0 + secs(1))
+        created(),
+        c.IssueProvisioningToken(
+            token_hash="token-hash-2", expires_at=T0 + TOKEN_TTL, now=T0 + secs(1)
+        ),
     )
     events = b.decide(state, provision(TOKEN, CLIENT, T0 + secs(2)))
-    assert events == [e.ProvisioningFailed(client_id=CLIENT, reason="token_unknown",
-                                           at=T0 + secs(2))]
+    assert events == [
+        e.ProvisioningFailed(client_id=CLIENT, reason="token_unknown", at=T0 + secs(2))
+    ]
 
 
 def test_rotation_voids_a_used_token_even_for_the_lost_reply_rule() -> None:
@@ -254,9 +268,10 @@ def test_rotation_voids_a_used_token_even_for_the_lost_reply_rule() -> None:
     it (and redeeming it must certainly not consume the new token).
     """
     state = apply(
-        provisioned(), c.IssueProvisioningToken(token_hash="token-hash-2",
-                                                expires_at=T0 + TOKEN_TTL,
-                                                now=T_PROV + secs(60))
+        provisioned(),
+        c.IssueProvisioningToken(
+            token_hash="token-hash-2", expires_at=T0 + TOKEN_TTL, now=T_PROV + secs(60)
+        ),
     )
     after, events = step(state, provision(TOKEN, CLIENT, T_PROV + secs(120)))
     assert [type(ev) for ev in events] == [e.ProvisioningFailed]
@@ -282,27 +297,31 @@ def test_lost_reply_same_client_within_grace_is_provisioned_again() -> None:
 
 def test_lost_reply_rule_refuses_another_client_id() -> None:
     events = b.decide(provisioned(), provision(TOKEN, "other-client", T_PROV + secs(1)))
-    assert events == [e.ProvisioningFailed(client_id="other-client", reason="token_used",
-                                           at=T_PROV + secs(1))]
+    assert events == [
+        e.ProvisioningFailed(client_id="other-client", reason="token_used", at=T_PROV + secs(1))
+    ]
 
 
 def test_lost_reply_rule_ends_once_a_heartbeat_proved_the_credentials_work() -> None:
     state = apply(provisioned(), heartbeat(T_PROV + secs(5)))
     assert state.credentials_seen_in_use
     events = b.decide(state, provision(TOKEN, CLIENT, T_PROV + secs(10)))
-    assert events == [e.ProvisioningFailed(client_id=CLIENT, reason="token_used",
-                                           at=T_PROV + secs(10))]
+    assert events == [
+        e.ProvisioningFailed(client_id=CLIENT, reason="token_used", at=T_PROV + secs(10))
+    ]
 
 
 def test_lost_reply_rule_ends_when_the_credentials_are_noted_in_use() -> None:
     """``NoteCredentialsUsed`` says the device connected with its issued credentials: its reply
     certainly arrived, so the token must not be redeemable any more (that would revoke the
     credentials the device is using)."""
-    state = apply(provisioned(), c.NoteCredentialsUsed(mqtt_user="mqtt-user-1",
-                                                       now=T_PROV + secs(5)))
+    state = apply(
+        provisioned(), c.NoteCredentialsUsed(mqtt_user="mqtt-user-1", now=T_PROV + secs(5))
+    )
     events = b.decide(state, provision(TOKEN, CLIENT, T_PROV + secs(10)))
-    assert events == [e.ProvisioningFailed(client_id=CLIENT, reason="token_used",
-                                           at=T_PROV + secs(10))]
+    assert events == [
+        e.ProvisioningFailed(client_id=CLIENT, reason="token_used", at=T_PROV + secs(10))
+    ]
 
 
 def test_lost_reply_rule_ends_after_the_grace() -> None:
@@ -325,11 +344,13 @@ def test_provisioning_failure_changes_nothing_but_the_version() -> None:
 def test_grant_access_is_recorded() -> None:
     expiry = T0 + secs(3600)
     state, events = step(
-        created(), c.GrantAccess(compartment_id=comp_id(2), user_id=USER, expires_at=expiry,
-                                 now=T0)
+        created(), c.GrantAccess(compartment_id=comp_id(2), user_id=USER, expires_at=expiry, now=T0)
     )
-    assert events == [e.CompartmentAccessGranted(compartment_id=comp_id(2), user_id=USER,
-                                                 expires_at=expiry, granted_at=T0)]
+    assert events == [
+        e.CompartmentAccessGranted(
+            compartment_id=comp_id(2), user_id=USER, expires_at=expiry, granted_at=T0
+        )
+    ]
     assert state.grant_valid(comp_id(2), USER, T0 + secs(3599))
     assert not state.grant_valid(comp_id(2), USER, expiry)
     assert not state.grant_valid(comp_id(1), USER, T0)
@@ -337,8 +358,9 @@ def test_grant_access_is_recorded() -> None:
 
 @pytest.mark.parametrize("offset", [0, -1, -3600])
 def test_grant_with_expiry_not_in_the_future_is_invalid(offset: int) -> None:
-    command = c.GrantAccess(compartment_id=comp_id(1), user_id=USER,
-                            expires_at=T0 + secs(offset), now=T0)
+    command = c.GrantAccess(
+        compartment_id=comp_id(1), user_id=USER, expires_at=T0 + secs(offset), now=T0
+    )
     assert rejected(created(), command).code == "invalid"
 
 
@@ -355,11 +377,17 @@ def test_revoke_of_unknown_grant_is_not_found() -> None:
 
 def test_revoke_removes_the_grant_and_opens_are_refused() -> None:
     state, events = step(online_bank(), c.RevokeAccess(comp_id(1), USER, T_ONLINE + secs(1)))
-    assert events == [e.CompartmentAccessRevoked(compartment_id=comp_id(1), user_id=USER,
-                                                 revoked_at=T_ONLINE + secs(1))]
+    assert events == [
+        e.CompartmentAccessRevoked(
+            compartment_id=comp_id(1), user_id=USER, revoked_at=T_ONLINE + secs(1)
+        )
+    ]
     denied = b.decide(state, open_cmd(T_ONLINE + secs(2)))
-    assert denied == [e.CompartmentOpeningDenied(user_id=USER, compartment_id=comp_id(1),
-                                                 reason="no_grant", at=T_ONLINE + secs(2))]
+    assert denied == [
+        e.CompartmentOpeningDenied(
+            user_id=USER, compartment_id=comp_id(1), reason="no_grant", at=T_ONLINE + secs(2)
+        )
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -383,19 +411,29 @@ def test_open_allowed_requests_the_compartment_with_expiry_now_plus_timeout() ->
     assert_carries_transaction_id(events[0], "tx-open")
     tx = state.transactions["tx-open"]
     assert (tx.status, tx.action, tx.compartment_number, tx.user_id) == (
-        "pending", "open_compartment", 2, USER)
+        "pending",
+        "open_compartment",
+        2,
+        USER,
+    )
     assert tx.expires_at == now + secs(TIMEOUT)
 
 
 def test_open_unknown_compartment_is_not_found() -> None:
-    command = c.RequestOpen(compartment_id="nope", user_id=USER, transaction_id="t",
-                            command_timeout_seconds=TIMEOUT, now=T_ONLINE)
+    command = c.RequestOpen(
+        compartment_id="nope",
+        user_id=USER,
+        transaction_id="t",
+        command_timeout_seconds=TIMEOUT,
+        now=T_ONLINE,
+    )
     assert rejected(online_bank(), command).code == "not_found"
 
 
 def denial(reason: str, now, user: str = USER, number: int = 1) -> e.CompartmentOpeningDenied:
-    return e.CompartmentOpeningDenied(user_id=user, compartment_id=comp_id(number),
-                                      reason=reason, at=now)
+    return e.CompartmentOpeningDenied(
+        user_id=user, compartment_id=comp_id(number), reason=reason, at=now
+    )
 
 
 def test_open_without_grant_is_refused_no_grant() -> None:
@@ -404,14 +442,18 @@ def test_open_without_grant_is_refused_no_grant() -> None:
     assert events == [denial("no_grant", now, user=OTHER_USER)]
     data = e.event_data(events[0])
     assert (data["user_id"], data["compartment_id"], data["reason"]) == (
-        OTHER_USER, comp_id(1), "no_grant")
+        OTHER_USER,
+        comp_id(1),
+        "no_grant",
+    )
 
 
 def test_open_with_expired_grant_is_refused_no_grant() -> None:
     expiry = T_ONLINE + secs(10)
     state = grant(online_bank(numbers=()), 1, USER, expires_at=expiry, now=T_ONLINE)
     assert [type(ev) for ev in b.decide(state, open_cmd(expiry - secs(1)))] == [
-        e.CompartmentOpeningRequested]
+        e.CompartmentOpeningRequested
+    ]
     assert b.decide(state, open_cmd(expiry)) == [denial("no_grant", expiry)]
 
 
@@ -422,8 +464,7 @@ def test_open_before_first_heartbeat_is_refused_offline() -> None:
 
 
 def test_open_after_last_will_is_refused_offline() -> None:
-    state = apply(online_bank(), c.RecordLastWill(session_id="session-1",
-                                                  now=T_ONLINE + secs(1)))
+    state = apply(online_bank(), c.RecordLastWill(session_id="session-1", now=T_ONLINE + secs(1)))
     now = T_ONLINE + secs(2)
     assert b.decide(state, open_cmd(now)) == [denial("offline", now)]
 
@@ -444,7 +485,8 @@ def test_open_no_grant_wins_over_command_pending() -> None:
     state = apply(online_bank(), open_cmd(T_ONLINE + secs(1), tx="tx-1"))
     now = T_ONLINE + secs(2)
     assert b.decide(state, open_cmd(now, tx="tx-2", user=OTHER_USER)) == [
-        denial("no_grant", now, user=OTHER_USER)]
+        denial("no_grant", now, user=OTHER_USER)
+    ]
 
 
 def test_open_offline_wins_over_command_pending() -> None:
@@ -474,7 +516,8 @@ def test_open_refused_when_heartbeat_deadline_passed_even_without_a_tick() -> No
     deadline = T_ONLINE + secs(3 * INTERVAL)
     state = online_bank()
     assert b.decide(state, c.Tick(deadline)) == [
-        e.LockerBankWentOffline(at=deadline, reason="heartbeat_timeout")]
+        e.LockerBankWentOffline(at=deadline, reason="heartbeat_timeout")
+    ]
     now = deadline + secs(5)
     events = b.decide(state, open_cmd(now))
     assert not any(isinstance(ev, e.CompartmentOpeningRequested) for ev in events)
@@ -513,20 +556,32 @@ T_EXP = T_REQ + secs(TIMEOUT)
 def test_first_success_opens_the_compartment(opened: BankState) -> None:
     now = T_REQ + secs(2)
     state, events = step(opened, answer("tx-1", now, message="Compartment opened successfully."))
-    assert events == [e.CompartmentOpened(transaction_id="tx-1", compartment_number=1,
-                                          message="Compartment opened successfully.",
-                                          received_at=now)]
+    assert events == [
+        e.CompartmentOpened(
+            transaction_id="tx-1",
+            compartment_number=1,
+            message="Compartment opened successfully.",
+            received_at=now,
+        )
+    ]
     tx = state.transactions["tx-1"]
     assert (tx.status, tx.completed_at) == ("success", now)
 
 
 def test_error_answer_fails_the_command_with_its_error_code(opened: BankState) -> None:
     now = T_REQ + secs(2)
-    state, events = step(opened, answer("tx-1", now, result="error", error_code="DOOR_JAMMED",
-                                        message="jammed"))
-    assert events == [e.CommandFailed(transaction_id="tx-1", action="open_compartment",
-                                      error_code="DOOR_JAMMED", message="jammed",
-                                      received_at=now)]
+    state, events = step(
+        opened, answer("tx-1", now, result="error", error_code="DOOR_JAMMED", message="jammed")
+    )
+    assert events == [
+        e.CommandFailed(
+            transaction_id="tx-1",
+            action="open_compartment",
+            error_code="DOOR_JAMMED",
+            message="jammed",
+            received_at=now,
+        )
+    ]
     assert state.transactions["tx-1"].status == "error"
 
 
@@ -552,12 +607,16 @@ def test_answer_with_mismatched_action_is_rejected_invalid(opened: BankState) ->
 
 def test_late_answer_after_timeout_is_recorded_once(opened: BankState) -> None:
     state, timed_out = step(opened, c.Tick(T_EXP))
-    assert timed_out == [e.CommandTimedOut(transaction_id="tx-1", action="open_compartment",
-                                           timed_out_at=T_EXP)]
+    assert timed_out == [
+        e.CommandTimedOut(transaction_id="tx-1", action="open_compartment", timed_out_at=T_EXP)
+    ]
     late_at = T_EXP + secs(5)
     state, late = step(state, answer("tx-1", late_at, result="error", error_code="DOOR_JAMMED"))
-    assert late == [e.LateAnswerReceived(transaction_id="tx-1", result="error",
-                                         error_code="DOOR_JAMMED", received_at=late_at)]
+    assert late == [
+        e.LateAnswerReceived(
+            transaction_id="tx-1", result="error", error_code="DOOR_JAMMED", received_at=late_at
+        )
+    ]
     tx = state.transactions["tx-1"]
     assert (tx.status, tx.has_late_answer, tx.completed_at) == ("timeout", True, T_EXP)
     assert b.decide(state, answer("tx-1", late_at + secs(1))) == []
@@ -577,40 +636,66 @@ def test_answer_after_expiry_without_a_tick_is_a_timeout_with_a_late_answer(
 
 
 def test_apply_config_success_records_the_applied_hash() -> None:
-    state = apply(online_bank(), c.RequestApplyConfig(transaction_id="cfg-1",
-                                                      command_timeout_seconds=TIMEOUT,
-                                                      now=T_ONLINE + secs(1)))
+    state = apply(
+        online_bank(),
+        c.RequestApplyConfig(
+            transaction_id="cfg-1", command_timeout_seconds=TIMEOUT, now=T_ONLINE + secs(1)
+        ),
+    )
     expected_hash = state.config_hash
     assert expected_hash is not None
     now = T_ONLINE + secs(2)
-    state, events = step(state, answer("cfg-1", now, action="apply_config",
-                                       applied_config_hash=expected_hash,
-                                       message="Config applied."))
-    assert events == [e.ConfigApplied(transaction_id="cfg-1", applied_config_hash=expected_hash,
-                                      message="Config applied.", received_at=now)]
+    state, events = step(
+        state,
+        answer(
+            "cfg-1",
+            now,
+            action="apply_config",
+            applied_config_hash=expected_hash,
+            message="Config applied.",
+        ),
+    )
+    assert events == [
+        e.ConfigApplied(
+            transaction_id="cfg-1",
+            applied_config_hash=expected_hash,
+            message="Config applied.",
+            received_at=now,
+        )
+    ]
     assert state.applied_config_hash == expected_hash
     assert state.transactions["cfg-1"].status == "success"
 
 
 def test_apply_config_while_one_is_pending_is_a_conflict() -> None:
-    state = apply(online_bank(), c.RequestApplyConfig(transaction_id="cfg-1",
-                                                      command_timeout_seconds=TIMEOUT,
-                                                      now=T_ONLINE + secs(1)))
-    again = c.RequestApplyConfig(transaction_id="cfg-2", command_timeout_seconds=TIMEOUT,
-                                 now=T_ONLINE + secs(2))
+    state = apply(
+        online_bank(),
+        c.RequestApplyConfig(
+            transaction_id="cfg-1", command_timeout_seconds=TIMEOUT, now=T_ONLINE + secs(1)
+        ),
+    )
+    again = c.RequestApplyConfig(
+        transaction_id="cfg-2", command_timeout_seconds=TIMEOUT, now=T_ONLINE + secs(2)
+    )
     assert rejected(state, again).code == "conflict"
     state = apply(state, c.Tick(T_ONLINE + secs(1 + TIMEOUT)))
     assert [type(ev) for ev in b.decide(state, again)] == [e.ConfigApplyRequested]
 
 
 def test_apply_config_request_carries_sorted_compartments_and_contract_hash() -> None:
-    specs = (spec(3, slave_id=2, address=5), spec(1, slave_id=1, address=0),
-             spec(2, slave_id=1, address=1))
+    specs = (
+        spec(3, slave_id=2, address=5),
+        spec(1, slave_id=1, address=0),
+        spec(2, slave_id=1, address=1),
+    )
     state = apply(BankState(), create_command(specs=specs, interval=5))
     now = T0 + secs(1)
-    events = b.decide(state, c.RequestApplyConfig(transaction_id="cfg-1",
-                                                  command_timeout_seconds=TIMEOUT, now=now,
-                                                  requested_by="admin-1"))
+    events = b.decide(
+        state,
+        c.RequestApplyConfig(
+            transaction_id="cfg-1", command_timeout_seconds=TIMEOUT, now=now, requested_by="admin-1"
+        ),
+    )
     compartments = (
         {"id": 1, "slaveId": 1, "address": 0},
         {"id": 2, "slaveId": 1, "address": 1},
@@ -640,12 +725,14 @@ def test_tick_before_expiry_changes_nothing(opened: BankState) -> None:
 
 def test_tick_at_expiry_times_the_command_out_once(opened: BankState) -> None:
     state, events = step(opened, c.Tick(T_EXP))
-    assert events == [e.CommandTimedOut(transaction_id="tx-1", action="open_compartment",
-                                        timed_out_at=T_EXP)]
+    assert events == [
+        e.CommandTimedOut(transaction_id="tx-1", action="open_compartment", timed_out_at=T_EXP)
+    ]
     assert_carries_transaction_id(events[0], "tx-1")
     assert state.transactions["tx-1"].status == "timeout"
-    assert [ev for ev in b.decide(state, c.Tick(T_EXP + secs(1)))
-            if isinstance(ev, e.CommandTimedOut)] == []
+    assert [
+        ev for ev in b.decide(state, c.Tick(T_EXP + secs(1))) if isinstance(ev, e.CommandTimedOut)
+    ] == []
 
 
 def test_tick_times_out_several_commands_oldest_first() -> None:
@@ -654,7 +741,9 @@ def test_tick_times_out_several_commands_oldest_first() -> None:
     state = apply(state, heartbeat(T_ONLINE + secs(20)))
     events = b.decide(state, c.Tick(T_ONLINE + secs(2 + TIMEOUT)))
     assert [ev.transaction_id for ev in events if isinstance(ev, e.CommandTimedOut)] == [
-        "tx-a", "tx-b"]
+        "tx-a",
+        "tx-b",
+    ]
 
 
 def test_heartbeat_timeout_fires_at_three_intervals_after_receive_time() -> None:
@@ -673,14 +762,16 @@ def test_heartbeat_timeout_uses_the_banks_own_interval() -> None:
     state = apply(state, heartbeat(T0 + secs(1)))
     assert b.decide(state, c.Tick(T0 + secs(12.999))) == []
     assert b.decide(state, c.Tick(T0 + secs(13))) == [
-        e.LockerBankWentOffline(at=T0 + secs(13), reason="heartbeat_timeout")]
+        e.LockerBankWentOffline(at=T0 + secs(13), reason="heartbeat_timeout")
+    ]
 
 
 def test_each_heartbeat_pushes_the_deadline() -> None:
     state = apply(online_bank(), heartbeat(T_ONLINE + secs(25)))
     assert b.decide(state, c.Tick(T_ONLINE + secs(30))) == []
     assert b.decide(state, c.Tick(T_ONLINE + secs(55))) == [
-        e.LockerBankWentOffline(at=T_ONLINE + secs(55), reason="heartbeat_timeout")]
+        e.LockerBankWentOffline(at=T_ONLINE + secs(55), reason="heartbeat_timeout")
+    ]
 
 
 def test_no_heartbeat_timeout_before_the_first_heartbeat() -> None:
@@ -699,15 +790,22 @@ def test_first_heartbeat_brings_the_bank_online() -> None:
         e.LockerBankCameOnline(at=T_ONLINE, session_id="s-1"),
     ]
     assert (after.presence, after.last_seen, after.session_id, after.uptime_seconds) == (
-        "online", T_ONLINE, "s-1", 50)
+        "online",
+        T_ONLINE,
+        "s-1",
+        50,
+    )
     assert after.version == state.version + 1  # HeartbeatReceived is not stored
 
 
 def test_later_heartbeat_is_only_a_heartbeat() -> None:
     state = online_bank()
     after, events = step(state, heartbeat(T_ONLINE + secs(10), uptime=110))
-    assert events == [e.HeartbeatReceived(received_at=T_ONLINE + secs(10), uptime_seconds=110,
-                                          session_id="session-1")]
+    assert events == [
+        e.HeartbeatReceived(
+            received_at=T_ONLINE + secs(10), uptime_seconds=110, session_id="session-1"
+        )
+    ]
     assert after.version == state.version
     assert after.last_seen == T_ONLINE + secs(10)
 
@@ -715,8 +813,9 @@ def test_later_heartbeat_is_only_a_heartbeat() -> None:
 def test_uptime_drop_is_a_reboot() -> None:
     events = b.decide(online_bank(), heartbeat(T_ONLINE + secs(10), uptime=3))
     assert events == [
-        e.HeartbeatReceived(received_at=T_ONLINE + secs(10), uptime_seconds=3,
-                            session_id="session-1"),
+        e.HeartbeatReceived(
+            received_at=T_ONLINE + secs(10), uptime_seconds=3, session_id="session-1"
+        ),
         e.DeviceRebooted(at=T_ONLINE + secs(10), previous_uptime_seconds=100, uptime_seconds=3),
     ]
 
@@ -728,12 +827,12 @@ def test_no_reboot_without_an_uptime_drop(uptime: int | None) -> None:
 
 
 def test_heartbeat_after_going_offline_brings_it_online_again() -> None:
-    state = apply(online_bank(), c.RecordLastWill(session_id="session-1",
-                                                  now=T_ONLINE + secs(1)))
+    state = apply(online_bank(), c.RecordLastWill(session_id="session-1", now=T_ONLINE + secs(1)))
     events = b.decide(state, heartbeat(T_ONLINE + secs(5), uptime=2, session="session-2"))
     assert events == [
-        e.HeartbeatReceived(received_at=T_ONLINE + secs(5), uptime_seconds=2,
-                            session_id="session-2"),
+        e.HeartbeatReceived(
+            received_at=T_ONLINE + secs(5), uptime_seconds=2, session_id="session-2"
+        ),
         e.DeviceRebooted(at=T_ONLINE + secs(5), previous_uptime_seconds=100, uptime_seconds=2),
         e.LockerBankCameOnline(at=T_ONLINE + secs(5), session_id="session-2"),
     ]
@@ -741,9 +840,12 @@ def test_heartbeat_after_going_offline_brings_it_online_again() -> None:
 
 def _with_unapplied_config() -> BankState:
     """Online bank whose apply_config timed out, then went offline: config not applied."""
-    state = apply(online_bank(), c.RequestApplyConfig(transaction_id="cfg-1",
-                                                      command_timeout_seconds=TIMEOUT,
-                                                      now=T_ONLINE + secs(1)))
+    state = apply(
+        online_bank(),
+        c.RequestApplyConfig(
+            transaction_id="cfg-1", command_timeout_seconds=TIMEOUT, now=T_ONLINE + secs(1)
+        ),
+    )
     state = apply(state, c.Tick(T_ONLINE + secs(1 + TIMEOUT)))
     state = apply(state, c.RecordLastWill(session_id=None, now=T_ONLINE + secs(40)))
     assert state.presence == "offline"
@@ -758,7 +860,10 @@ def test_coming_online_with_unapplied_config_resends_apply_config() -> None:
     now = T_ONLINE + secs(60)
     events = b.decide(state, heartbeat(now, uptime=200, spare="spare-cfg"))
     assert [type(ev) for ev in events] == [
-        e.HeartbeatReceived, e.LockerBankCameOnline, e.ConfigApplyRequested]
+        e.HeartbeatReceived,
+        e.LockerBankCameOnline,
+        e.ConfigApplyRequested,
+    ]
     resend = events[2]
     assert isinstance(resend, e.ConfigApplyRequested)
     assert resend.transaction_id == "spare-cfg"
@@ -770,20 +875,33 @@ def test_coming_online_with_unapplied_config_resends_apply_config() -> None:
 
 
 def test_no_config_resend_while_an_apply_config_is_pending() -> None:
-    state = apply(online_bank(), c.RequestApplyConfig(transaction_id="cfg-1",
-                                                      command_timeout_seconds=TIMEOUT,
-                                                      now=T_ONLINE + secs(1)))
+    state = apply(
+        online_bank(),
+        c.RequestApplyConfig(
+            transaction_id="cfg-1", command_timeout_seconds=TIMEOUT, now=T_ONLINE + secs(1)
+        ),
+    )
     state = apply(state, c.RecordLastWill(session_id=None, now=T_ONLINE + secs(2)))
     events = b.decide(state, heartbeat(T_ONLINE + secs(3), uptime=200))
     assert [type(ev) for ev in events] == [e.HeartbeatReceived, e.LockerBankCameOnline]
 
 
 def test_no_config_resend_when_applied_hash_matches() -> None:
-    state = apply(online_bank(), c.RequestApplyConfig(transaction_id="cfg-1",
-                                                      command_timeout_seconds=TIMEOUT,
-                                                      now=T_ONLINE + secs(1)))
-    state = apply(state, answer("cfg-1", T_ONLINE + secs(2), action="apply_config",
-                                applied_config_hash=state.config_hash))
+    state = apply(
+        online_bank(),
+        c.RequestApplyConfig(
+            transaction_id="cfg-1", command_timeout_seconds=TIMEOUT, now=T_ONLINE + secs(1)
+        ),
+    )
+    state = apply(
+        state,
+        answer(
+            "cfg-1",
+            T_ONLINE + secs(2),
+            action="apply_config",
+            applied_config_hash=state.config_hash,
+        ),
+    )
     state = apply(state, c.RecordLastWill(session_id=None, now=T_ONLINE + secs(3)))
     events = b.decide(state, heartbeat(T_ONLINE + secs(4), uptime=200))
     assert [type(ev) for ev in events] == [e.HeartbeatReceived, e.LockerBankCameOnline]
@@ -817,21 +935,17 @@ def test_last_will_of_current_or_unnamed_session_takes_the_bank_offline(
 
 def test_last_will_of_another_session_is_ignored() -> None:
     state = online_bank()
-    assert b.decide(state, c.RecordLastWill(session_id="old-session",
-                                            now=T_ONLINE + secs(1))) == []
+    assert b.decide(state, c.RecordLastWill(session_id="old-session", now=T_ONLINE + secs(1))) == []
 
 
 def test_last_will_of_the_previous_session_after_a_reconnect_is_ignored() -> None:
     state = apply(online_bank(), heartbeat(T_ONLINE + secs(5), session="session-2"))
-    assert b.decide(state, c.RecordLastWill(session_id="session-1",
-                                            now=T_ONLINE + secs(6))) == []
+    assert b.decide(state, c.RecordLastWill(session_id="session-1", now=T_ONLINE + secs(6))) == []
 
 
 def test_last_will_when_already_offline_changes_nothing() -> None:
-    state = apply(online_bank(), c.RecordLastWill(session_id="session-1",
-                                                  now=T_ONLINE + secs(1)))
-    assert b.decide(state, c.RecordLastWill(session_id="session-1",
-                                            now=T_ONLINE + secs(2))) == []
+    state = apply(online_bank(), c.RecordLastWill(session_id="session-1", now=T_ONLINE + secs(1)))
+    assert b.decide(state, c.RecordLastWill(session_id="session-1", now=T_ONLINE + secs(2))) == []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -839,8 +953,9 @@ def test_last_will_when_already_offline_changes_nothing() -> None:
 
 
 def door(number: object, state: object, now, event_id: str | None = None) -> c.RecordDeviceEvent:
-    return device_event("door_state_changed", {"compartment_number": number, "state": state},
-                        now, event_id=event_id)
+    return device_event(
+        "door_state_changed", {"compartment_number": number, "state": state}, now, event_id=event_id
+    )
 
 
 @pytest.mark.parametrize("door_state", ["open", "closed"])
@@ -849,8 +964,9 @@ def test_door_state_changed_updates_the_door(door_state: str) -> None:
     base = apply(online_bank(), open_cmd(T_ONLINE + secs(1), number=2, tx="tx-2"))
     now = T_ONLINE + secs(2)
     state, events = step(base, door(2, door_state, now, event_id="evt-1"))
-    assert events == [e.DoorStateChanged(compartment_number=2, state=door_state, at=now,
-                                         event_id="evt-1")]
+    assert events == [
+        e.DoorStateChanged(compartment_number=2, state=door_state, at=now, event_id="evt-1")
+    ]
     assert state.compartments[2].door_state == door_state
     assert state.compartments[1].door_state == "unknown"
 
@@ -912,12 +1028,18 @@ def test_events_without_event_id_are_never_deduplicated() -> None:
 
 def test_unknown_device_event_type_is_recorded() -> None:
     now = T_ONLINE + secs(1)
-    command = device_event("battery_low", {"percent": 7, "nested": {"a": [1, 2]}}, now,
-                           event_id="evt-x")
+    command = device_event(
+        "battery_low", {"percent": 7, "nested": {"a": [1, 2]}}, now, event_id="evt-x"
+    )
     state, events = step(online_bank(), command)
-    assert events == [e.DeviceEventRecorded(event="battery_low", event_id="evt-x",
-                                            data={"percent": 7, "nested": {"a": [1, 2]}},
-                                            at=now)]
+    assert events == [
+        e.DeviceEventRecorded(
+            event="battery_low",
+            event_id="evt-x",
+            data={"percent": 7, "nested": {"a": [1, 2]}},
+            at=now,
+        )
+    ]
     assert b.decide(state, command) == []
 
 
@@ -928,20 +1050,28 @@ def test_unknown_device_event_type_is_recorded() -> None:
 def claim(
     number: int = 1, user: str = USER, nonce: str = "nonce-1", expires_in: float = 60
 ) -> c.QrClaim:
-    return c.QrClaim(user_id=user, compartment_id=comp_id(number),
-                     expires_at=T_ONLINE + secs(expires_in), nonce=nonce)
+    return c.QrClaim(
+        user_id=user,
+        compartment_id=comp_id(number),
+        expires_at=T_ONLINE + secs(expires_in),
+        nonce=nonce,
+    )
 
 
-def scan(qr: c.QrClaim | None, now, event_id: str = "evt-qr-1",
-         spare: str = "qr-tx-1") -> c.RecordDeviceEvent:
-    return device_event("qr_scanned", {"qr_payload": "opaque"}, now, event_id=event_id,
-                        qr_claim=qr, spare=spare)
+def scan(
+    qr: c.QrClaim | None, now, event_id: str = "evt-qr-1", spare: str = "qr-tx-1"
+) -> c.RecordDeviceEvent:
+    return device_event(
+        "qr_scanned", {"qr_payload": "opaque"}, now, event_id=event_id, qr_claim=qr, spare=spare
+    )
 
 
-def qr_denial(reason: str, now, event_id: str = "evt-qr-1", user: str = USER,
-              compartment: str = comp_id(1)) -> e.CompartmentOpeningDenied:
-    return e.CompartmentOpeningDenied(user_id=user, compartment_id=compartment, reason=reason,
-                                      at=now, via="qr", event_id=event_id)
+def qr_denial(
+    reason: str, now, event_id: str = "evt-qr-1", user: str = USER, compartment: str = comp_id(1)
+) -> e.CompartmentOpeningDenied:
+    return e.CompartmentOpeningDenied(
+        user_id=user, compartment_id=compartment, reason=reason, at=now, via="qr", event_id=event_id
+    )
 
 
 def test_qr_happy_path_requests_the_open_via_qr() -> None:
@@ -967,7 +1097,8 @@ def test_qr_happy_path_requests_the_open_via_qr() -> None:
 def test_qr_unverifiable_payload_is_denied_qr_invalid() -> None:
     now = T_ONLINE + secs(1)
     assert b.decide(online_bank(), scan(None, now)) == [
-        qr_denial("qr_invalid", now, user="", compartment="")]
+        qr_denial("qr_invalid", now, user="", compartment="")
+    ]
 
 
 def test_qr_expired_claim_is_denied() -> None:
@@ -991,17 +1122,20 @@ def test_qr_redelivered_scan_event_is_a_duplicate() -> None:
 
 
 def test_qr_for_a_compartment_of_another_bank_is_denied() -> None:
-    qr = c.QrClaim(user_id=USER, compartment_id="comp-of-other-bank",
-                   expires_at=T_ONLINE + secs(60), nonce="n")
+    qr = c.QrClaim(
+        user_id=USER, compartment_id="comp-of-other-bank", expires_at=T_ONLINE + secs(60), nonce="n"
+    )
     now = T_ONLINE + secs(1)
     assert b.decide(online_bank(), scan(qr, now)) == [
-        qr_denial("qr_wrong_bank", now, compartment="comp-of-other-bank")]
+        qr_denial("qr_wrong_bank", now, compartment="comp-of-other-bank")
+    ]
 
 
 def test_qr_without_grant_is_denied_no_grant() -> None:
     now = T_ONLINE + secs(1)
     assert b.decide(online_bank(), scan(claim(user=OTHER_USER), now)) == [
-        qr_denial("no_grant", now, user=OTHER_USER)]
+        qr_denial("no_grant", now, user=OTHER_USER)
+    ]
 
 
 def test_qr_while_offline_is_denied_offline() -> None:
@@ -1046,14 +1180,21 @@ def test_every_command_event_carries_its_transaction_id_in_data() -> None:
     run(heartbeat(T_ONLINE + secs(30)))
     run(c.Tick(T_ONLINE + secs(3 + TIMEOUT)))
     run(answer("tx-late", T_ONLINE + secs(40)))
-    run(c.RequestApplyConfig(transaction_id="tx-cfg", command_timeout_seconds=TIMEOUT,
-                             now=T_ONLINE + secs(41)))
-    run(answer("tx-cfg", T_ONLINE + secs(42), action="apply_config",
-               applied_config_hash="abc"))
+    run(
+        c.RequestApplyConfig(
+            transaction_id="tx-cfg", command_timeout_seconds=TIMEOUT, now=T_ONLINE + secs(41)
+        )
+    )
+    run(answer("tx-cfg", T_ONLINE + secs(42), action="apply_config", applied_config_hash="abc"))
 
     command_events = (
-        e.CompartmentOpeningRequested, e.CommandDispatched, e.CompartmentOpened,
-        e.CommandFailed, e.CommandTimedOut, e.LateAnswerReceived, e.ConfigApplyRequested,
+        e.CompartmentOpeningRequested,
+        e.CommandDispatched,
+        e.CompartmentOpened,
+        e.CommandFailed,
+        e.CommandTimedOut,
+        e.LateAnswerReceived,
+        e.ConfigApplyRequested,
         e.ConfigApplied,
     )
     seen = {type(ev) for ev in history if isinstance(ev, command_events)}
@@ -1100,39 +1241,55 @@ def test_replayed_bank_is_not_online_forever() -> None:
     """Presence after a rebuild is "unknown" (state.py) or, if it is "online", it must still
     end 3 x interval after the last heartbeat: a rebuilt actor must never keep a silent bank
     online (and accept opens) indefinitely."""
-    live, rebuilt = _replayed([
-        create_command(),
-        c.Provision(token_hash=TOKEN, client_id=CLIENT, new_mqtt_user="u", new_credential_hash="h",
-                    now=T_PROV),
-        heartbeat(T_ONLINE),
-    ])
+    live, rebuilt = _replayed(
+        [
+            create_command(),
+            c.Provision(
+                token_hash=TOKEN,
+                client_id=CLIENT,
+                new_mqtt_user="u",
+                new_credential_hash="h",
+                now=T_PROV,
+            ),
+            heartbeat(T_ONLINE),
+        ]
+    )
     assert live.presence == "online"
     assert rebuilt.version == live.version
     later = T_ONLINE + secs(3 * INTERVAL + 3600)
     if rebuilt.presence == "online":
         assert b.decide(rebuilt, c.Tick(later)) == [
-            e.LockerBankWentOffline(at=later, reason="heartbeat_timeout")]
+            e.LockerBankWentOffline(at=later, reason="heartbeat_timeout")
+        ]
     else:
         assert rebuilt.presence == "unknown"
 
 
 def test_replayed_state_equals_live_state_but_for_presence() -> None:
-    live, rebuilt = _replayed([
-        create_command(),
-        c.Provision(token_hash=TOKEN, client_id=CLIENT, new_mqtt_user="u", new_credential_hash="h",
-                    now=T_PROV),
-        c.GrantAccess(compartment_id=comp_id(1), user_id=USER, expires_at=None, now=T_PROV),
-        heartbeat(T_ONLINE),
-        open_cmd(T_ONLINE + secs(1), tx="tx-1"),
-        answer("tx-1", T_ONLINE + secs(2)),
-        door(1, "open", T_ONLINE + secs(3), event_id="evt-1"),
-        open_cmd(T_ONLINE + secs(4), number=1, tx="tx-2"),
-        c.Tick(T_ONLINE + secs(4 + TIMEOUT)),
-    ])
+    live, rebuilt = _replayed(
+        [
+            create_command(),
+            c.Provision(
+                token_hash=TOKEN,
+                client_id=CLIENT,
+                new_mqtt_user="u",
+                new_credential_hash="h",
+                now=T_PROV,
+            ),
+            c.GrantAccess(compartment_id=comp_id(1), user_id=USER, expires_at=None, now=T_PROV),
+            heartbeat(T_ONLINE),
+            open_cmd(T_ONLINE + secs(1), tx="tx-1"),
+            answer("tx-1", T_ONLINE + secs(2)),
+            door(1, "open", T_ONLINE + secs(3), event_id="evt-1"),
+            open_cmd(T_ONLINE + secs(4), number=1, tx="tx-2"),
+            c.Tick(T_ONLINE + secs(4 + TIMEOUT)),
+        ]
+    )
 
     def live_cleared(state: BankState) -> BankState:
-        return replace(state, presence="unknown", last_seen=None, session_id=None,
-                       uptime_seconds=None)
+        return replace(
+            state, presence="unknown", last_seen=None, session_id=None, uptime_seconds=None
+        )
 
     assert live_cleared(rebuilt) == live_cleared(live)
     assert rebuilt.transactions["tx-1"].status == "success"

@@ -42,8 +42,10 @@ TENANT = "7c9e6679-7425-40de-944b-e07fc1f90ae7"
         (f"locker/{BANK}/response", ParsedTopic("response", BANK)),
         (f"locker/{BANK}/event", ParsedTopic("event", BANK)),
         (f"locker/{BANK}/status", ParsedTopic("response", BANK, deprecated_status=True)),
-        (f"metrics/{TENANT}/agent-7/temperature",
-         ParsedTopic("metric", TENANT, agent_id="agent-7", metric="temperature")),
+        (
+            f"metrics/{TENANT}/agent-7/temperature",
+            ParsedTopic("metric", TENANT, agent_id="agent-7", metric="temperature"),
+        ),
     ],
 )
 def test_contract_topic_is_parsed(topic: str, expected: ParsedTopic) -> None:
@@ -193,7 +195,7 @@ def test_response_success_example() -> None:
         action="open_compartment",
         result="success",
         transaction_id="xyz-789",
-        timestamp="2023-10-27T10:00:01Z",
+        timestamp=datetime.fromisoformat("2023-10-27T10:00:01Z"),
         message="Compartment opened successfully.",
         error_code=None,
         applied_config_hash=None,
@@ -212,7 +214,9 @@ def test_response_error_example() -> None:
     }"""
     payload = decode(ResponsePayload, raw)
     assert (payload.result, payload.error_code, payload.message) == (
-        "error", "DOOR_JAMMED", "Could not open compartment, mechanism is jammed."
+        "error",
+        "DOOR_JAMMED",
+        "Could not open compartment, mechanism is jammed.",
     )
 
 
@@ -225,7 +229,9 @@ def test_response_apply_config_example() -> None:
     )
     payload = decode(ResponsePayload, raw)
     assert (payload.action, payload.transaction_id, payload.applied_config_hash) == (
-        "apply_config", "cfg-123", digest
+        "apply_config",
+        "cfg-123",
+        digest,
     )
 
 
@@ -242,13 +248,15 @@ def test_event_door_state_changed_example() -> None:
         event="door_state_changed",
         data={"compartment_number": 3, "state": "closed"},
         event_id="evt-111",
-        timestamp="2023-10-27T10:00:00Z",
+        timestamp=datetime.fromisoformat("2023-10-27T10:00:00Z"),
     )
 
 
 def test_event_qr_scanned_example() -> None:
-    raw = (b'{"type":"event","event":"qr_scanned","event_id":"evt-222",'
-           b'"timestamp":"2023-10-27T10:02:00Z","data":{"qr_payload":"abc.def","scanner":"locker"}}')
+    raw = (
+        b'{"type":"event","event":"qr_scanned","event_id":"evt-222",'
+        b'"timestamp":"2023-10-27T10:02:00Z","data":{"qr_payload":"abc.def","scanner":"locker"}}'
+    )
     payload = decode(DevicePayload, raw)
     assert payload.event == "qr_scanned"
     assert payload.data == {"qr_payload": "abc.def", "scanner": "locker"}
@@ -261,31 +269,41 @@ def test_event_without_event_id() -> None:
 
 
 def test_state_heartbeat_example() -> None:
-    raw = (b'{"type":"state","state":"heartbeat",'
-           b'"data":{"timestamp":"2023-10-27T10:01:00Z","uptime_seconds":86400}}')
+    raw = (
+        b'{"type":"state","state":"heartbeat",'
+        b'"data":{"timestamp":"2023-10-27T10:01:00Z","uptime_seconds":86400}}'
+    )
     assert decode(StatePayload, raw) == StatePayload(
         type="state",
         state="heartbeat",
-        data=HeartbeatData(timestamp="2023-10-27T10:01:00Z", uptime_seconds=86400),
+        data=HeartbeatData(
+            timestamp=datetime.fromisoformat("2023-10-27T10:01:00Z"), uptime_seconds=86400
+        ),
     )
 
 
 def test_state_heartbeat_with_session_id() -> None:
-    raw = (b'{"type":"state","state":"heartbeat","session_id":"boot-42",'
-           b'"data":{"timestamp":"2023-10-27T10:01:00Z","uptime_seconds":5}}')
+    raw = (
+        b'{"type":"state","state":"heartbeat","session_id":"boot-42",'
+        b'"data":{"timestamp":"2023-10-27T10:01:00Z","uptime_seconds":5}}'
+    )
     payload = decode(StatePayload, raw)
     assert payload.session_id == "boot-42"
-    assert payload.data == HeartbeatData(timestamp="2023-10-27T10:01:00Z", uptime_seconds=5)
+    assert payload.data == HeartbeatData(
+        timestamp=datetime.fromisoformat("2023-10-27T10:01:00Z"), uptime_seconds=5
+    )
 
 
 def test_state_last_will_example() -> None:
-    raw = (b'{"type":"state","state":"connection_lost","status":"offline",'
-           b'"timestamp":"2023-10-27T10:00:00Z","reason":"mqtt_last_will","session_id":"boot-42"}')
+    raw = (
+        b'{"type":"state","state":"connection_lost","status":"offline",'
+        b'"timestamp":"2023-10-27T10:00:00Z","reason":"mqtt_last_will","session_id":"boot-42"}'
+    )
     assert decode(StatePayload, raw) == StatePayload(
         type="state",
         state="connection_lost",
         status="offline",
-        timestamp="2023-10-27T10:00:00Z",
+        timestamp=datetime.fromisoformat("2023-10-27T10:00:00Z"),
         reason="mqtt_last_will",
         session_id="boot-42",
         data=None,
@@ -325,8 +343,16 @@ def test_unknown_extra_fields_are_tolerated() -> None:
 
 @pytest.mark.parametrize(
     "raw",
-    [b"", b"{", b'{"client_id":', b'{"client_id": "a"} trailing', b"\xff\xfe{}", b"{'a': 1}",
-     b'{"value": NaN}', b"not json"],
+    [
+        b"",
+        b"{",
+        b'{"client_id":',
+        b'{"client_id": "a"} trailing',
+        b"\xff\xfe{}",
+        b"{'a': 1}",
+        b'{"value": NaN}',
+        b"not json",
+    ],
 )
 def test_bad_json_is_a_payload_error(raw: bytes) -> None:
     with pytest.raises(PayloadError) as info:
@@ -346,29 +372,61 @@ def test_non_object_json_is_a_payload_error(raw: bytes) -> None:
     [
         (RegisterPayload, b'{"client_id": 17}', "$.client_id"),
         (RegisterPayload, b'{"client_id": null}', "$.client_id"),
-        (ResponsePayload,
-         b'{"type":"command_response","action":"open_compartment","result":"ok",'
-         b'"transaction_id":"t","timestamp":"2023-10-27T10:00:01Z"}', "$.result"),
-        (ResponsePayload,
-         b'{"type":"event","action":"open_compartment","result":"success",'
-         b'"transaction_id":"t","timestamp":"2023-10-27T10:00:01Z"}', "$.type"),
-        (ResponsePayload,
-         b'{"type":"command_response","action":"open_compartment","result":"success",'
-         b'"transaction_id":5,"timestamp":"2023-10-27T10:00:01Z"}', "$.transaction_id"),
-        (ResponsePayload,
-         b'{"type":"command_response","action":"open_compartment","result":"error",'
-         b'"transaction_id":"t","timestamp":"2023-10-27T10:00:01Z","error_code":7}',
-         "$.error_code"),
-        (DevicePayload, b'{"type":"event","event":"x","timestamp":"t","data":[]}', "$.data"),
-        (DevicePayload, b'{"type":"event","event":1,"timestamp":"t","data":{}}', "$.event"),
-        (DevicePayload, b'{"type":"state","event":"x","timestamp":"t","data":{}}', "$.type"),
-        (StatePayload, b'{"type":"state","state":"heartbeat","data":{"uptime_seconds":"5"}}',
-         "$.data.uptime_seconds"),
-        (StatePayload, b'{"type":"state","state":"heartbeat","data":{"uptime_seconds":1.5}}',
-         "$.data.uptime_seconds"),
+        (
+            ResponsePayload,
+            b'{"type":"command_response","action":"open_compartment","result":"ok",'
+            b'"transaction_id":"t","timestamp":"2023-10-27T10:00:01Z"}',
+            "$.result",
+        ),
+        (
+            ResponsePayload,
+            b'{"type":"event","action":"open_compartment","result":"success",'
+            b'"transaction_id":"t","timestamp":"2023-10-27T10:00:01Z"}',
+            "$.type",
+        ),
+        (
+            ResponsePayload,
+            b'{"type":"command_response","action":"open_compartment","result":"success",'
+            b'"transaction_id":5,"timestamp":"2023-10-27T10:00:01Z"}',
+            "$.transaction_id",
+        ),
+        (
+            ResponsePayload,
+            b'{"type":"command_response","action":"open_compartment","result":"error",'
+            b'"transaction_id":"t","timestamp":"2023-10-27T10:00:01Z","error_code":7}',
+            "$.error_code",
+        ),
+        (
+            DevicePayload,
+            b'{"type":"event","event":"x","timestamp":"2026-01-01T00:00:00Z","data":[]}',
+            "$.data",
+        ),
+        (
+            DevicePayload,
+            b'{"type":"event","event":1,"timestamp":"2026-01-01T00:00:00Z","data":{}}',
+            "$.event",
+        ),
+        (
+            DevicePayload,
+            b'{"type":"state","event":"x","timestamp":"2026-01-01T00:00:00Z","data":{}}',
+            "$.type",
+        ),
+        (
+            StatePayload,
+            b'{"type":"state","state":"heartbeat","data":{"uptime_seconds":"5"}}',
+            "$.data.uptime_seconds",
+        ),
+        (
+            StatePayload,
+            b'{"type":"state","state":"heartbeat","data":{"uptime_seconds":1.5}}',
+            "$.data.uptime_seconds",
+        ),
         (StatePayload, b'{"type":"state","state":"heartbeat","data":"x"}', "$.data"),
-        (StatePayload, b'{"type":"state","state":"connection_lost","session_id":3}',
-         "$.session_id"),
+        (
+            StatePayload,
+            b'{"type":"state","state":"connection_lost","session_id":3}',
+            "$.session_id",
+        ),
         (MetricPayload, b'{"value": "21.5"}', "$.value"),
         (MetricPayload, b'{"value": true}', "$.value"),
         (MetricPayload, b'{"value": null}', "$.value"),
@@ -388,15 +446,26 @@ def test_wrong_type_is_a_payload_error_naming_the_field(cls: type, raw: bytes, p
     ("cls", "raw", "field"),
     [
         (RegisterPayload, b"{}", "client_id"),
-        (ResponsePayload, b'{"type":"command_response","result":"success","transaction_id":"t",'
-                          b'"timestamp":"2023-10-27T10:00:01Z"}', "action"),
-        (ResponsePayload, b'{"type":"command_response","action":"open_compartment",'
-                          b'"transaction_id":"t","timestamp":"2023-10-27T10:00:01Z"}', "result"),
-        (ResponsePayload, b'{"type":"command_response","action":"open_compartment",'
-                          b'"result":"success","timestamp":"2023-10-27T10:00:01Z"}',
-         "transaction_id"),
-        (DevicePayload, b'{"event":"x","timestamp":"t","data":{}}', "type"),
-        (DevicePayload, b'{"type":"event","timestamp":"t","data":{}}', "event"),
+        (
+            ResponsePayload,
+            b'{"type":"command_response","result":"success","transaction_id":"t",'
+            b'"timestamp":"2023-10-27T10:00:01Z"}',
+            "action",
+        ),
+        (
+            ResponsePayload,
+            b'{"type":"command_response","action":"open_compartment",'
+            b'"transaction_id":"t","timestamp":"2023-10-27T10:00:01Z"}',
+            "result",
+        ),
+        (
+            ResponsePayload,
+            b'{"type":"command_response","action":"open_compartment",'
+            b'"result":"success","timestamp":"2023-10-27T10:00:01Z"}',
+            "transaction_id",
+        ),
+        (DevicePayload, b'{"event":"x","timestamp":"2026-01-01T00:00:00Z","data":{}}', "type"),
+        (DevicePayload, b'{"type":"event","timestamp":"2026-01-01T00:00:00Z","data":{}}', "event"),
         (StatePayload, b'{"state":"heartbeat","data":{"uptime_seconds":1}}', "type"),
         (StatePayload, b'{"type":"state","data":{"uptime_seconds":1}}', "state"),
         (MetricPayload, b'{"timestamp":"2026-01-02T03:04:05Z"}', "value"),
@@ -413,13 +482,20 @@ def test_missing_field_is_a_payload_error_naming_the_field(
 @pytest.mark.parametrize(
     ("cls", "raw", "field"),
     [
-        (ResponsePayload, b'{"action":"open_compartment","result":"success",'
-                          b'"transaction_id":"t","timestamp":"2023-10-27T10:00:01Z"}', "type"),
-        (ResponsePayload, b'{"type":"command_response","action":"open_compartment",'
-                          b'"result":"success","transaction_id":"t"}', "timestamp"),
+        (
+            ResponsePayload,
+            b'{"action":"open_compartment","result":"success",'
+            b'"transaction_id":"t","timestamp":"2023-10-27T10:00:01Z"}',
+            "type",
+        ),
+        (
+            ResponsePayload,
+            b'{"type":"command_response","action":"open_compartment",'
+            b'"result":"success","transaction_id":"t"}',
+            "timestamp",
+        ),
         (DevicePayload, b'{"type":"event","event":"x","data":{}}', "timestamp"),
-        (DevicePayload, b'{"type":"event","event":"x","timestamp":"2023-10-27T10:00:00Z"}',
-         "data"),
+        (DevicePayload, b'{"type":"event","event":"x","timestamp":"2023-10-27T10:00:00Z"}', "data"),
     ],
 )
 def test_contract_required_field_missing_is_a_payload_error(
