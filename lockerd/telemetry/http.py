@@ -1,0 +1,202 @@
+"""HTTP routes of the telemetry capability.
+
+Admin (bearer token with the admin role; the role is checked before anything else):
+
+* ``POST /api/admin/tenants`` ``{"name"}`` -> 201 ``{"id"}``
+* ``GET /api/admin/tenants`` -> ``[{"id","name","agents":[{"agent_id","name","mqtt_user"}]}]``
+* ``POST /api/admin/tenants/{id}/agents`` ``{"name"}`` -> 201
+  ``{"agent_id","mqtt_user","mqtt_password"}`` (404 unknown tenant)
+* ``GET /api/admin/tenants/{id}/metrics?agent_id=&metric=&since=&limit=&format=csv``
+
+Agents (HTTP Basic with the agent's ``mqtt_user``/``mqtt_password``):
+
+* ``POST /api/metrics`` ``{"metric","value","timestamp"?,"dedupe_id"?}`` -> 202
+  ``{"status":"stored"|"duplicate"}``; the point has been written (or recognised as a repeat
+  of its ``dedupe_id``) when the answer comes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from typing import Annotated, Any
+
+import msgspec
+from quart import Blueprint, Response, request
+from quart_schema import document_request
+
+from lockerd.http.admin_banks import valid_uuid
+from lockerd.http.auth import require_admin
+from lockerd.http.context import ctx
+from lockerd.http.errors import ApiError, error_response
+from lockerd.http.validation import decode_body
+from lockerd.telemetry.agents import Agent, AgentDirectory
+from lockerd.telemetry.pipeline import MetricsPipeline, PipelineUnavailable
+from lockerd.telemetry.points import HttpMetricIn, Rejected, parse_timestamp
+from lockerd.telemetry.query import DEFAULT_LIMIT, MAX_LIMIT, PointQuery, read_points, to_csv
+
+blueprint = Blueprint("telemetry", __name__)
+
+BASIC_REALM = 'Basic realm="lockerd metrics", charset="UTF-8"'
+# "+02:00" in an unencoded query string arrives as " 02:00"
+_SPACED_OFFSET = re.compile(r" (\d{2}(?::?\d{2})?)$")
+
+
+class TenantIn(msgspec.Struct, forbid_unknown_fields=True):
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+
+
+class AgentIn(msgspec.Struct, forbid_unknown_fields=True):
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+
+
+def agents() -> AgentDirectory:
+    directory: AgentDirectory = ctx().extensions["agents"]
+    return directory
+
+
+def pipeline() -> MetricsPipeline:
+    found: MetricsPipeline = ctx().extensions["metrics_pipeline"]
+    return found
+
+
+async def body_bytes() -> bytes:
+    raw = await request.get_data(cache=True)
+    return raw if isinstance(raw, bytes) else raw.encode()
+
+
+def known_tenant(tenant_id: str) -> str:
+    tenant_id = valid_uuid(tenant_id, "tenant")
+    if not agents().has_tenant(tenant_id):
+        raise ApiError(404, "no such tenant")
+    return tenant_id
+
+
+# -------------------------------------------------------------------- admin: tenants, agents
+
+
+@blueprint.post("/api/admin/tenants")
+@document_request(TenantIn)
+async def create_tenant() -> tuple[dict[str, Any], int]:
+    await require_admin()
+    data = decode_body(TenantIn, await body_bytes())
+    service = ctx()
+    tenant = await agents().create_tenant(service.store, data.name, service.clock())
+    return {"id": tenant.tenant_id}, 201
+
+
+@blueprint.get("/api/admin/tenants")
+async def list_tenants() -> list[dict[str, Any]]:
+    await require_admin()
+    directory = agents()
+    by_tenant: dict[str, list[dict[str, Any]]] = {}
+    for agent in directory.agents.values():
+        by_tenant.setdefault(agent.tenant_id, []).append(
+            {"agent_id": agent.agent_id, "name": agent.name, "mqtt_user": agent.mqtt_user}
+        )
+    return [
+        {"id": tenant.tenant_id, "name": tenant.name, "agents": by_tenant.get(tenant.tenant_id, [])}
+        for tenant in directory.tenants.values()
+    ]
+
+
+@blueprint.post("/api/admin/tenants/<tenant_id>/agents")
+@document_request(AgentIn)
+async def create_agent(tenant_id: str) -> tuple[dict[str, Any], int]:
+    await require_admin()
+    tenant_id = known_tenant(tenant_id)
+    data = decode_body(AgentIn, await body_bytes())
+    service = ctx()
+    created = await agents().create_agent(
+        service.store, service.keyring, tenant_id, data.name, service.clock()
+    )
+    return {
+        "agent_id": created.agent.agent_id,
+        "mqtt_user": created.agent.mqtt_user,
+        "mqtt_password": created.mqtt_password,
+    }, 201
+
+
+# -------------------------------------------------------------------- admin: query
+
+
+def _since(text: str) -> int:
+    text = _SPACED_OFFSET.sub(r"+\1", text)
+    try:
+        return parse_timestamp(text)
+    except Rejected:
+        raise ApiError(400, f"since {text[:64]!r} is not an ISO 8601 timestamp") from None
+
+
+def _limit(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= MAX_LIMIT:
+        raise ApiError(400, f"limit must be an integer from 1 to {MAX_LIMIT}")
+    return int(text)
+
+
+@blueprint.get("/api/admin/tenants/<tenant_id>/metrics")
+async def query_metrics(tenant_id: str) -> Any:
+    await require_admin()
+    tenant_id = known_tenant(tenant_id)
+    args = request.args
+    fmt = args.get("format", "") or "json"
+    if fmt not in ("json", "csv"):
+        raise ApiError(400, "format must be json or csv")
+    since = args.get("since", "")
+    limit = args.get("limit", "")
+    query = PointQuery(
+        tenant_id=tenant_id,
+        agent_id=args.get("agent_id") or None,
+        metric=args.get("metric") or None,
+        since_us=_since(since) if since else None,
+        limit=_limit(limit) if limit else DEFAULT_LIMIT,
+    )
+    rows = await ctx().store.read(read_points(query))
+    if fmt == "csv":
+        return Response(to_csv(rows), content_type="text/csv; charset=utf-8")
+    return [row.as_json() for row in rows]
+
+
+# -------------------------------------------------------------------- agents: ingest
+
+
+def basic_credentials() -> tuple[str, str] | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "basic" or not value.strip():
+        return None
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    user, sep, password = decoded.partition(":")
+    if not sep or not user:
+        return None
+    return user, password
+
+
+def authenticated_agent() -> Agent | None:
+    credentials = basic_credentials()
+    if credentials is None:
+        return None
+    return agents().authenticate(ctx().keyring, *credentials)
+
+
+@blueprint.post("/api/metrics")
+@document_request(HttpMetricIn)
+async def ingest_metric() -> Any:
+    agent = authenticated_agent()
+    if agent is None:
+        response = error_response(
+            401, "unauthorized", "HTTP Basic credentials of a metrics agent are required"
+        )
+        response.headers["WWW-Authenticate"] = BASIC_REALM
+        return response
+    try:
+        outcome = await pipeline().submit_http(agent, await body_bytes())
+    except Rejected as exc:
+        raise ApiError(400, exc.message) from None
+    except PipelineUnavailable as exc:
+        raise ApiError(503, str(exc)) from None
+    return {"status": outcome}, 202

@@ -1,0 +1,430 @@
+"""The ingestion actor: one pipeline for metric points from MQTT and from HTTP.
+
+Shape
+-----
+* **Admission** runs on the caller's task: the MQTT bridge (the gateway's ``metric_sink``) and
+  ``POST /api/metrics`` both check tenant and agent against the in-memory directory, decode and
+  validate the point (:mod:`lockerd.telemetry.points`). A refused point never enters the
+  channel. MQTT refusals are logged and counted as dropped with their reason; HTTP ones raise
+  :class:`~lockerd.telemetry.points.Rejected` for a 400.
+* **The channel** is a bounded Trio memory channel. When it is full, ``send`` waits: the gateway
+  stops reading its socket (TCP backpressure to the broker) and HTTP requests wait, nothing is
+  lost or reordered.
+* **The actor** (:meth:`MetricsPipeline.run`) takes whatever has queued up, up to ``max_batch``
+  points, and writes them in ONE ``store.write`` transaction. No timer is needed: while one batch
+  commits, the next one fills by itself, so a lone point is written at once and a burst is
+  written in large batches.
+* **Dedupe**: a ``dedupe_id`` is unique per agent across both paths. The actor is the only
+  writer, so a set of recently seen ``(agent, dedupe_id)`` keys answers almost every repeat
+  without the database; the partial unique index catches the rest (after a restart, or once a
+  key has left the bounded set), with ``INSERT ... ON CONFLICT DO NOTHING`` per such row.
+* **After the commit** MQTT points are counted as processed (or dropped ``duplicate``), HTTP
+  callers get their outcome, and stored points go to subscribers. A subscriber whose bounded
+  buffer is full is dropped (its channel closes) rather than slowing ingestion.
+* **Nothing half-stored**: a batch is one savepoint of the store's transaction; if it fails,
+  none of its points is stored, the MQTT ones are dropped ``store_unavailable`` and the HTTP
+  callers get the failure (503).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Final, Literal
+
+import structlog
+import trio
+from prometheus_client import Counter, Histogram
+
+from gateway.topics import ParsedTopic
+from lockerd.metrics import Metrics
+from lockerd.telemetry.agents import Agent, AgentDirectory
+from lockerd.telemetry.points import (
+    MetricPoint,
+    Rejected,
+    decode_http,
+    decode_mqtt,
+    make_point,
+)
+from lockerd.telemetry.schema import to_us
+from store.base import EventStore, SqlTx
+
+log = structlog.get_logger("lockerd.telemetry")
+
+Outcome = Literal["stored", "duplicate", "failed"]
+
+DEFAULT_CAPACITY: Final = 10_000
+DEFAULT_MAX_BATCH: Final = 2_000
+DEFAULT_RECENT_DEDUPE: Final = 100_000
+DEFAULT_SUBSCRIBER_BUFFER: Final = 1_000
+
+_INSERT: Final = (
+    "INSERT INTO metric_points (seq, tenant_id, agent_id, metric, value, ts_us, dedupe_id)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_DEDUPED: Final = _INSERT + " ON CONFLICT DO NOTHING"
+
+Row = tuple[int, str, str, str, float, int, str | None]
+
+
+class PipelineUnavailable(Exception):
+    """The batch holding the point could not be written; nothing of it was stored."""
+
+
+class _Reply:
+    """Where the actor puts an HTTP caller's outcome."""
+
+    __slots__ = ("done", "outcome")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.outcome: Outcome = "failed"
+
+    def resolve(self, outcome: Outcome) -> None:
+        self.outcome = outcome
+        self.done.set()
+
+
+Item = tuple[MetricPoint, _Reply | None]
+
+
+@dataclass(slots=True)
+class PipelineStats:
+    """Plain counters, for tests, the bench and the docs; Prometheus has the same figures."""
+
+    stored: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    failed: int = 0
+    batches: int = 0
+    largest_batch: int = 0
+    subscribers_dropped: int = 0
+
+
+@dataclass(slots=True)
+class _Subscriber:
+    tenant_id: str | None
+    send: trio.MemorySendChannel[MetricPoint]
+
+
+class MetricsPipeline:
+    def __init__(
+        self,
+        store: EventStore,
+        agents: AgentDirectory,
+        metrics: Metrics,
+        clock: Callable[[], datetime],
+        *,
+        next_seq: int = 1,
+        capacity: int = DEFAULT_CAPACITY,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        recent_dedupe: int = DEFAULT_RECENT_DEDUPE,
+        subscriber_buffer: int = DEFAULT_SUBSCRIBER_BUFFER,
+    ) -> None:
+        if capacity < 1 or max_batch < 1 or recent_dedupe < 1:
+            raise ValueError("capacity, max_batch and recent_dedupe must be positive")
+        self.store = store
+        self.agents = agents
+        self.metrics = metrics
+        self.clock = clock
+        self.max_batch = max_batch
+        self.recent_dedupe = recent_dedupe
+        self.subscriber_buffer = subscriber_buffer
+        self.stats = PipelineStats()
+        self._seq = next_seq
+        self._send, self._receive = trio.open_memory_channel[Item](capacity)
+        self._recent: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._subscribers: list[_Subscriber] = []
+        self._change: trio.Event | None = None
+        self._points = Counter(
+            "lockerd_metric_points",
+            "Metric points by source (mqtt, http) and outcome (stored, duplicate, rejected,"
+            " failed)",
+            ["source", "outcome"],
+            registry=metrics.registry,
+        )
+        self._batch_sizes = Histogram(
+            "lockerd_metric_batch_points",
+            "Points written per metric batch transaction",
+            buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000),
+            registry=metrics.registry,
+        )
+        self._mqtt_processed = metrics.inbound.labels("metric", "processed")
+        for source in ("mqtt", "http"):
+            for outcome in ("stored", "duplicate", "rejected", "failed"):
+                self._points.labels(source, outcome)
+
+    # ---------------------------------------------------------------- admission
+
+    def queued(self) -> int:
+        return self._send.statistics().current_buffer_used
+
+    async def mqtt_sink(self, parsed: ParsedTopic, payload: bytes) -> None:
+        """The gateway's ``metric_sink``: admit one MQTT point or drop it with a reason."""
+        try:
+            point = self._mqtt_point(parsed, payload)
+        except Rejected as exc:
+            self._drop_mqtt(exc.reason, parsed, exc.message)
+            self._points.labels("mqtt", "rejected").inc()
+            self.stats.rejected += 1
+            self._changed()
+            return
+        item: Item = (point, None)
+        try:
+            self._send.send_nowait(item)
+        except trio.WouldBlock:
+            await self._send.send(item)
+
+    def _mqtt_point(self, parsed: ParsedTopic, payload: bytes) -> MetricPoint:
+        tenant_id, agent_id = parsed.key, parsed.agent_id
+        if not self.agents.has_tenant(tenant_id):
+            raise Rejected("unknown_tenant", "no such tenant")
+        agent = self.agents.agent(agent_id)
+        if agent is None:
+            raise Rejected("unknown_agent", "no such agent")
+        if agent.tenant_id != tenant_id:
+            raise Rejected("agent_tenant_mismatch", "the agent belongs to another tenant")
+        body = decode_mqtt(payload)
+        return make_point(
+            tenant_id=tenant_id,
+            agent_id=agent_id,
+            metric=parsed.metric,
+            value=body.value,
+            timestamp=body.timestamp,
+            dedupe_id=body.dedupe_id,
+            now_us=to_us(self.clock()),
+            source="mqtt",
+        )
+
+    def _drop_mqtt(self, reason: str, parsed: ParsedTopic, detail: str) -> None:
+        self.metrics.drop("metric", reason)
+        log.warning(
+            "metric_dropped",
+            reason=reason,
+            tenant_id=parsed.key,
+            agent_id=parsed.agent_id[:64],
+            metric=parsed.metric[:64],
+            detail=detail,
+        )
+
+    async def submit_http(self, agent: Agent, body: bytes) -> Outcome:
+        """Admit one point of ``POST /api/metrics`` and wait until it is written.
+
+        Raises :class:`Rejected` for invalid input and :class:`PipelineUnavailable` when the
+        write failed.
+        """
+        try:
+            decoded = decode_http(body)
+            point = make_point(
+                tenant_id=agent.tenant_id,
+                agent_id=agent.agent_id,
+                metric=decoded.metric,
+                value=decoded.value,
+                timestamp=decoded.timestamp,
+                dedupe_id=decoded.dedupe_id,
+                now_us=to_us(self.clock()),
+                source="http",
+            )
+        except Rejected as exc:
+            self._points.labels("http", "rejected").inc()
+            self.stats.rejected += 1
+            log.info("metric_rejected", reason=exc.reason, agent_id=agent.agent_id,
+                     detail=exc.message)
+            self._changed()
+            raise
+        return await self.submit(point)
+
+    async def submit(self, point: MetricPoint) -> Outcome:
+        """Queue an already valid point and wait for its outcome ("stored" or "duplicate")."""
+        reply = _Reply()
+        await self._send.send((point, reply))
+        await reply.done.wait()
+        if reply.outcome == "failed":
+            raise PipelineUnavailable("the metric store is unavailable; nothing was stored")
+        return reply.outcome
+
+    # ---------------------------------------------------------------- subscribers
+
+    def subscribe(
+        self, tenant_id: str | None = None, buffer: int | None = None
+    ) -> trio.MemoryReceiveChannel[MetricPoint]:
+        """Stored points from now on (of one tenant, or all). Close the channel when done.
+
+        The buffer is bounded; a subscriber that falls behind by more than ``buffer`` points
+        is dropped: its channel ends (``EndOfChannel``) and it may subscribe again.
+        """
+        size = self.subscriber_buffer if buffer is None else buffer
+        send, receive = trio.open_memory_channel[MetricPoint](size)
+        self._subscribers.append(_Subscriber(tenant_id, send))
+        return receive
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subscribers)
+
+    def _publish(self, points: list[MetricPoint]) -> None:
+        if not self._subscribers or not points:
+            return
+        keep: list[_Subscriber] = []
+        for subscriber in self._subscribers:
+            alive = True
+            for point in points:
+                if subscriber.tenant_id is not None and point.tenant_id != subscriber.tenant_id:
+                    continue
+                try:
+                    subscriber.send.send_nowait(point)
+                except trio.WouldBlock:
+                    self.stats.subscribers_dropped += 1
+                    log.warning("metric_subscriber_dropped", reason="too_slow",
+                                tenant_id=subscriber.tenant_id)
+                    alive = False
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    alive = False  # the subscriber went away
+                if not alive:
+                    subscriber.send.close()
+                    break
+            if alive:
+                keep.append(subscriber)
+        self._subscribers = keep
+
+    # ---------------------------------------------------------------- observation
+
+    def _changed(self) -> None:
+        change = self._change
+        if change is not None:
+            self._change = None
+            change.set()
+
+    async def wait_until(self, predicate: Callable[[PipelineStats], bool]) -> None:
+        """Return once ``predicate(stats)`` holds; wakes on every change, never polls."""
+        while not predicate(self.stats):
+            if self._change is None:
+                self._change = trio.Event()
+            await self._change.wait()
+
+    # ---------------------------------------------------------------- the actor
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        receive = self._receive
+        while True:
+            batch = [await receive.receive()]
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(receive.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            await self._write_batch(batch)
+
+    async def _write_batch(self, batch: list[Item]) -> None:
+        fresh: list[Item] = []
+        repeats: list[tuple[Item, tuple[str, str] | None]] = []  # (item, key of this batch)
+        added: set[tuple[str, str]] = set()
+        recent = self._recent
+        for item in batch:
+            point = item[0]
+            if point.dedupe_id is not None:
+                key = (point.agent_id, point.dedupe_id)
+                if key in recent:
+                    repeats.append((item, key if key in added else None))
+                    continue
+                recent[key] = None
+                added.add(key)
+            fresh.append(item)
+
+        plain: list[Row] = []
+        deduped: list[Row] = []
+        deduped_items: list[Item] = []
+        seq = self._seq
+        for item in fresh:
+            point = item[0]
+            row: Row = (seq, point.tenant_id, point.agent_id, point.metric, point.value,
+                        point.ts_us, point.dedupe_id)
+            seq += 1
+            if point.dedupe_id is None:
+                plain.append(row)
+            else:
+                deduped.append(row)
+                deduped_items.append(item)
+        self._seq = seq
+
+        def write(tx: SqlTx) -> list[int]:
+            if plain:
+                tx.executemany(_INSERT, plain)
+            return [i for i, row in enumerate(deduped) if tx.execute(_INSERT_DEDUPED, row) == 0]
+
+        conflicts: list[int] = []
+        error: Exception | None = None
+        if fresh:
+            try:
+                conflicts = await self.store.write(write)
+            except Exception as exc:  # StoreUnavailable, or a bug: fail this batch only
+                error = exc
+        if error is not None:
+            for added_key in added:
+                recent.pop(added_key, None)
+            log.error("metric_batch_failed", points=len(batch), error=repr(error))
+            for item in fresh:
+                self._finish(item, "failed")
+            for item, batch_key in repeats:
+                # a repeat of a point of this very batch shares its fate
+                self._finish(item, "failed" if batch_key is not None else "duplicate")
+            self.stats.batches += 1
+            self._changed()
+            return
+
+        conflicted = {id(deduped_items[i]) for i in conflicts}
+        stored: list[MetricPoint] = []
+        mqtt_stored = 0
+        for item in fresh:
+            if id(item) in conflicted:
+                self._finish(item, "duplicate")
+                continue
+            stored.append(item[0])
+            if item[1] is None:
+                mqtt_stored += 1
+            else:
+                item[1].resolve("stored")
+        for item, _ in repeats:
+            self._finish(item, "duplicate")
+        http_stored = len(stored) - mqtt_stored
+        if mqtt_stored:
+            self._mqtt_processed.inc(mqtt_stored)
+            self._points.labels("mqtt", "stored").inc(mqtt_stored)
+        if http_stored:
+            self._points.labels("http", "stored").inc(http_stored)
+        while len(recent) > self.recent_dedupe:
+            recent.popitem(last=False)
+        if fresh:
+            self._batch_sizes.observe(len(fresh))
+        stats = self.stats
+        stats.stored += len(stored)
+        stats.batches += 1
+        stats.largest_batch = max(stats.largest_batch, len(batch))
+        self._publish(stored)
+        self._changed()
+
+    def _finish(self, item: Item, outcome: Literal["duplicate", "failed"]) -> None:
+        """A point that was not stored: tell its HTTP caller, or count and log the MQTT drop."""
+        point, reply = item
+        source = point.source
+        if outcome == "duplicate":
+            self.stats.duplicates += 1
+        else:
+            self.stats.failed += 1
+        self._points.labels(source, outcome).inc()
+        if reply is not None:
+            reply.resolve(outcome)
+            return
+        reason = "duplicate" if outcome == "duplicate" else "store_unavailable"
+        self.metrics.drop("metric", reason)
+        log.warning(
+            "metric_dropped",
+            reason=reason,
+            tenant_id=point.tenant_id,
+            agent_id=point.agent_id,
+            metric=point.metric,
+            dedupe_id=point.dedupe_id,
+        )
