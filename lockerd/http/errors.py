@@ -59,6 +59,11 @@ def install_error_handlers(app: Quart) -> None:
     async def validation_error(error: RequestSchemaValidationError) -> Response:
         return error_response(400, "invalid_input", _describe_validation(error))
 
+    @app.errorhandler(UnicodeDecodeError)
+    async def undecodable_body(error: UnicodeDecodeError) -> Response:
+        # quart decodes the body before parsing JSON, outside its own bad-JSON handling
+        return error_response(400, "invalid_input", "request body is not valid UTF-8")
+
     @app.errorhandler(HTTPException)
     async def http_error(error: HTTPException) -> Response:
         status = error.code or 500

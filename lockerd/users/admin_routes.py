@@ -15,6 +15,7 @@ from lockerd.http.auth import require_admin
 from lockerd.http.context import ctx
 from lockerd.http.errors import ApiError
 from lockerd.users.common import (
+    admin_first,
     ask_bank,
     bank_of_compartment,
     iso_text,
@@ -47,9 +48,9 @@ class GrantIn(msgspec.Struct, forbid_unknown_fields=True):
 
 
 @blueprint.post("/api/admin/users")
+@admin_first
 @validate_request(CreateUserIn)
 async def create_user(data: CreateUserIn) -> tuple[dict[str, Any], int]:
-    await require_admin()
     email = data.email.strip()
     if not EMAIL.match(email):
         raise ApiError(400, "email must be an e-mail address like name@example.org")
@@ -64,9 +65,9 @@ async def create_user(data: CreateUserIn) -> tuple[dict[str, Any], int]:
 
 
 @blueprint.post("/api/admin/compartments/<compartment_id>/grants")
+@admin_first
 @validate_request(GrantIn)
 async def grant(compartment_id: str, data: GrantIn) -> tuple[dict[str, Any], int]:
-    await require_admin()
     bank_id = bank_of_compartment(compartment_id)
     compartment_id = parse_id(compartment_id, "compartment")
     user_id = parse_id(data.user_id, "user")

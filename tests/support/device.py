@@ -61,6 +61,7 @@ def client_settings(
     username: str | None = None,
     password: str | None = None,
     will: Will | None = None,
+    clean_session: bool = True,
 ) -> MqttSettings:
     host, port = broker_address(url)
     return MqttSettings(
@@ -69,7 +70,7 @@ def client_settings(
         client_id=client_id,
         username=username,
         password=password,
-        clean_session=True,
+        clean_session=clean_session,
         will=will,
         reconnect_min_delay=0.05,
         reconnect_max_delay=0.5,
@@ -131,9 +132,7 @@ class TestDevice:
         """Publish what the broker would publish for this device's last will."""
         await self.publish("state", self.last_will_payload(), retain=True)
 
-    async def event(
-        self, event: str, data: dict[str, Any], *, event_id: str | None = None
-    ) -> None:
+    async def event(self, event: str, data: dict[str, Any], *, event_id: str | None = None) -> None:
         payload: dict[str, Any] = {
             "type": "event",
             "event": event,
@@ -209,7 +208,12 @@ async def device(
     username: str | None = None,
     password: str | None = None,
     session_id: str | None = None,
+    clean_session: bool = True,
+    last_will: bool = True,
 ) -> AsyncIterator[TestDevice]:
+    """A connected device; ``clean_session=False`` lets the broker keep its subscription and
+    queue its commands while it is away (with a fixed ``client_id``). Mosquitto publishes the
+    last wills of its clients when it shuts down; ``last_will=False`` sets none."""
     client_id = client_id or f"test-device-{uuid.uuid4().hex[:12]}"
     will_payload = json.dumps(
         {
@@ -226,7 +230,10 @@ async def device(
         client_id,
         username=username,
         password=password,
-        will=Will(f"locker/{bank_id}/state", will_payload, qos=1, retain=True),
+        will=Will(f"locker/{bank_id}/state", will_payload, qos=1, retain=True)
+        if last_will
+        else None,
+        clean_session=clean_session,
     )
     async with open_mqtt_client(settings) as client, trio.open_nursery() as nursery:
         dev = TestDevice(client, bank_id, nursery)

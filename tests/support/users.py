@@ -4,7 +4,7 @@ sign-in, grants, opening, and reading transactions and bank histories."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -103,6 +103,11 @@ class App(RunningLockerd):
         assert response.status_code == 200, response.text
         result: dict[str, Any] = response.json()
         return result
+
+    async def wait_until(
+        self, check: Callable[[], Awaitable[Any]], *, what: str = "the condition"
+    ) -> Any:
+        return await wait_until(self.context.fleet, check, what=what)
 
     async def until_presence(self, bank_id: str, presence: str) -> None:
         async def check() -> bool:
