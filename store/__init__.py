@@ -43,8 +43,8 @@ def open_store(
     """Open the event store named by ``database_url`` for an ``async with`` block.
 
     ``sqlite:///relative.db`` (relative to the working directory), ``sqlite:////abs/path.db``;
-    ``postgresql://...`` is recognised but not implemented yet. Raises ``ValueError`` for a URL
-    that names no supported backend, before anything is opened.
+    ``postgresql://...`` / ``postgres://...`` (a libpq URL; see docs/postgres.md). Raises
+    ``ValueError`` for a URL that names no supported backend, before anything is opened.
 
     Backends are imported only when chosen, so running on SQLite never imports the PostgreSQL
     driver and vice versa. To add a backend: teach :func:`parse_database_url` its scheme and add
@@ -57,5 +57,7 @@ def open_store(
         assert url.path is not None
         return open_sqlite_store(url.path, projections)
     if url.kind == "postgresql":
-        raise NotImplementedError("PostgreSQL store: not yet available")
+        from store.postgres import open_postgres_store
+
+        return open_postgres_store(url.url, projections)
     assert_never(url.kind)

@@ -8,7 +8,6 @@ backend will inherit the whole suite unchanged.
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -17,20 +16,25 @@ from pathlib import Path
 import pytest
 
 from store import EventStore, Projection, open_store
+from tests.support.postgres import (
+    POSTGRES_URL_ENV,
+    create_schema,
+    drop_schema,
+    server_url,
+    url_with_search_path,
+)
 
-POSTGRES_URL_ENV = "LOCKERD_TEST_POSTGRES_URL"
+__all__ = ["POSTGRES_URL_ENV", "StoreOpener", "backends"]
 
 
 def backends() -> list[str]:
     """Backends the store tests run against.
 
-    HOOK for PostgreSQL: when ``LOCKERD_TEST_POSTGRES_URL`` is set, every store test also runs
-    against that server (nothing is skipped: until the backend exists, ``open_store`` raises
-    NotImplementedError and those runs fail loudly). See the "postgresql" branch of
-    :func:`store_opener` for what remains to be done there.
+    When ``LOCKERD_TEST_POSTGRES_URL`` is set, every store test also runs against that server,
+    each test in a schema of its own (see :func:`store_opener`).
     """
     found = ["sqlite"]
-    if os.environ.get(POSTGRES_URL_ENV):
+    if server_url():
         found.append("postgresql")
     return found
 
@@ -55,10 +59,13 @@ def store_opener(request: pytest.FixtureRequest, tmp_path: Path) -> StoreOpener:
         # An absolute path, so this also exercises the sqlite://// URL form end to end.
         return StoreOpener(backend, f"sqlite:///{tmp_path / 'events.db'}")
     if backend == "postgresql":
-        # TODO(postgresql backend): every test needs an EMPTY database. Create a fresh schema
-        # per test here (e.g. CREATE SCHEMA test_<uuid>, then point the URL at it with
-        # options=-csearch_path%3Dtest_<uuid>) and drop it in a finalizer.
-        return StoreOpener(backend, os.environ[POSTGRES_URL_ENV])
+        # Every test gets an EMPTY schema of its own (search_path in the URL's options), dropped
+        # with everything in it when the test is done, so no run sees another's tables.
+        base = server_url()
+        assert base is not None
+        schema = create_schema(base)
+        request.addfinalizer(lambda: drop_schema(base, schema))
+        return StoreOpener(backend, url_with_search_path(base, schema))
     raise AssertionError(f"unknown backend {backend!r}")
 
 

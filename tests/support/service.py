@@ -88,3 +88,35 @@ async def eventually(check: Callable[[], Awaitable[bool]], within: float = 10.0)
     with trio.fail_after(within):
         while not await check():  # noqa: ASYNC110 - nothing to await across HTTP
             await trio.sleep(0.02)
+
+
+_DATABASE_URLS: dict[tuple[Path, str], str] = {}
+
+
+def database_url_for(tmp_path: Path, backend: str) -> str:
+    """A database URL for a service under test: ``"sqlite"`` or ``"postgresql"``.
+
+    SQLite: a file in ``tmp_path``. PostgreSQL (``LOCKERD_TEST_POSTGRES_URL`` must be set): a
+    fresh schema on that server, dropped when the test process exits. The same ``tmp_path`` and
+    backend give the same URL again, so a test can restart the service on the same data.
+    """
+    key = (tmp_path, backend)
+    if key in _DATABASE_URLS:
+        return _DATABASE_URLS[key]
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'lockerd.db'}"
+    elif backend == "postgresql":
+        import atexit
+
+        from tests.support import postgres
+
+        base = postgres.server_url()
+        if base is None:
+            raise RuntimeError(f"{postgres.POSTGRES_URL_ENV} is not set")
+        schema = postgres.create_schema(base)
+        atexit.register(postgres.drop_schema, base, schema)
+        url = postgres.url_with_search_path(base, schema)
+    else:
+        raise ValueError(f"unknown backend {backend!r}")
+    _DATABASE_URLS[key] = url
+    return url
