@@ -20,7 +20,12 @@ KEY_TABLE_DDL = (
 
 
 def new_token(nbytes: int = 32) -> str:
-    return secrets.token_urlsafe(nbytes)
+    """A URL- and topic-safe random token that never starts with ``-`` (it would read as an
+    option on a command line, e.g. ``lockerd provision-test --token``)."""
+    while True:
+        token = secrets.token_urlsafe(nbytes)
+        if not token.startswith("-"):
+            return token
 
 
 class Keyring:

@@ -13,7 +13,7 @@ from actors.fleet import iso
 from actors.registry import BankUnavailable, UnknownBank
 from lockerd.domain import commands as c
 from lockerd.domain import events as e
-from lockerd.http.auth import require_admin
+from lockerd.http.auth import admin_first, require_admin
 from lockerd.http.context import ctx
 from lockerd.http.errors import ApiError
 from lockerd.http.validation import json_body
@@ -63,9 +63,9 @@ def raise_rejection(outcome: Any) -> None:
 
 
 @blueprint.post("/api/admin/locker-banks")
+@admin_first
 @json_body(CreateBankIn)
 async def create_bank(data: CreateBankIn) -> tuple[dict[str, Any], int]:
-    await require_admin()
     service = ctx()
     bank_id = str(uuid.uuid4())
     token = new_token()

@@ -6,8 +6,10 @@ whatever session service is registered in the context (``extensions["sessions"]`
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from functools import wraps
+from typing import Literal, ParamSpec, Protocol, TypeVar
 
 from quart import request
 
@@ -64,3 +66,19 @@ async def require_admin() -> Principal:
     if not principal.is_admin:
         raise ApiError(403, "this route needs the admin role")
     return principal
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def admin_first(handler: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Check the admin role before anything else, the body included (place it above the body
+    decorator): without a token 401, with a user token 403, whatever the body (contract §4)."""
+
+    @wraps(handler)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        await require_admin()
+        return await handler(*args, **kwargs)
+
+    return wrapper

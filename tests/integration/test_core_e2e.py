@@ -257,3 +257,13 @@ async def test_openapi_describes_the_routes(mosquitto: MosquittoBroker, tmp_path
         create = spec["paths"]["/api/admin/locker-banks"]["post"]
         assert "requestBody" in create
         assert "/healthz" in spec["paths"]
+
+
+async def test_role_is_checked_before_the_body(mosquitto: MosquittoBroker, tmp_path: Path) -> None:
+    async with lockerd(test_settings(mosquitto.url, tmp_path / "l.db")) as svc:
+        no_token = await svc.http.post("/api/admin/locker-banks", json={"bad": 1})
+        assert no_token.status_code == 401
+        bad_token = await svc.http.post(
+            "/api/admin/locker-banks", json={}, headers={"Authorization": "Bearer x"}
+        )
+        assert bad_token.status_code == 401
