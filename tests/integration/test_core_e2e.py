@@ -267,3 +267,24 @@ async def test_role_is_checked_before_the_body(mosquitto: MosquittoBroker, tmp_p
             "/api/admin/locker-banks", json={}, headers={"Authorization": "Bearer x"}
         )
         assert bad_token.status_code == 401
+
+
+async def test_bank_loads_from_snapshot_plus_tail(
+    mosquitto: MosquittoBroker, tmp_path: Path
+) -> None:
+    settings = test_settings(mosquitto.url, tmp_path / "l.db")
+    async with lockerd(settings) as svc:
+        svc.context.registry.services.snapshot_every = 3
+        bank = await svc.create_bank()
+        rotate = f"/api/admin/locker-banks/{bank['id']}/provisioning-token"
+        for _ in range(4):
+            assert (await svc.admin_post(rotate)).status_code == 200
+        snapshot = await svc.context.store.load_snapshot(bank["id"])
+        assert snapshot is not None
+        assert snapshot.version == 6  # taken every 3 events: at versions 3 and 6
+    async with lockerd(settings) as svc:
+        # the actor rebuilds from snapshot + tail and appends at the right version
+        assert (await svc.admin_post(rotate)).status_code == 200
+        events = (await svc.admin_get(f"/api/admin/locker-banks/{bank['id']}/events")).json()
+        assert len(events) == 7
+        assert svc.context.registry.entries[bank["id"]].child.restarts == 0  # type: ignore[union-attr]
