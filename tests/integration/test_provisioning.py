@@ -8,6 +8,7 @@ test_goauth_amqtt.py has a real broker enforcing lockerd's answers.
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -72,7 +73,7 @@ async def heartbeat_with(broker: MosquittoBroker, reply: Reply, client_id: str) 
 
 async def wait_online(svc: RunningLockerd, bank_id: str) -> None:
     async def online() -> bool:
-        return (await bank_view(svc, bank_id))["presence"] == "online"
+        return bool((await bank_view(svc, bank_id))["presence"] == "online")
 
     await eventually(online)
 
@@ -211,7 +212,9 @@ async def test_malformed_registrations_are_dropped_and_counted(
             await observer.client.subscribe([("locker/provisioning/reply/#", 1)])
             for payload in payloads:
                 await observer.send(token, payload)
-            await wait_for_metric(svc.http, INBOUND, len(payloads), **DROPPED)
+            await wait_for_metric(
+                svc.http, INBOUND, len(payloads), kind="register", outcome="dropped"
+            )
             # a well-formed registration afterwards is the barrier: its reply is the only one
             await observer.send("no-such-token")
             with trio.fail_after(10):
@@ -349,7 +352,7 @@ async def test_repeated_wrong_tokens_are_rate_limited_per_client_id(
 # --------------------------------------------------------------------------- CLI
 
 
-async def run_cli(*args: str) -> trio.CompletedProcess[bytes]:
+async def run_cli(*args: str) -> subprocess.CompletedProcess[bytes]:
     return await trio.run_process(
         [sys.executable, "-m", "lockerd.cli", "--log-level", "warning", "provision-test", *args],
         capture_stdout=True,

@@ -29,7 +29,11 @@ from urllib.parse import quote
 def broker_config(
     port: int, http_host: str, http_port: int, secret: str, *, form: bool = False
 ) -> dict[str, Any]:
-    from amqtt.contrib.http import ParamsMode, RequestMethod, ResponseMode
+    from amqtt.contrib.http import (  # type: ignore[import-untyped]
+        ParamsMode,
+        RequestMethod,
+        ResponseMode,
+    )
 
     common: dict[str, Any] = {
         "host": http_host,
@@ -56,7 +60,7 @@ def broker_config(
 
 
 async def serve(args: argparse.Namespace) -> None:
-    from amqtt.broker import Broker
+    from amqtt.broker import Broker  # type: ignore[import-untyped]
 
     config = broker_config(args.port, args.http_host, args.http_port, args.secret, form=args.form)
     broker = Broker(config)
