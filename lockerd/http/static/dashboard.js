@@ -316,17 +316,15 @@
 
   function afterChange() {
     applyFilter();
-    let online = 0;
-    let offline = 0;
-    let failed = 0;
+    const count = { online: 0, offline: 0, unknown: 0, failed: 0 };
     for (const bank of state.banks.values()) {
-      if (bank.presence === "online") online += 1;
-      if (bank.presence === "offline") offline += 1;
-      if (bank.supervision === "failed") failed += 1;
+      count[bank.presence] = (count[bank.presence] || 0) + 1;
+      if (bank.supervision === "failed") count.failed += 1;
     }
     const total = state.banks.size;
-    const parts = [`${total} ${total === 1 ? "bank" : "banks"}`, `${online} online`, `${offline} offline`];
-    if (failed) parts.push(`${failed} failed`);
+    const parts = [`${total} ${total === 1 ? "bank" : "banks"}`, `${count.online} online`, `${count.offline} offline`];
+    if (count.unknown) parts.push(`${count.unknown} unknown`);
+    if (count.failed) parts.push(`${count.failed} failed`);
     el.summary.textContent = parts.join(" · ");
   }
 
@@ -514,6 +512,19 @@
       .join(", ");
   }
 
+  const MOMENT = new Intl.DateTimeFormat(undefined, {
+    day: "numeric",
+    month: "short",
+    hour: "2-digit",
+    minute: "2-digit",
+    second: "2-digit",
+  });
+
+  function formatMoment(iso) {
+    const moment = new Date(iso);
+    return Number.isNaN(moment.getTime()) ? iso : MOMENT.format(moment);
+  }
+
   async function loadHistory(id) {
     if (!id) return;
     const request = ++state.historyRequest;
@@ -546,17 +557,18 @@
         const position = document.createElement("td");
         position.className = "num";
         position.textContent = event.position;
-        const recorded = document.createElement("td");
+        const what = document.createElement("td");
+        const type = document.createElement("span");
+        type.className = "event-type";
+        type.textContent = event.type;
         const time = document.createElement("time");
         time.dateTime = event.recorded_at;
-        time.textContent = new Date(event.recorded_at).toLocaleString();
-        recorded.append(time);
-        const type = document.createElement("td");
-        type.textContent = event.type;
+        time.textContent = formatMoment(event.recorded_at);
+        what.append(type, time);
         const details = document.createElement("td");
         details.className = "event-data";
         details.textContent = summarise(event.data || {});
-        row.append(position, recorded, type, details);
+        row.append(position, what, details);
         return row;
       }),
     );
