@@ -884,16 +884,20 @@ class PostgresEventStore:
     def _t_write_batch(self, tx: _PgTx, writes: list[_Job[Any]]) -> None:
         committing = False
         try:
-            tx.command("BEGIN")
+            # Statements without a result of interest ride along with the next SAVEPOINT in one
+            # round trip: BEGIN (and the position lock) before the first job, RELEASE of the
+            # previous job's savepoint before each later one. COMMIT releases the last one.
+            prefix = "BEGIN"
             if any(job.locks_events for job in writes):
                 # Take the position lock before any job can take a row lock: a batch then never
                 # waits for it while holding rows that another process's batch, which holds the
                 # lock, may want (no deadlock). Taken outside the savepoints, it is kept to COMMIT
                 # even when the job that needed it is rolled back (harmless: the trigger would
                 # take it again anyway).
-                tx.run(_EVENTS_LOCK_SQL)
+                prefix += f"; {_EVENTS_LOCK_SQL}"
             for job in writes:
-                tx.command("SAVEPOINT job")
+                tx.command(f"{prefix}; SAVEPOINT job")
+                prefix = "RELEASE SAVEPOINT job"
                 try:
                     job.value = job.fn(tx)
                     if tx.status == TransactionStatus.INERROR:
@@ -912,7 +916,6 @@ class PostgresEventStore:
                 if tx.status != TransactionStatus.INTRANS:
                     # A write fn ran COMMIT or ROLLBACK itself: what got committed is unknown.
                     raise psycopg.OperationalError("the write transaction ended unexpectedly")
-                tx.command("RELEASE SAVEPOINT job")
             committing = True
             tx.command("COMMIT")
         except psycopg.Error as exc:
@@ -958,31 +961,41 @@ class PostgresEventStore:
     ) -> list[StoredEvent]:
         """The append, inside the job's savepoint of the current write transaction.
 
-        The check against ``MAX(version)`` gives the usual ConcurrencyError (and refuses a
-        version beyond the end). Another process can still insert between check and insert;
-        the UNIQUE constraint then makes our INSERT wait for its transaction and fail, which
-        :meth:`_t_write_batch` turns into a ConcurrencyError with the version now visible.
+        The INSERT inserts nothing unless ``MAX(version)`` equals the expected version (which
+        also refuses a version beyond the end); then a ConcurrencyError reports the version
+        found. A writer that bypasses the position lock could still insert between the check
+        and the insert; the UNIQUE constraint then makes our INSERT wait for its transaction and
+        fail, which :meth:`_t_write_batch` turns into a ConcurrencyError as well.
         """
-        actual = self._t_stream_version(tx, stream_id)
-        if actual != expected_version:
-            raise ConcurrencyError(stream_id, expected_version, actual)
         if not rows:
+            actual = self._t_stream_version(tx, stream_id)
+            if actual != expected_version:
+                raise ConcurrencyError(stream_id, expected_version, actual)
             return []
         recorded_at = datetime.now(UTC)
-        params: list[Any] = []
+        values = ", ".join(["(%s::bigint, %s::text, %s::text)"] * len(rows))
+        params: list[Any] = [stream_id, recorded_at]
         for offset, (type_, text, _) in enumerate(rows, start=1):
-            params += [stream_id, expected_version + offset, type_, text, recorded_at]
-        values = ", ".join(["(%s, %s, %s, %s, %s)"] * len(rows))
+            params += [expected_version + offset, type_, text]
+        params += [stream_id, expected_version]
         try:
+            # Check and insert in one round trip: no row is inserted unless the stream is at
+            # the expected version. Rows are inserted (and positions drawn) in version order.
             returned = tx.run(
                 "INSERT INTO events (stream_id, version, type, data, recorded_at)"
-                f" VALUES {values} RETURNING version, position",
+                " SELECT %s::text, v.version, v.type, v.data::json, %s::timestamptz"
+                f" FROM (VALUES {values}) AS v (version, type, data)"
+                " WHERE (SELECT COALESCE(MAX(version), 0) FROM events WHERE stream_id = %s)"
+                " = %s ORDER BY v.version RETURNING version, position",
                 params,
             )
         except psycopg.errors.UniqueViolation as exc:
             if exc.diag.constraint_name == "events_stream_version":
                 raise _VersionClash(stream_id, expected_version) from exc
             raise
+        if not returned:
+            actual = self._t_stream_version(tx, stream_id)
+            raise ConcurrencyError(stream_id, expected_version, actual)
         positions = dict(returned)
         stored: list[StoredEvent] = []
         for offset, (type_, _, data) in enumerate(rows, start=1):
