@@ -99,7 +99,7 @@ class DashboardMetrics:
             closed=Counter(
                 "lockerd_dashboard_disconnects",
                 "Closed dashboard websockets by reason (slow: fell behind and was dropped;"
-                " shutdown: service stopping; ended: the client left)",
+                " shutdown: service stopping; ended: the client left or the service was cancelled)",
                 ["reason"],
                 registry=registry,
             ),
