@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final, Literal, Protocol
 
+from gateway.topics import is_plain_level
+
 READ: Final = 1  # a message delivered to a subscriber
 WRITE: Final = 2  # PUBLISH, and the last will when the broker sends it
 SUBSCRIBE: Final = 4  # a SUBSCRIBE topic filter, wildcards as sent
@@ -49,11 +51,6 @@ class HasBank(Protocol):
 
 
 AgentLookup = Callable[[str], "tuple[str, str, str] | None"]
-
-
-def is_plain_level(text: str) -> bool:
-    """A non-empty topic level with no wildcard, separator or NUL in it."""
-    return bool(text) and not any(ch in text for ch in "+#/\x00")
 
 
 def identify(
