@@ -306,6 +306,8 @@ class _Watchdog:
 
     def __init__(self, limit: float) -> None:
         self.limit = limit
+        #: Set when the watchdog cut the connection; stays set until the next connection, so
+        #: every error that follows on the dead connection is explained by it.
         self.fired = False
         self._cond = threading.Condition()
         self._deadline: float | None = None
@@ -328,7 +330,6 @@ class _Watchdog:
         with contextlib.suppress(psycopg.Error):
             fd = conn.pgconn.socket
         with self._cond:
-            self.fired = False
             self._fd = fd
             self._deadline = time.monotonic() + self.limit
             self._cond.notify()
@@ -749,6 +750,7 @@ class PostgresEventStore:
         }
         options = {key: value for key, value in defaults.items() if key not in given}
         conn = psycopg.connect(self._url, autocommit=True, **options)
+        self._watchdog.fired = False
         try:
             conn.adapters.register_loader("numeric", _NumberLoader)
             tx = _PgTx(conn, self._watchdog)
