@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
 from quart import Blueprint
 from quart_schema import validate_request
 
+from actors.fleet import iso
 from lockerd.domain import commands as c
 from lockerd.http.auth import require_admin
 from lockerd.http.context import ctx
@@ -18,7 +19,6 @@ from lockerd.users.common import (
     admin_first,
     ask_bank,
     bank_of_compartment,
-    iso_text,
     parse_id,
     raise_rejection,
     sessions,
@@ -73,18 +73,22 @@ async def grant(compartment_id: str, data: GrantIn) -> tuple[dict[str, Any], int
     user_id = parse_id(data.user_id, "user")
     if not await sessions().user_exists(user_id):
         raise ApiError(404, "no such user")
+    expires_at = None if data.expires_at is None else data.expires_at.astimezone(UTC)
     outcome = await ask_bank(
         bank_id,
         c.GrantAccess(
             compartment_id=compartment_id,
             user_id=user_id,
-            expires_at=data.expires_at,
+            expires_at=expires_at,
             now=ctx().clock(),
         ),
     )
     raise_rejection(outcome)
-    expires_at = None if data.expires_at is None else iso_text(data.expires_at.isoformat())
-    return {"compartment_id": compartment_id, "user_id": user_id, "expires_at": expires_at}, 201
+    return {
+        "compartment_id": compartment_id,
+        "user_id": user_id,
+        "expires_at": None if expires_at is None else iso(expires_at),
+    }, 201
 
 
 @blueprint.delete("/api/admin/compartments/<compartment_id>/grants/<user_id>")

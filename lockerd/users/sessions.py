@@ -90,7 +90,8 @@ class SessionService:
         self._cache: OrderedDict[str, CachedSession] = OrderedDict()
         # token hash -> monotonic time until which "no such session" is believed
         self._unknown: OrderedDict[str, float] = OrderedDict()
-        # hashes revoked while a lookup may have been in flight
+        # logged-out token hashes: a revoked token never becomes valid again, and a lookup
+        # that raced with its logout must not put it back into the cache
         self._revoked: OrderedDict[str, None] = OrderedDict()
         self.db_lookups = 0
 
@@ -150,12 +151,12 @@ class SessionService:
 
     async def logout(self, token: str) -> None:
         token_hash = self.keyring.hash(TOKEN_PURPOSE, token)
-        self._cache.pop(token_hash, None)
         self._revoked[token_hash] = None
-        while len(self._revoked) > 10_000:
+        while len(self._revoked) > self.cache_size:
             self._revoked.popitem(last=False)
+        self._cache.pop(token_hash, None)
         await self.store.write(tables.delete_session(token_hash))
-        self._unknown[token_hash] = time.monotonic() + self.negative_ttl
+        log.info("logout")
 
     # --- the resolver -------------------------------------------------------------------
 
@@ -163,6 +164,8 @@ class SessionService:
         if len(token) > MAX_TOKEN_LENGTH:
             return None
         token_hash = self.keyring.hash(TOKEN_PURPOSE, token)
+        if token_hash in self._revoked:
+            return None
         now = int(self.clock().timestamp())
         cached = self._cache.get(token_hash)
         if cached is not None:
@@ -176,7 +179,6 @@ class SessionService:
             if time.monotonic() < unknown_until:
                 return None
             del self._unknown[token_hash]
-        self._revoked.pop(token_hash, None)
         self.db_lookups += 1
         row = await self.store.read(tables.session_by_hash(token_hash))
         if token_hash in self._revoked:  # logged out while we were reading

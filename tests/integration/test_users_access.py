@@ -26,12 +26,18 @@ async def test_grant_and_revoke_rules(mosquitto: MosquittoBroker, tmp_path: Path
         assert body["user_id"] == user.id
         assert body["expires_at"].endswith("Z")
         assert datetime.fromisoformat(body["expires_at"]) - expires < timedelta(seconds=1)
+        # any UTC offset is accepted and answered in UTC
+        response = await app.admin_post(
+            grants, {"user_id": user.id, "expires_at": "2999-01-01T02:00:00+02:00"}
+        )
+        assert response.status_code == 201, response.text
+        assert response.json()["expires_at"] == "2999-01-01T00:00:00.000Z"
         # granting again replaces the expiry (here: none)
         response = await app.grant(compartment["id"], user)
         assert response.status_code == 201, response.text
         assert response.json()["expires_at"] is None
         granted = await app.events(bank["id"], "CompartmentAccessGranted")
-        assert [ev["data"]["user_id"] for ev in granted] == [user.id, user.id]
+        assert [ev["data"]["user_id"] for ev in granted] == [user.id] * 3
 
         # unknown compartment or user: 404
         for path_id in (str(uuid.uuid4()), "nope"):
