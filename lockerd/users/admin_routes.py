@@ -42,8 +42,7 @@ class CreateUserIn(msgspec.Struct, forbid_unknown_fields=True):
 class GrantIn(msgspec.Struct, forbid_unknown_fields=True):
     user_id: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
     expires_at: (
-        Annotated[datetime, msgspec.Meta(tz=True, description="ISO 8601 with a UTC offset")]
-        | None
+        Annotated[datetime, msgspec.Meta(tz=True, description="ISO 8601 with a UTC offset")] | None
     ) = None
 
 

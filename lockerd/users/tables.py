@@ -178,8 +178,7 @@ TRANSACTION_COLUMNS = (
 def transaction(transaction_id: str) -> Callable[[SqlTx], dict[str, Any] | None]:
     def read(tx: SqlTx) -> dict[str, Any] | None:
         rows = tx.query(
-            f"SELECT {', '.join(TRANSACTION_COLUMNS)} FROM transactions"
-            " WHERE transaction_id = ?",
+            f"SELECT {', '.join(TRANSACTION_COLUMNS)} FROM transactions WHERE transaction_id = ?",
             (transaction_id,),
         )
         return dict(zip(TRANSACTION_COLUMNS, rows[0], strict=True)) if rows else None

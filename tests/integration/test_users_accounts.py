@@ -127,9 +127,7 @@ async def test_passwords_and_tokens_are_stored_only_as_hashes(
         assert token_hash != user.token
 
 
-async def test_login_logout_and_bad_credentials(
-    mosquitto: MosquittoBroker, tmp_path: Path
-) -> None:
+async def test_login_logout_and_bad_credentials(mosquitto: MosquittoBroker, tmp_path: Path) -> None:
     async with running_app(mosquitto.url, tmp_path / "lockerd.db") as app:
         user = await app.create_user()
         wrong = await app.http.post(
