@@ -318,3 +318,38 @@ def mib(value: float) -> float:
 
 def rounded(values: Iterable[float], digits: int = 3) -> list[float]:
     return [round(v, digits) for v in values]
+
+
+class OtherLoad:
+    """CPU used on this machine by processes outside this benchmark's process group (other
+    people's tests, say). Sampled from /proc; processes that live less than one sampling
+    interval are missed, so it is a lower bound."""
+
+    def __init__(self) -> None:
+        self.cpu_seconds = 0.0
+        self._pgrp = os.getpgrp()
+        self._previous: dict[int, tuple[int, float]] = {}
+
+    def sample(self) -> None:
+        current: dict[int, tuple[int, float]] = {}
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                fields = Path(f"/proc/{entry.name}/stat").read_text().rsplit(")", 1)[1].split()
+            except (FileNotFoundError, ProcessLookupError, IndexError):
+                continue
+            if int(fields[2]) == self._pgrp:
+                continue
+            started = int(fields[19])
+            current[int(entry.name)] = (started, (int(fields[11]) + int(fields[12])) / CLK_TCK)
+        for pid, (started, cpu) in current.items():
+            before = self._previous.get(pid)
+            if before is not None and before[0] == started:
+                self.cpu_seconds += max(0.0, cpu - before[1])
+        self._previous = current
+
+    async def run(self, interval: float = 1.0) -> None:
+        while True:
+            self.sample()
+            await trio.sleep(interval)  # a sampling period, not a wait for an event

@@ -1,9 +1,10 @@
 """Baseline subscriber: bare paho-mqtt 2.x, its own process, no work per message.
 
-    python bench/paho_sub.py HOST PORT FILTER QOS COUNT TIMEOUT
+    python bench/paho_sub.py HOST PORT FILTER QOS COUNT TIMEOUT [distinct]
 
 Prints ``ready`` once subscribed, then one JSON line when COUNT live messages (retained
-ones delivered at subscribe time are skipped) have arrived or TIMEOUT seconds passed:
+ones delivered at subscribe time are skipped) have arrived or TIMEOUT seconds passed
+(with ``distinct``: COUNT different topics, e.g. every bank's first heartbeat):
 ``{"received", "first", "last", "cpu_seconds"}`` with monotonic times, comparable with the
 parent's ``time.monotonic()`` (CLOCK_MONOTONIC is system-wide on Linux).
 """
@@ -22,6 +23,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 def main() -> int:
     host, port, topic, qos, count, timeout = sys.argv[1:7]
+    distinct = sys.argv[7:8] == ["distinct"]
+    topics: set[str] = set()
     wanted = int(count)
     state: dict[str, Any] = {"received": 0, "first": None, "last": None, "subscribed": False}
 
@@ -35,6 +38,10 @@ def main() -> int:
         if message.retain:
             return
         now = time.monotonic()
+        if distinct:
+            if message.topic in topics:
+                return
+            topics.add(message.topic)
         if state["first"] is None:
             state["first"] = now
         state["received"] += 1

@@ -1,9 +1,10 @@
 """Sampling profiles of the ``lockerd serve`` child with py-spy, summarised for the report.
 
 py-spy (``pip install py-spy`` into the venv; used for profiling only) attaches to the
-running process, samples its stacks (idle threads excluded) and writes collapsed stacks
-(``--format raw``). :func:`summarize` turns them into self time and inclusive time per
-function and per package.
+running process and samples the stack of whichever thread holds the GIL (``--gil``: threads
+blocked on a lock, a queue or a socket are left out, which py-spy's own idle detection does
+not always manage) and writes collapsed stacks (``--format raw``). :func:`summarize` turns
+them into self time and inclusive time per function and per package.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class PySpy:
                 str(self.pid),
                 "--rate",
                 str(self.rate),
+                "--gil",
                 "--format",
                 "raw",
                 "--output",

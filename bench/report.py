@@ -58,7 +58,11 @@ def _profile(section: dict[str, Any]) -> list[str]:
         if not isinstance(summary, dict) or "samples" not in summary:
             lines.append(f"* {scenario}: {summary}")
             continue
-        lines += ["", f"### Profile: {scenario} ({summary['samples']} samples, idle excluded)", ""]
+        lines += [
+            "",
+            f"### Profile: {scenario} ({summary['samples']} samples of the thread holding the GIL)",
+            "",
+        ]
         lines += ["Self time by package (leaf frame):", ""]
         lines += [
             ", ".join(f"{p['name']} {p['percent']}%" for p in summary.get("packages_self", [])),
@@ -100,7 +104,15 @@ def render(report: dict[str, Any]) -> str:
             lines += ["**FAILED:**", "", "```", result["error"][-3000:], "```"]
             continue
         params = ", ".join(f"{k} {v}" for k, v in result.get("params", {}).items())
-        lines += [f"Parameters: {params}.", "", *_figure_table(result["figures"])]
+        busy = result.get("other_cores_busy")
+        load = (
+            f" Other processes on the machine kept {busy:.2f} of its cores busy meanwhile"
+            " (a lower bound)."
+            if busy is not None
+            else ""
+        )
+        took = f" Took {result['seconds']:.0f} s." if "seconds" in result else ""
+        lines += [f"Parameters: {params}.{took}{load}", "", *_figure_table(result["figures"])]
         if result.get("notes"):
             lines += ["", *[f"* {note}" for note in result["notes"]]]
         if result.get("doc"):

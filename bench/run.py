@@ -39,7 +39,7 @@ from bench import (  # noqa: E402
     bench_storm,
     profiling,
 )
-from bench.common import new_broker  # noqa: E402
+from bench.common import OtherLoad, new_broker  # noqa: E402
 from bench.report import render  # noqa: E402
 
 BENCHMARKS = {
@@ -204,19 +204,12 @@ async def _main(args: argparse.Namespace) -> int:
     started = time.monotonic()
     report: dict[str, Any] = {"meta": _meta(args), "benchmarks": {}}
     failed = False
-    for name in wanted:
-        print(f"== {name} ({args.runs} run(s)) ...", file=sys.stderr, flush=True)
-        t0 = time.monotonic()
-        try:
-            result = await BENCHMARKS[name](sizes[name], args.runs, out / "work" / name)
-            result["seconds"] = time.monotonic() - t0
-        except Exception:
-            failed = True
-            result = {"title": name, "error": traceback.format_exc()}
-            print(result["error"], file=sys.stderr)
-        report["benchmarks"][name] = result
-        print(f"   {name} done in {time.monotonic() - t0:.1f} s", file=sys.stderr, flush=True)
-        _write(out, report, started)
+    other = OtherLoad()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(other.run)
+        for name in wanted:
+            failed |= await _one(name, args, sizes, out, report, other, started)
+        nursery.cancel_scope.cancel()
     if args.profile and not args.smoke:
         print("== profiles ...", file=sys.stderr, flush=True)
         try:
@@ -231,6 +224,35 @@ async def _main(args: argparse.Namespace) -> int:
         shutil.rmtree(out / "work", ignore_errors=True)
     print(f"wrote {out / 'report.json'} and {out / 'report.md'}", file=sys.stderr)
     return 1 if failed else 0
+
+
+async def _one(
+    name: str,
+    args: argparse.Namespace,
+    sizes: dict[str, dict[str, Any]],
+    out: Path,
+    report: dict[str, Any],
+    other: OtherLoad,
+    started: float,
+) -> bool:
+    """Run one benchmark into the report; True if it failed."""
+    print(f"== {name} ({args.runs} run(s)) ...", file=sys.stderr, flush=True)
+    t0 = time.monotonic()
+    other0 = other.cpu_seconds
+    failed = False
+    try:
+        result = await BENCHMARKS[name](sizes[name], args.runs, out / "work" / name)
+    except Exception:
+        failed = True
+        result = {"title": name, "error": traceback.format_exc()}
+        print(result["error"], file=sys.stderr)
+    elapsed = time.monotonic() - t0
+    result["seconds"] = elapsed
+    result["other_cores_busy"] = (other.cpu_seconds - other0) / elapsed
+    report["benchmarks"][name] = result
+    print(f"   {name} done in {elapsed:.1f} s", file=sys.stderr, flush=True)
+    _write(out, report, started)
+    return failed
 
 
 def _write(out: Path, report: dict[str, Any], started: float) -> None:

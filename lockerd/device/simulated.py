@@ -525,14 +525,22 @@ class SimulatedDevice:
         self, client: MqttClient, session_id: str, creds: p.Credentials, started: trio.Event
     ) -> None:
         topic = p.state_topic(creds.bank_id)
+        due = trio.current_time()
         while True:
+            # Fixed rate: the next beat is due one interval after this one was due, however
+            # long the publish or a busy scheduler took, so delays do not add up to a
+            # longer interval (the backend declares a bank offline after 3 intervals).
             self._beat_now = trio.Event()
             payload = p.heartbeat_payload(session_id, self.uptime(), p.utc_now())
             await client.publish(topic, payload, qos=1, retain=True)
             self.stats.heartbeats += 1
             started.set()
-            with trio.move_on_after(self.heartbeat_interval):
+            now = trio.current_time()
+            due = max(due + self.heartbeat_interval, now - self.heartbeat_interval)
+            with trio.move_on_at(due):
                 await self._beat_now.wait()
+            if self._beat_now.is_set():  # an early beat (config change, server online)
+                due = trio.current_time()
 
     def _on_message(self, message: InboundMessage, command_topic: str, boot: trio.Nursery) -> None:
         if message.topic == command_topic:

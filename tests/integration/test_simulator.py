@@ -293,3 +293,18 @@ def test_device_config_hash_matches_the_backend() -> None:
     parsed = p.parse_config({"heartbeat_interval_seconds": 30, "compartments": shuffled})
     assert parsed.config_hash == backend_config_hash(wire, 30)
     assert parsed.as_wire() == wire
+
+
+def test_firmware_doc_worked_example_is_what_the_code_computes() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "firmware.md").read_text()
+    wire = [
+        {"id": 1, "slaveId": 1, "address": 0},
+        {"id": 2, "slaveId": 1, "address": 1},
+        {"id": 3, "slaveId": 2, "address": 0},
+    ]
+    canonical = p.canonical_config(wire, 10)
+    assert canonical.decode() in doc
+    assert f"one line, {len(canonical)} bytes" in doc
+    assert p.config_hash(wire, 10) in doc
+    assert p.config_hash(wire, 30) in doc
+    assert p.config_hash(wire, 10) == backend_config_hash(wire, 10)
