@@ -17,5 +17,7 @@ from lockerd.users.sessions import SessionService
 
 async def install(context: ServiceContext, nursery: trio.Nursery) -> list[Blueprint]:
     await context.store.write(tables.create_tables)
-    context.extensions["sessions"] = SessionService(context.store, context.keyring, context.clock)
+    sessions = SessionService(context.store, context.keyring, context.clock)
+    await sessions.hasher.prepare()
+    context.extensions["sessions"] = sessions
     return [admin_routes.blueprint, app_routes.blueprint]

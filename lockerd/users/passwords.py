@@ -57,8 +57,13 @@ class PasswordHasher:
         except InvalidHashError:
             return True
 
-    async def verify_dummy(self, password: str) -> None:
-        """Spend the time of a real verification, for unknown emails (no timing oracle)."""
+    async def prepare(self) -> None:
+        """Make the dummy hash up front, so that even the first unknown email costs the same."""
         if self._dummy_hash is None:
             self._dummy_hash = await self.hash("dummy password that matches no account")
+
+    async def verify_dummy(self, password: str) -> None:
+        """Spend the time of a real verification, for unknown emails (no timing oracle)."""
+        await self.prepare()
+        assert self._dummy_hash is not None
         await self.verify(self._dummy_hash, password)
