@@ -17,7 +17,7 @@ Shape
 * **Dedupe**: a ``dedupe_id`` is unique per agent across both paths. The actor is the only
   writer, so a set of recently seen ``(agent, dedupe_id)`` keys answers almost every repeat
   without the database; the partial unique index catches the rest (after a restart, or once a
-  key has left the bounded set), with ``INSERT ... ON CONFLICT DO NOTHING`` per such row.
+  key has left the bounded set) through ``INSERT ... ON CONFLICT DO NOTHING RETURNING``.
 * **After the commit** MQTT points are counted as processed (or dropped ``duplicate``), HTTP
   callers get their outcome, and stored points go to subscribers. A subscriber whose bounded
   buffer is full is dropped (its channel closes) rather than slowing ingestion.
@@ -32,6 +32,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Final, Literal
 
 import structlog
@@ -60,13 +61,39 @@ DEFAULT_MAX_BATCH: Final = 2_000
 DEFAULT_RECENT_DEDUPE: Final = 100_000
 DEFAULT_SUBSCRIBER_BUFFER: Final = 1_000
 
-_INSERT: Final = (
-    "INSERT INTO metric_points (seq, tenant_id, agent_id, metric, value, ts_us, dedupe_id)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+_COLUMNS: Final = (
+    "INSERT INTO metric_points (seq, tenant_id, agent_id, metric, value, ts_us, dedupe_id) VALUES "
 )
-_INSERT_DEDUPED: Final = _INSERT + " ON CONFLICT DO NOTHING"
+_ROW: Final = "(?, ?, ?, ?, ?, ?, ?)"
+_INSERT: Final = _COLUMNS + _ROW
+#: Rows per multi-row INSERT of points that carry a dedupe id (7 parameters each, well inside
+#: SQLite's 32,766 and PostgreSQL's 65,535 parameters per statement).
+DEDUPE_CHUNK: Final = 500
 
 Row = tuple[int, str, str, str, float, int, str | None]
+
+
+@lru_cache(maxsize=64)
+def _insert_deduped(rows: int) -> str:
+    """One statement for ``rows`` points; RETURNING names the rows that were not repeats."""
+    return _COLUMNS + ", ".join([_ROW] * rows) + " ON CONFLICT DO NOTHING RETURNING seq"
+
+
+def _write_rows(tx: SqlTx, plain: list[Row], deduped: list[Row]) -> list[int]:
+    """Insert a batch; returns the indexes in ``deduped`` that the unique index refused.
+
+    Points without a dedupe id cannot conflict and go in with one ``executemany``. The others go
+    in with multi-row ``INSERT ... ON CONFLICT DO NOTHING RETURNING seq`` (one round trip per
+    chunk, also on PostgreSQL), and a row whose ``seq`` does not come back was a repeat.
+    """
+    if plain:
+        tx.executemany(_INSERT, plain)
+    inserted: set[int] = set()
+    for first in range(0, len(deduped), DEDUPE_CHUNK):
+        chunk = deduped[first : first + DEDUPE_CHUNK]
+        params = [value for row in chunk for value in row]
+        inserted.update(int(found[0]) for found in tx.query(_insert_deduped(len(chunk)), params))
+    return [i for i, row in enumerate(deduped) if row[0] not in inserted]
 
 
 class PipelineUnavailable(Exception):
@@ -351,9 +378,7 @@ class MetricsPipeline:
         self._seq = seq
 
         def write(tx: SqlTx) -> list[int]:
-            if plain:
-                tx.executemany(_INSERT, plain)
-            return [i for i, row in enumerate(deduped) if tx.execute(_INSERT_DEDUPED, row) == 0]
+            return _write_rows(tx, plain, deduped)
 
         conflicts: list[int] = []
         error: Exception | None = None

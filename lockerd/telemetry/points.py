@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Final, TypeVar
 
@@ -83,9 +82,12 @@ _FIELD_REASONS: Final = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class MetricPoint:
-    """A valid point, ready to store; also what subscribers receive once it is stored."""
+class MetricPoint(msgspec.Struct, frozen=True, gc=False):
+    """A valid point, ready to store; also what subscribers receive once it is stored.
+
+    A msgspec Struct rather than a dataclass: one is made per message, and a Struct is built in
+    C (about 0.1 µs against 1 µs for a frozen dataclass).
+    """
 
     tenant_id: str
     agent_id: str
@@ -170,7 +172,7 @@ def check_metric_name(name: str) -> str:
         raise Rejected(
             "invalid_metric", f"metric name of {len(name)} characters exceeds {MAX_METRIC_NAME}"
         )
-    if not name.isprintable() or any(ch in name for ch in "/+#"):
+    if not name.isprintable() or "/" in name or "+" in name or "#" in name:
         raise Rejected(
             "invalid_metric",
             "metric name must be one topic level: no '/', '+', '#' or control characters",

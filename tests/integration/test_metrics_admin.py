@@ -7,19 +7,29 @@ import io
 import uuid
 from pathlib import Path
 
+import pytest
+
 from lockerd.telemetry.agents import AgentDirectory
 from tests.integration.test_metrics_bridge import (
+    BACKENDS,
     new_agent,
     new_tenant,
     post_point,
     query,
+    settings_for,
     wait_stats,
 )
 from tests.support.goauth import acl_check, auth
 from tests.support.mosquitto import MosquittoBroker
-from tests.support.service import RunningLockerd, lockerd, test_settings
+from tests.support.service import RunningLockerd, lockerd
 
 PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
 
 
 async def user_headers(svc: RunningLockerd) -> dict[str, str]:
@@ -34,8 +44,10 @@ async def user_headers(svc: RunningLockerd) -> dict[str, str]:
     return {"Authorization": f"Bearer {login.json()['token']}"}
 
 
-async def test_tenants_and_agents(mosquitto: MosquittoBroker, tmp_path: Path) -> None:
-    settings = test_settings(mosquitto.url, tmp_path / "l.db")
+async def test_tenants_and_agents(
+    mosquitto: MosquittoBroker, tmp_path: Path, backend: str
+) -> None:
+    settings = settings_for(mosquitto, tmp_path, backend)
     async with lockerd(settings) as svc:
         tenant = await new_tenant(svc, "Acme")
         agent = await new_agent(svc, tenant, "boiler room")
@@ -65,10 +77,10 @@ async def test_tenants_and_agents(mosquitto: MosquittoBroker, tmp_path: Path) ->
 
 
 async def test_agents_are_broker_users_of_their_own_topics(
-    mosquitto: MosquittoBroker, tmp_path: Path
+    mosquitto: MosquittoBroker, tmp_path: Path, backend: str
 ) -> None:
     """The go-auth endpoints read the agent directory (contract §3, metrics agent row)."""
-    async with lockerd(test_settings(mosquitto.url, tmp_path / "l.db")) as svc:
+    async with lockerd(settings_for(mosquitto, tmp_path, backend)) as svc:
         tenant = await new_tenant(svc)
         agent = await new_agent(svc, tenant)
         other = await new_agent(svc, await new_tenant(svc, "other"))
@@ -80,9 +92,9 @@ async def test_agents_are_broker_users_of_their_own_topics(
 
 
 async def test_admin_routes_check_role_then_resource_then_body(
-    mosquitto: MosquittoBroker, tmp_path: Path
+    mosquitto: MosquittoBroker, tmp_path: Path, backend: str
 ) -> None:
-    async with lockerd(test_settings(mosquitto.url, tmp_path / "l.db")) as svc:
+    async with lockerd(settings_for(mosquitto, tmp_path, backend)) as svc:
         tenant = await new_tenant(svc)
         user = await user_headers(svc)
         missing = str(uuid.uuid4())
@@ -121,9 +133,9 @@ async def test_admin_routes_check_role_then_resource_then_body(
 
 
 async def test_query_filters_limit_since_and_csv(
-    mosquitto: MosquittoBroker, tmp_path: Path
+    mosquitto: MosquittoBroker, tmp_path: Path, backend: str
 ) -> None:
-    async with lockerd(test_settings(mosquitto.url, tmp_path / "l.db")) as svc:
+    async with lockerd(settings_for(mosquitto, tmp_path, backend)) as svc:
         tenant = await new_tenant(svc)
         a1 = await new_agent(svc, tenant, "a1")
         a2 = await new_agent(svc, tenant, "a2")

@@ -16,16 +16,34 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.mqtt import MqttClient, open_mqtt_client
+from lockerd.config import Settings
 from lockerd.telemetry.pipeline import MetricsPipeline, PipelineStats
 from tests.support.device import client_settings
 from tests.support.mosquitto import MosquittoBroker
-from tests.support.service import RunningLockerd, lockerd, test_settings
+from tests.support.postgres import server_url
+from tests.support.service import RunningLockerd, database_url_for, lockerd, test_settings
 
 DEADLINE = 15
+#: Every test runs on SQLite, and on PostgreSQL too when LOCKERD_TEST_POSTGRES_URL is set.
+BACKENDS = ["sqlite", *(["postgresql"] if server_url() else [])]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
+def settings_for(broker: MosquittoBroker, tmp_path: Path, backend: str) -> Settings:
+    """The same tmp_path and backend give the same database (restarts keep the data)."""
+    return test_settings(
+        broker.url, tmp_path / "unused.db", LOCKERD_DATABASE=database_url_for(tmp_path, backend)
+    )
 
 
 @dataclass
@@ -106,9 +124,9 @@ async def query(svc: RunningLockerd, tenant_id: str, params: str = "") -> list[d
 
 
 async def test_mqtt_and_http_points_land_in_one_store(
-    mosquitto: MosquittoBroker, tmp_path: Path
+    mosquitto: MosquittoBroker, tmp_path: Path, backend: str
 ) -> None:
-    async with lockerd(test_settings(mosquitto.url, tmp_path / "l.db")) as svc:
+    async with lockerd(settings_for(mosquitto, tmp_path, backend)) as svc:
         tenant = await new_tenant(svc)
         agent = await new_agent(svc, tenant)
         live = pipeline_of(svc).subscribe(tenant_id=tenant)
@@ -118,6 +136,8 @@ async def test_mqtt_and_http_points_land_in_one_store(
                 json.dumps({"value": 21.5, "timestamp": "2026-11-24T10:00:00Z"}).encode(),
             )
             await mqtt.publish(agent.topic("temp"), b'{"value": 22, "dedupe_id": "m-1"}')
+        # a PUBACK is the broker's; wait until lockerd has them, so the order below is known
+        await wait_stats(svc, lambda s: s.stored == 2)
         response = await post_point(
             svc, agent, {"metric": "temp", "value": 20, "timestamp": "2026-11-24T09:00:00Z"}
         )
@@ -142,9 +162,9 @@ async def test_mqtt_and_http_points_land_in_one_store(
 
 
 async def test_dedupe_id_is_unique_per_agent_across_both_paths(
-    mosquitto: MosquittoBroker, tmp_path: Path
+    mosquitto: MosquittoBroker, tmp_path: Path, backend: str
 ) -> None:
-    settings = test_settings(mosquitto.url, tmp_path / "l.db")
+    settings = settings_for(mosquitto, tmp_path, backend)
     async with lockerd(settings) as svc:
         tenant = await new_tenant(svc)
         agent = await new_agent(svc, tenant)
@@ -174,9 +194,9 @@ async def test_dedupe_id_is_unique_per_agent_across_both_paths(
 
 
 async def test_bad_mqtt_points_are_dropped_counted_and_logged(
-    mosquitto: MosquittoBroker, tmp_path: Path
+    mosquitto: MosquittoBroker, tmp_path: Path, backend: str
 ) -> None:
-    async with lockerd(test_settings(mosquitto.url, tmp_path / "l.db")) as svc:
+    async with lockerd(settings_for(mosquitto, tmp_path, backend)) as svc:
         tenant = await new_tenant(svc)
         agent = await new_agent(svc, tenant)
         foreign = await new_agent(svc, await new_tenant(svc, "globex"))
@@ -221,9 +241,9 @@ async def test_bad_mqtt_points_are_dropped_counted_and_logged(
 
 
 async def test_bad_http_points_get_400_and_store_nothing(
-    mosquitto: MosquittoBroker, tmp_path: Path
+    mosquitto: MosquittoBroker, tmp_path: Path, backend: str
 ) -> None:
-    async with lockerd(test_settings(mosquitto.url, tmp_path / "l.db")) as svc:
+    async with lockerd(settings_for(mosquitto, tmp_path, backend)) as svc:
         tenant = await new_tenant(svc)
         agent = await new_agent(svc, tenant)
         cases: list[tuple[Any, str]] = [
@@ -260,9 +280,9 @@ async def test_bad_http_points_get_400_and_store_nothing(
 
 
 async def test_http_ingest_needs_an_agents_basic_credentials(
-    mosquitto: MosquittoBroker, tmp_path: Path
+    mosquitto: MosquittoBroker, tmp_path: Path, backend: str
 ) -> None:
-    async with lockerd(test_settings(mosquitto.url, tmp_path / "l.db")) as svc:
+    async with lockerd(settings_for(mosquitto, tmp_path, backend)) as svc:
         tenant = await new_tenant(svc)
         agent = await new_agent(svc, tenant)
         other = await new_agent(svc, tenant, "other")
@@ -295,8 +315,10 @@ def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
-async def test_a_burst_over_mqtt_is_batched(mosquitto: MosquittoBroker, tmp_path: Path) -> None:
-    async with lockerd(test_settings(mosquitto.url, tmp_path / "l.db")) as svc:
+async def test_a_burst_over_mqtt_is_batched(
+    mosquitto: MosquittoBroker, tmp_path: Path, backend: str
+) -> None:
+    async with lockerd(settings_for(mosquitto, tmp_path, backend)) as svc:
         tenant = await new_tenant(svc)
         agent = await new_agent(svc, tenant)
         count = 2_000

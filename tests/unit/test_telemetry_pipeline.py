@@ -28,6 +28,7 @@ from lockerd.telemetry.pipeline import MetricsPipeline, PipelineStats, PipelineU
 from lockerd.telemetry.points import MetricPoint, Rejected
 from lockerd.telemetry.schema import create_tables, max_seq, to_us
 from store import EventStore, SqlTx, open_store
+from tests.support import postgres
 
 T = TypeVar("T")
 NOW = datetime(2026, 11, 24, 12, 0, 0, tzinfo=UTC)
@@ -98,9 +99,24 @@ class Rig:
         )
 
 
+BACKENDS = ["sqlite", *(["postgresql"] if postgres.server_url() else [])]
+
+
+@pytest.fixture(params=BACKENDS)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database: a SQLite file, or a private PostgreSQL schema when one is configured."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 't.db'}"
+    base = postgres.server_url()
+    assert base is not None
+    schema = postgres.create_schema(base)
+    request.addfinalizer(lambda: postgres.drop_schema(base, schema))
+    return postgres.url_with_search_path(base, schema)
+
+
 @asynccontextmanager
-async def rig_at(path: Path, **options: Any) -> AsyncIterator[Rig]:
-    async with open_store(f"sqlite:///{path}") as store:
+async def rig_at(url: str, **options: Any) -> AsyncIterator[Rig]:
+    async with open_store(url) as store:
         await store.write(create_tables)
         keyring = Keyring(b"test-key")
         agents = AgentDirectory()
@@ -127,8 +143,8 @@ async def rig_at(path: Path, **options: Any) -> AsyncIterator[Rig]:
 
 
 @pytest.fixture
-async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
-    async with rig_at(tmp_path / "t.db") as found:
+async def rig(db_url: str) -> AsyncIterator[Rig]:
+    async with rig_at(db_url) as found:
         yield found
 
 
@@ -158,8 +174,8 @@ def body(value: Any = 1, **fields: Any) -> bytes:
 # -------------------------------------------------------------------------------- agents
 
 
-async def test_directory_answers_credentials_and_reloads(tmp_path: Path) -> None:
-    async with rig_at(tmp_path / "t.db") as rig:
+async def test_directory_answers_credentials_and_reloads(db_url: str) -> None:
+    async with rig_at(db_url) as rig:
         agent = rig.agent
         assert rig.agents.credential(agent.mqtt_user) == (
             agent.tenant_id, agent.agent_id, agent.credential_hash
@@ -181,7 +197,7 @@ async def test_directory_answers_credentials_and_reloads(tmp_path: Path) -> None
         assert rig.agents.authenticate(Keyring(b"k"), created.agent.mqtt_user, "wrong") is None
         before = dict(rig.agents.agents)
     reloaded = AgentDirectory()
-    async with open_store(f"sqlite:///{tmp_path / 't.db'}") as store:
+    async with open_store(db_url) as store:
         await store.read(reloaded.load)
     assert reloaded.agents == before
     assert reloaded.credential(agent.mqtt_user) == (
@@ -266,8 +282,8 @@ async def test_a_lone_point_does_not_wait_for_company(rig: Rig) -> None:
     assert rig.pipeline.stats.largest_batch == 99
 
 
-async def test_max_batch_bounds_a_transaction(tmp_path: Path) -> None:
-    async with rig_at(tmp_path / "t.db", max_batch=100) as rig:
+async def test_max_batch_bounds_a_transaction(db_url: str) -> None:
+    async with rig_at(db_url, max_batch=100) as rig:
         async with writer_held(rig.store):
             for n in range(301):
                 await rig.pipeline.mqtt_sink(rig.topic(), body(n))
@@ -277,8 +293,8 @@ async def test_max_batch_bounds_a_transaction(tmp_path: Path) -> None:
         assert rig.pipeline.stats.batches == 4
 
 
-async def test_a_full_channel_makes_senders_wait(tmp_path: Path) -> None:
-    async with rig_at(tmp_path / "t.db", capacity=3, max_batch=10) as rig:
+async def test_a_full_channel_makes_senders_wait(db_url: str) -> None:
+    async with rig_at(db_url, capacity=3, max_batch=10) as rig:
         sent = 0
 
         async def sender() -> None:
@@ -324,8 +340,8 @@ async def test_dedupe_across_paths_batches_and_agents(rig: Rig) -> None:
     assert rig.processed() == 3
 
 
-async def test_database_catches_repeats_the_memory_forgot(tmp_path: Path) -> None:
-    async with rig_at(tmp_path / "t.db", recent_dedupe=1) as rig:
+async def test_database_catches_repeats_the_memory_forgot(db_url: str) -> None:
+    async with rig_at(db_url, recent_dedupe=1) as rig:
         await rig.pipeline.mqtt_sink(rig.topic(), body(1, dedupe_id="x"))
         await rig.pipeline.mqtt_sink(rig.topic(), body(2, dedupe_id="y"))  # evicts "x"
         await rig.wait(lambda s: s.stored == 2)
@@ -333,7 +349,7 @@ async def test_database_catches_repeats_the_memory_forgot(tmp_path: Path) -> Non
         await rig.wait(lambda s: s.duplicates == 1)
         assert rig.dropped("duplicate") == 1
     # after a restart the memory is empty: the unique index still knows
-    async with rig_at(tmp_path / "t.db") as rig:
+    async with rig_at(db_url) as rig:
         outcome = await rig.pipeline.submit_http(
             rig.agent, b'{"metric":"temp","value":9,"dedupe_id":"y"}'
         )
