@@ -8,15 +8,14 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 from quart import Blueprint
-from quart_schema import validate_request
 
 from actors.fleet import iso
 from lockerd.domain import commands as c
-from lockerd.http.auth import require_admin
+from lockerd.http.auth import admin_first, require_admin
 from lockerd.http.context import ctx
 from lockerd.http.errors import ApiError
+from lockerd.http.validation import json_body
 from lockerd.users.common import (
-    admin_first,
     ask_bank,
     bank_of_compartment,
     parse_id,
@@ -48,7 +47,7 @@ class GrantIn(msgspec.Struct, forbid_unknown_fields=True):
 
 @blueprint.post("/api/admin/users")
 @admin_first
-@validate_request(CreateUserIn)
+@json_body(CreateUserIn)
 async def create_user(data: CreateUserIn) -> tuple[dict[str, Any], int]:
     email = data.email.strip()
     if not EMAIL.match(email):
@@ -65,7 +64,7 @@ async def create_user(data: CreateUserIn) -> tuple[dict[str, Any], int]:
 
 @blueprint.post("/api/admin/compartments/<compartment_id>/grants")
 @admin_first
-@validate_request(GrantIn)
+@json_body(GrantIn)
 async def grant(compartment_id: str, data: GrantIn) -> tuple[dict[str, Any], int]:
     bank_id = bank_of_compartment(compartment_id)
     compartment_id = parse_id(compartment_id, "compartment")

@@ -8,7 +8,6 @@ from typing import Annotated, Any
 
 import msgspec
 from quart import Blueprint, request
-from quart_schema import validate_request
 
 from actors.fleet import iso
 from lockerd.domain import commands as c
@@ -16,6 +15,7 @@ from lockerd.domain import events as e
 from lockerd.http.auth import bearer_token, require_user
 from lockerd.http.context import ctx
 from lockerd.http.errors import ApiError
+from lockerd.http.validation import json_body
 from lockerd.qr import issue_qr
 from lockerd.users import tables
 from lockerd.users.common import (
@@ -46,7 +46,7 @@ class LoginIn(msgspec.Struct, forbid_unknown_fields=True):
 
 
 @blueprint.post("/api/login")
-@validate_request(LoginIn)
+@json_body(LoginIn)
 async def login(data: LoginIn) -> dict[str, Any]:
     try:
         token = await sessions().login(data.email, data.password, request.remote_addr)

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
 from datetime import datetime
-from functools import wraps
-from typing import Any, ParamSpec, TypeVar, cast
+from typing import Any, cast
 
 import trio
 
@@ -14,25 +12,9 @@ from actors.bank import Outcome
 from actors.fleet import iso
 from actors.registry import BankUnavailable, UnknownBank
 from lockerd.domain import commands as c
-from lockerd.http.auth import require_admin
 from lockerd.http.context import ctx
 from lockerd.http.errors import ApiError
 from lockerd.users.sessions import SessionService
-
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-def admin_first(handler: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
-    """Check the admin role before the body is validated (place it above validate_request):
-    without a token 401, with a user token 403, whatever the body (contract §4)."""
-
-    @wraps(handler)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        await require_admin()
-        return await handler(*args, **kwargs)
-
-    return wrapper
 
 
 def sessions() -> SessionService:
