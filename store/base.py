@@ -56,9 +56,7 @@ class ConcurrencyError(Exception):
     """An append found the stream at another version than the writer expected."""
 
     def __init__(self, stream_id: str, expected: int, actual: int) -> None:
-        super().__init__(
-            f"stream {stream_id}: expected version {expected}, found {actual}"
-        )
+        super().__init__(f"stream {stream_id}: expected version {expected}, found {actual}")
         self.stream_id = stream_id
         self.expected = expected
         self.actual = actual

@@ -49,20 +49,17 @@ back as ``int`` when whole and ``float`` otherwise, as SQLite would return them,
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
-import queue
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
-from enum import Enum
 from functools import lru_cache
-from typing import Any, Final, Generic, TypeVar, cast
+from typing import Any, Final, cast
 
 import psycopg
 import psycopg.errors
@@ -74,10 +71,7 @@ from psycopg.pq import TransactionStatus
 
 from store.base import (
     ConcurrencyError,
-    NewEvent,
     Projection,
-    Snapshot,
-    SqlTx,
     StoredEvent,
     StoreUnavailable,
 )
@@ -87,6 +81,8 @@ from store.migrations.postgres import (
     MIGRATIONS,
     MIGRATIONS_TABLE_DDL,
 )
+from store.threaded import Job, Kind, ThreadedEventStore
+from store.threaded import unavailable as _unavailable
 
 __all__ = [
     "DEFAULT_CLIENT_GRACE",
@@ -100,8 +96,6 @@ __all__ = [
     "open_postgres_store",
     "to_pyformat",
 ]
-
-T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +123,6 @@ _MIGRATION_LOCK_SQL: Final = (
     f"SELECT pg_advisory_xact_lock({ADVISORY_LOCK_NAMESPACE},"
     " hashtext('lockerd.migrate:' || coalesce(current_schema(), '')))"
 )
-_STREAM_VERSION_SQL: Final = "SELECT COALESCE(MAX(version), 0) FROM events WHERE stream_id = %s"
 _CHANGING_COMMANDS: Final = ("INSERT", "UPDATE", "DELETE", "MERGE", "COPY")
 
 
@@ -230,36 +223,7 @@ def _dollar_tag(sql: str, start: int) -> str | None:
     return tag
 
 
-# --------------------------------------------------------------------------- encoding
-
-
-def _encode_data(data: Mapping[str, Any]) -> str:
-    """Compact, key-sorted JSON, byte-identical to what the SQLite backend stores.
-
-    Stored in a ``json`` column (kept verbatim), not ``jsonb``, which would rewrite numbers
-    (``1e300`` becomes a 301-digit integer) and refuse ``\\u0000``.
-    """
-    return json.dumps(
-        data, separators=(",", ":"), sort_keys=True, allow_nan=False, default=_json_default
-    )
-
-
-def _json_default(value: object) -> object:
-    if isinstance(value, Mapping):
-        return dict(value)
-    raise TypeError(f"event data value of type {type(value).__name__} is not JSON serializable")
-
-
-def _decode_event(row: Sequence[Any]) -> StoredEvent:
-    position, stream_id, version, type_, data, recorded_at = row
-    return StoredEvent(
-        position=position,
-        stream_id=stream_id,
-        version=version,
-        type=type_,
-        data=json.loads(data),
-        recorded_at=recorded_at.astimezone(UTC),
-    )
+# --------------------------------------------------------------------------- result types, messages
 
 
 class _NumberLoader(Loader):
@@ -270,16 +234,6 @@ class _NumberLoader(Loader):
         if value == value.to_integral_value():
             return int(value)
         return float(value)
-
-
-def _quote_identifier(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _unavailable(reason: str, cause: BaseException | None) -> StoreUnavailable:
-    error = StoreUnavailable(reason if cause is None else f"{reason}: {cause}")
-    error.__cause__ = cause
-    return error
 
 
 def _describe(url: str) -> str:
@@ -447,51 +401,27 @@ class _PgTx:
             logger.warning("ROLLBACK failed; dropping the connection", exc_info=True)
 
 
-# --------------------------------------------------------------------------- jobs
-
-
-class _Kind(Enum):
-    READ = "read"
-    WRITE = "write"
-
-
-class _Job(Generic[T]):
-    """One unit of work for the store thread and the slot its outcome comes back in."""
-
-    __slots__ = ("done", "error", "fn", "is_append", "kind", "locks_events", "value")
-
-    def __init__(
-        self, kind: _Kind, fn: Callable[[_PgTx], T], *, is_append: bool, locks_events: bool
-    ) -> None:
-        self.kind = kind
-        self.fn = fn
-        self.is_append = is_append
-        self.locks_events = locks_events
-        self.done = trio.Event()
-        self.value: T | None = None
-        self.error: BaseException | None = None
-
-    def fail(self, error: BaseException) -> None:
-        self.value = None
-        self.error = error
-
-    def unwrap(self) -> T:
-        if self.error is not None:
-            raise self.error
-        return cast(T, self.value)
-
-
 # --------------------------------------------------------------------------- the store
 
 
-class PostgresEventStore:
+class PostgresEventStore(ThreadedEventStore[_PgTx]):
     """The PostgreSQL event store. Obtain one with :func:`open_postgres_store`, never directly.
 
     Counters and hook as in the SQLite backend: ``appends`` (append calls committed),
     ``batches`` (write transactions committed), ``last_batch_size`` (write jobs in the last
     committed transaction), ``connects`` (connections opened, the first included), and
     ``on_append_latency`` (seconds from submission to result of each append, on the Trio side).
+
+    The public API and the thread plumbing live in :class:`store.threaded.ThreadedEventStore`;
+    this class supplies the connection (with reconnects and the watchdog), migrations, the
+    group commit with its position lock, and the append.
     """
+
+    _backend = "PostgreSQL"
+    _logger = logger
+    _event_columns = _EVENT_COLUMNS
+    _max_batch = MAX_BATCH
+    _rebuild_page = REBUILD_PAGE
 
     def __init__(
         self,
@@ -506,149 +436,17 @@ class PostgresEventStore:
     ) -> None:
         if connect_timeout < 1 or statement_timeout <= 0 or client_grace < 0:
             raise ValueError("timeouts must be positive")
+        super().__init__(projections, trio_token, thread_name=THREAD_NAME)
         self._url = url
         self._where = _describe(url)
-        self._projections: tuple[Projection, ...] = tuple(projections)
-        self._token = trio_token
         self._connect_timeout = connect_timeout
         self._statement_timeout = statement_timeout
         self._idle_timeout = max(idle_in_transaction_timeout, statement_timeout)
         self._watchdog = _Watchdog(statement_timeout + client_grace)
-        self._jobs: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._t_main, name=THREAD_NAME, daemon=True)
         self._tx: _PgTx | None = None
-        self._started = trio.Event()
-        self._stopped = trio.Event()
-        self._start_error: BaseException | None = None
-        self._broken: BaseException | None = None
-        self._closed = False
-        self.appends = 0
-        self.batches = 0
-        self.last_batch_size = 0
         self.connects = 0
-        self.on_append_latency: Callable[[float], None] | None = None
 
     # ------------------------------------------------------------------ public API (Trio side)
-
-    async def append(
-        self, stream_id: str, expected_version: int, events: Sequence[NewEvent]
-    ) -> list[StoredEvent]:
-        """Append ``events`` if the stream is at ``expected_version``; see :class:`EventStore`."""
-        if not stream_id:
-            raise ValueError("stream_id must not be empty")
-        if expected_version < 0:
-            raise ValueError(f"expected_version must be >= 0, got {expected_version}")
-        rows = []
-        for event in events:
-            text = _encode_data(event.data)
-            rows.append((event.type, text, json.loads(text)))
-
-        def job(tx: _PgTx) -> list[StoredEvent]:
-            return self._t_append(tx, stream_id, expected_version, rows)
-
-        started = time.perf_counter()
-        done = await self._run(_Kind.WRITE, job, is_append=True, locks_events=True)
-        self._report_latency(time.perf_counter() - started)
-        return done.unwrap()
-
-    async def read_stream(self, stream_id: str, after_version: int = 0) -> list[StoredEvent]:
-        def job(tx: _PgTx) -> list[StoredEvent]:
-            rows = tx.run(
-                f"SELECT {_EVENT_COLUMNS} FROM events"
-                " WHERE stream_id = %s AND version > %s ORDER BY version",
-                (stream_id, after_version),
-            )
-            return [_decode_event(row) for row in rows]
-
-        return (await self._run(_Kind.READ, job)).unwrap()
-
-    async def read_all(self, after_position: int = 0, limit: int = 1000) -> list[StoredEvent]:
-        """Events with ``position > after_position`` in position order, at most ``limit``.
-
-        Positions are drawn only under the events table's advisory lock, which a transaction
-        keeps until it is visible (see the module docstring), so a snapshot that shows some
-        position shows every smaller position that will ever exist; paging by the last position
-        returned cannot skip events.
-        """
-        if limit < 1:
-            raise ValueError(f"limit must be >= 1, got {limit}")
-
-        def job(tx: _PgTx) -> list[StoredEvent]:
-            rows = tx.run(
-                f"SELECT {_EVENT_COLUMNS} FROM events"
-                " WHERE position > %s ORDER BY position LIMIT %s",
-                (after_position, limit),
-            )
-            return [_decode_event(row) for row in rows]
-
-        return (await self._run(_Kind.READ, job)).unwrap()
-
-    async def stream_version(self, stream_id: str) -> int:
-        def job(tx: _PgTx) -> int:
-            return self._t_stream_version(tx, stream_id)
-
-        return (await self._run(_Kind.READ, job)).unwrap()
-
-    async def stream_ids(self) -> list[str]:
-        """Every stream that has at least one event, sorted by code point (``COLLATE "C"``)."""
-
-        def job(tx: _PgTx) -> list[str]:
-            return [row[0] for row in tx.run("SELECT DISTINCT stream_id FROM events ORDER BY 1")]
-
-        return (await self._run(_Kind.READ, job)).unwrap()
-
-    async def save_snapshot(self, snapshot: Snapshot) -> None:
-        """Store or replace the stream's snapshot (it rides along in the next group commit)."""
-
-        def job(tx: _PgTx) -> None:
-            tx.run(
-                "INSERT INTO snapshots (stream_id, version, state) VALUES (%s, %s, %s)"
-                " ON CONFLICT (stream_id) DO UPDATE"
-                " SET version = excluded.version, state = excluded.state",
-                (snapshot.stream_id, snapshot.version, bytes(snapshot.state)),
-            )
-
-        (await self._run(_Kind.WRITE, job)).unwrap()
-
-    async def load_snapshot(self, stream_id: str) -> Snapshot | None:
-        def job(tx: _PgTx) -> Snapshot | None:
-            rows = tx.run("SELECT version, state FROM snapshots WHERE stream_id = %s", (stream_id,))
-            if not rows:
-                return None
-            version, state = rows[0]
-            return Snapshot(stream_id=stream_id, version=version, state=bytes(state))
-
-        return (await self._run(_Kind.READ, job)).unwrap()
-
-    async def read(self, fn: Callable[[SqlTx], T]) -> T:
-        """Run ``fn`` on the store thread in a ``REPEATABLE READ READ ONLY`` transaction.
-
-        One snapshot for the whole function; a statement that tries to write fails.
-        """
-        return (await self._run(_Kind.READ, fn)).unwrap()
-
-    async def write(self, fn: Callable[[SqlTx], T]) -> T:
-        """Run ``fn`` on the store thread inside the next group commit, in its own savepoint.
-
-        If ``fn`` raises, its changes are rolled back and the exception is re-raised here;
-        other jobs in the same transaction are unaffected. ``fn`` must not swallow database
-        errors (see :class:`SwallowedDatabaseError`).
-        """
-        return (await self._run(_Kind.WRITE, fn)).unwrap()
-
-    async def rebuild_projections(self) -> int:
-        """Empty every projection table and replay all events into them, in one transaction.
-
-        The events table's position lock is held throughout, so no other store instance can
-        append (and project) meanwhile; readers see the old tables until the commit.
-        """
-        return (await self._run(_Kind.WRITE, self._t_rebuild, locks_events=True)).unwrap()
-
-    async def ping(self) -> None:
-        def job(tx: _PgTx) -> None:
-            tx.run("SELECT 1")
-
-        (await self._run(_Kind.READ, job)).unwrap()
 
     async def schema_version(self) -> int:
         """The highest migration recorded in ``schema_migrations``."""
@@ -656,84 +454,35 @@ class PostgresEventStore:
         def job(tx: _PgTx) -> int:
             return int(tx.run("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")[0][0])
 
-        return (await self._run(_Kind.READ, job)).unwrap()
+        return (await self._run(Kind.READ, job)).unwrap()
 
-    # ------------------------------------------------------------------ Trio-side plumbing
+    # ------------------------------------------------------------------ hooks
 
-    async def _run(
-        self,
-        kind: _Kind,
-        fn: Callable[[_PgTx], T],
-        *,
-        is_append: bool = False,
-        locks_events: bool = False,
-    ) -> _Job[T]:
-        """Queue a job and wait until the thread has finished it (see store/sqlite.py)."""
-        await trio.lowlevel.checkpoint_if_cancelled()
-        if self._closed:
-            raise StoreUnavailable("the PostgreSQL event store is closed")
-        if self._broken is not None:
-            raise _unavailable("the PostgreSQL store thread failed", self._broken)
-        job = _Job(kind, fn, is_append=is_append, locks_events=locks_events)
-        self._jobs.put(job)
-        await job.done.wait()
-        return job
+    @staticmethod
+    def _decode_recorded_at(value: Any) -> datetime:
+        """psycopg returns ``timestamptz`` as an aware datetime; events carry it in UTC."""
+        return cast(datetime, value).astimezone(UTC)
 
-    def _report_latency(self, seconds: float) -> None:
-        hook = self.on_append_latency
-        if hook is None:
-            return
-        try:
-            hook(seconds)
-        except Exception:
-            logger.exception("on_append_latency hook raised")
+    def _open_error_reason(self) -> str:
+        return f"cannot open the event store in {self._where}"
 
     async def _start(self) -> None:
         self._watchdog.start()
-        self._thread.start()
-        with trio.CancelScope(shield=True):
-            await self._started.wait()
-        if self._start_error is not None:
-            await self._stop()
-            error = self._start_error
-            if isinstance(error, StoreUnavailable):
-                raise error
-            raise _unavailable(f"cannot open the event store in {self._where}", error)
+        await super()._start()
 
     async def _stop(self) -> None:
         """Let the thread finish every job already queued, then close the connection and join."""
-        self._closed = True
-        self._jobs.put(None)
-        with trio.CancelScope(shield=True):
-            await self._stopped.wait()
-        self._thread.join()
+        await super()._stop()
         self._watchdog.stop()
 
     # ------------------------------------------------------------------ store thread
 
-    def _t_notify(self, fn: Callable[[], object]) -> None:
-        with contextlib.suppress(trio.RunFinishedError):
-            self._token.run_sync_soon(fn)
+    def _t_open(self) -> None:
+        self._tx = self._t_connect()
+        self._t_migrate(self._tx)
 
-    def _t_main(self) -> None:
-        try:
-            try:
-                self._tx = self._t_connect()
-                self._t_migrate(self._tx)
-            except BaseException as exc:
-                self._start_error = exc
-                self._t_discard()
-                return
-            finally:
-                self._t_notify(self._started.set)
-            try:
-                self._t_serve()
-            finally:
-                self._t_discard()
-        except BaseException:
-            logger.exception("PostgreSQL store thread failed")
-        finally:
-            self._t_notify(self._stopped.set)
+    def _t_close(self) -> None:
+        self._t_discard()
 
     def _t_connect(self) -> _PgTx:
         """Open a session: bounded connect, autocommit (this module issues BEGIN/COMMIT), UTC."""
@@ -805,7 +554,7 @@ class PostgresEventStore:
             with contextlib.suppress(Exception):
                 tx.conn.close()
 
-    def _t_session(self, jobs: list[_Job[Any]]) -> _PgTx | None:
+    def _t_session(self, jobs: list[Job[_PgTx, Any]]) -> _PgTx | None:
         """The live session, connecting again if the last one was lost; None fails ``jobs``."""
         if self._tx is not None and (
             not self._tx.usable or self._tx.status != TransactionStatus.IDLE
@@ -820,57 +569,6 @@ class PostgresEventStore:
                 return None
         return self._tx
 
-    def _t_serve(self) -> None:
-        while True:
-            first = self._jobs.get()
-            if first is None:
-                return
-            batch: list[_Job[Any]] = [first]
-            stop = False
-            while len(batch) < MAX_BATCH:
-                try:
-                    job = self._jobs.get_nowait()
-                except queue.Empty:
-                    break
-                if job is None:
-                    stop = True
-                    break
-                batch.append(job)
-            try:
-                self._t_run_batch(batch)
-            except BaseException as exc:
-                logger.exception("PostgreSQL store thread crashed; failing all further jobs")
-                self._broken = exc
-                for job in batch:
-                    job.fail(_unavailable("the PostgreSQL store thread failed", exc))
-                self._t_wake(batch)
-                if not stop:
-                    self._t_fail_until_stopped(exc)
-                return
-            self._t_wake(batch)
-            if stop:
-                return
-
-    def _t_fail_until_stopped(self, cause: BaseException) -> None:
-        while (job := self._jobs.get()) is not None:
-            job.fail(_unavailable("the PostgreSQL store thread failed", cause))
-            self._t_wake([job])
-
-    def _t_wake(self, jobs: list[_Job[Any]]) -> None:
-        def wake() -> None:
-            for job in jobs:
-                job.done.set()
-
-        self._t_notify(wake)
-
-    def _t_run_batch(self, batch: list[_Job[Any]]) -> None:
-        writes = [job for job in batch if job.kind is _Kind.WRITE]
-        reads = [job for job in batch if job.kind is _Kind.READ]
-        if writes and (tx := self._t_session(writes)) is not None:
-            self._t_write_batch(tx, writes)
-        if reads and (tx := self._t_session(reads)) is not None:
-            self._t_read_batch(tx, reads)
-
     def _translate(self, exc: Exception) -> Exception:
         """Connection-level failures become StoreUnavailable; the caller's errors stay as is."""
         if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
@@ -883,7 +581,7 @@ class PostgresEventStore:
             return _unavailable(f"{self._where} failed", exc)
         return exc
 
-    def _t_write_batch(self, tx: _PgTx, writes: list[_Job[Any]]) -> None:
+    def _t_write_batch(self, tx: _PgTx, writes: list[Job[_PgTx, Any]]) -> None:
         committing = False
         try:
             # Statements without a result of interest ride along with the next SAVEPOINT in one
@@ -936,7 +634,7 @@ class PostgresEventStore:
         self.last_batch_size = len(writes)
         self.batches += 1
 
-    def _t_read_batch(self, tx: _PgTx, reads: list[_Job[Any]]) -> None:
+    def _t_read_batch(self, tx: _PgTx, reads: list[Job[_PgTx, Any]]) -> None:
         """All reads of a round share one read-only snapshot; a failure starts a fresh one."""
         try:
             for job in reads:
@@ -950,9 +648,6 @@ class PostgresEventStore:
                     job.fail(self._translate(exc))
         finally:
             tx.rollback_quietly()
-
-    def _t_stream_version(self, tx: _PgTx, stream_id: str) -> int:
-        return int(tx.run(_STREAM_VERSION_SQL, (stream_id,))[0][0])
 
     def _t_append(
         self,
@@ -1010,33 +705,9 @@ class PostgresEventStore:
                 data=data,
                 recorded_at=recorded_at,
             )
-            for projection in self._projections:
-                projection.apply(tx, event)
+            self._t_project(tx, event)
             stored.append(event)
         return stored
-
-    def _t_rebuild(self, tx: _PgTx) -> int:
-        # The batch already holds the position lock (``locks_events``): no other process can
-        # append, and project, while the tables are emptied and refilled.
-        for projection in self._projections:
-            for table in projection.tables:
-                tx.run(f"DELETE FROM {_quote_identifier(table)}")
-        replayed = 0
-        after = 0
-        while True:
-            rows = tx.run(
-                f"SELECT {_EVENT_COLUMNS} FROM events"
-                " WHERE position > %s ORDER BY position LIMIT %s",
-                (after, REBUILD_PAGE),
-            )
-            if not rows:
-                return replayed
-            for row in rows:
-                event = _decode_event(row)
-                for projection in self._projections:
-                    projection.apply(tx, event)
-            replayed += len(rows)
-            after = rows[-1][0]
 
 
 @asynccontextmanager

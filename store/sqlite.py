@@ -34,34 +34,20 @@ would silently lose history. Group commit makes the fsync cheap per event: measu
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import queue
 import sqlite3
-import threading
-import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from enum import Enum
-from typing import Any, Final, Generic, TypeVar, cast
+from typing import Any, Final
 
 import trio
 
-from store.base import (
-    ConcurrencyError,
-    NewEvent,
-    Projection,
-    Snapshot,
-    SqlTx,
-    StoredEvent,
-    StoreUnavailable,
-)
+from store.base import ConcurrencyError, Projection, StoredEvent, StoreUnavailable
+from store.threaded import Job, ThreadedEventStore
+from store.threaded import unavailable as _unavailable
 
 __all__ = ["MAX_BATCH", "SCHEMA_VERSION", "THREAD_NAME", "SqliteEventStore", "open_sqlite_store"]
-
-T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
@@ -122,23 +108,6 @@ _UNAVAILABLE_CODES: Final = frozenset(
 _EVENT_COLUMNS: Final = "position, stream_id, version, type, data, recorded_at"
 
 
-def _encode_data(data: Mapping[str, Any]) -> str:
-    """Compact, key-sorted JSON, so equal data always gives byte-equal rows.
-
-    NaN/Infinity are rejected because they are not JSON and PostgreSQL's jsonb refuses them.
-    Non-dict mappings (e.g. frozen views) are accepted and stored as objects.
-    """
-    return json.dumps(
-        data, separators=(",", ":"), sort_keys=True, allow_nan=False, default=_json_default
-    )
-
-
-def _json_default(value: object) -> object:
-    if isinstance(value, Mapping):
-        return dict(value)
-    raise TypeError(f"event data value of type {type(value).__name__} is not JSON serializable")
-
-
 def _format_timestamp(moment: datetime) -> str:
     """ISO 8601, UTC, always six fractional digits and a ``Z``: fixed width, sorts as text."""
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -146,22 +115,6 @@ def _format_timestamp(moment: datetime) -> str:
 
 def _parse_timestamp(text: str) -> datetime:
     return datetime.fromisoformat(text)  # 3.11+ reads the trailing "Z" as UTC
-
-
-def _decode_event(row: Sequence[Any]) -> StoredEvent:
-    position, stream_id, version, type_, data, recorded_at = row
-    return StoredEvent(
-        position=position,
-        stream_id=stream_id,
-        version=version,
-        type=type_,
-        data=json.loads(data),
-        recorded_at=_parse_timestamp(recorded_at),
-    )
-
-
-def _quote_identifier(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _translate(exc: Exception) -> Exception:
@@ -173,12 +126,6 @@ def _translate(exc: Exception) -> Exception:
             unavailable.__cause__ = exc
             return unavailable
     return exc
-
-
-def _unavailable(reason: str, cause: BaseException | None) -> StoreUnavailable:
-    error = StoreUnavailable(reason if cause is None else f"{reason}: {cause}")
-    error.__cause__ = cause
-    return error
 
 
 class _SqliteTx:
@@ -201,47 +148,20 @@ class _SqliteTx:
         return self.conn.execute(sql, params).fetchall()
 
 
-class _Kind(Enum):
-    READ = "read"
-    WRITE = "write"
-
-
-class _Job(Generic[T]):
-    """One unit of work for the store thread and the slot its outcome comes back in.
-
-    The thread fills ``value``/``error`` and only then asks the loop to set ``done``; the Trio
-    side reads them only after ``done`` is set, so the two sides never touch a field at once.
-    """
-
-    __slots__ = ("done", "error", "fn", "is_append", "kind", "value")
-
-    def __init__(self, kind: _Kind, fn: Callable[[_SqliteTx], T], *, is_append: bool) -> None:
-        self.kind = kind
-        self.fn = fn
-        self.is_append = is_append
-        self.done = trio.Event()
-        self.value: T | None = None
-        self.error: BaseException | None = None
-
-    def fail(self, error: BaseException) -> None:
-        self.value = None
-        self.error = error
-
-    def unwrap(self) -> T:
-        if self.error is not None:
-            raise self.error
-        return cast(T, self.value)
-
-
-class SqliteEventStore:
+class SqliteEventStore(ThreadedEventStore[_SqliteTx]):
     """The SQLite event store. Obtain one with :func:`open_sqlite_store`, never directly.
 
-    Observability counters are plain ints written by the store thread and safe to read from the
-    loop at any time: ``appends`` (append calls committed), ``batches`` (write transactions
-    committed), ``last_batch_size`` (write jobs in the last committed transaction). Set
-    ``on_append_latency`` to receive, on the Trio side, the seconds each append took from
-    submission to its result (successful or not; cancelled callers report nothing).
+    The public API, the thread plumbing, the counters (``appends``, ``batches``,
+    ``last_batch_size``) and the ``on_append_latency`` hook live in
+    :class:`store.threaded.ThreadedEventStore`; this class supplies the connection, the group
+    commit and the append.
     """
+
+    _backend = "SQLite"
+    _logger = logger
+    _event_columns = _EVENT_COLUMNS
+    _max_batch = MAX_BATCH
+    _rebuild_page = REBUILD_PAGE
 
     def __init__(
         self,
@@ -249,287 +169,35 @@ class SqliteEventStore:
         projections: Sequence[Projection],
         trio_token: trio.lowlevel.TrioToken,
     ) -> None:
+        super().__init__(projections, trio_token, thread_name=THREAD_NAME)
         self._path = path
-        self._projections: tuple[Projection, ...] = tuple(projections)
-        self._token = trio_token
-        self._jobs: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._t_main, name=THREAD_NAME, daemon=True)
-        self._started = trio.Event()
-        self._stopped = trio.Event()
-        self._start_error: BaseException | None = None
-        self._broken: BaseException | None = None
-        self._closed = False
-        self.appends = 0
-        self.batches = 0
-        self.last_batch_size = 0
-        self.on_append_latency: Callable[[float], None] | None = None
+        self._tx: _SqliteTx | None = None
 
-    # ------------------------------------------------------------------ public API (Trio side)
+    # ------------------------------------------------------------------ hooks
 
-    async def append(
-        self, stream_id: str, expected_version: int, events: Sequence[NewEvent]
-    ) -> list[StoredEvent]:
-        """Append ``events`` if the stream is at ``expected_version``; see :class:`EventStore`.
+    @staticmethod
+    def _decode_recorded_at(value: Any) -> datetime:
+        return _parse_timestamp(value)
 
-        Data is encoded (and decoded back) here, on the loop, so a value that is not JSON
-        raises ``TypeError``/``ValueError`` in the caller before anything is queued, and the
-        events handed to projections and returned are exactly what a later read returns.
-        """
-        if not stream_id:
-            raise ValueError("stream_id must not be empty")
-        if expected_version < 0:
-            raise ValueError(f"expected_version must be >= 0, got {expected_version}")
-        rows = []
-        for event in events:
-            text = _encode_data(event.data)
-            rows.append((event.type, text, json.loads(text)))
-
-        def job(tx: _SqliteTx) -> list[StoredEvent]:
-            return self._t_append(tx, stream_id, expected_version, rows)
-
-        started = time.perf_counter()
-        done = await self._run(_Kind.WRITE, job, is_append=True)
-        self._report_latency(time.perf_counter() - started)
-        return done.unwrap()
-
-    async def read_stream(self, stream_id: str, after_version: int = 0) -> list[StoredEvent]:
-        def job(tx: _SqliteTx) -> list[StoredEvent]:
-            rows = tx.query(
-                f"SELECT {_EVENT_COLUMNS} FROM events"
-                " WHERE stream_id = ? AND version > ? ORDER BY version",
-                (stream_id, after_version),
-            )
-            return [_decode_event(row) for row in rows]
-
-        return (await self._run(_Kind.READ, job)).unwrap()
-
-    async def read_all(self, after_position: int = 0, limit: int = 1000) -> list[StoredEvent]:
-        """Events with ``position > after_position`` in position order, at most ``limit``.
-
-        SQLite has a single writer and assigns positions inside it, and a reader only ever sees
-        whole committed transactions, so a position that is visible never has a smaller,
-        still-invisible one below it. Paging by the last position returned cannot skip events.
-        """
-        if limit < 1:
-            raise ValueError(f"limit must be >= 1, got {limit}")
-
-        def job(tx: _SqliteTx) -> list[StoredEvent]:
-            rows = tx.query(
-                f"SELECT {_EVENT_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?",
-                (after_position, limit),
-            )
-            return [_decode_event(row) for row in rows]
-
-        return (await self._run(_Kind.READ, job)).unwrap()
-
-    async def stream_version(self, stream_id: str) -> int:
-        def job(tx: _SqliteTx) -> int:
-            return self._t_stream_version(tx, stream_id)
-
-        return (await self._run(_Kind.READ, job)).unwrap()
-
-    async def stream_ids(self) -> list[str]:
-        """Every stream that has at least one event, sorted; actors are started from this."""
-
-        def job(tx: _SqliteTx) -> list[str]:
-            return [row[0] for row in tx.query("SELECT DISTINCT stream_id FROM events ORDER BY 1")]
-
-        return (await self._run(_Kind.READ, job)).unwrap()
-
-    async def save_snapshot(self, snapshot: Snapshot) -> None:
-        """Store or replace the stream's snapshot (it rides along in the next group commit)."""
-
-        def job(tx: _SqliteTx) -> None:
-            tx.execute(
-                "INSERT INTO snapshots (stream_id, version, state) VALUES (?, ?, ?)"
-                " ON CONFLICT (stream_id) DO UPDATE"
-                " SET version = excluded.version, state = excluded.state",
-                (snapshot.stream_id, snapshot.version, bytes(snapshot.state)),
-            )
-
-        (await self._run(_Kind.WRITE, job)).unwrap()
-
-    async def load_snapshot(self, stream_id: str) -> Snapshot | None:
-        def job(tx: _SqliteTx) -> Snapshot | None:
-            rows = tx.query(
-                "SELECT version, state FROM snapshots WHERE stream_id = ?", (stream_id,)
-            )
-            if not rows:
-                return None
-            version, state = rows[0]
-            return Snapshot(stream_id=stream_id, version=version, state=bytes(state))
-
-        return (await self._run(_Kind.READ, job)).unwrap()
-
-    async def read(self, fn: Callable[[SqlTx], T]) -> T:
-        """Run ``fn`` on the store thread in a read transaction.
-
-        The connection is switched to ``query_only`` meanwhile, so an ``fn`` that tries to write
-        fails loudly instead of writing outside the group-commit machinery.
-        """
-        return (await self._run(_Kind.READ, fn)).unwrap()
-
-    async def write(self, fn: Callable[[SqlTx], T]) -> T:
-        """Run ``fn`` on the store thread inside the next group commit, in its own savepoint.
-
-        If ``fn`` raises, its changes are rolled back and the exception is re-raised here;
-        other jobs in the same transaction are unaffected.
-        """
-        return (await self._run(_Kind.WRITE, fn)).unwrap()
-
-    async def rebuild_projections(self) -> int:
-        """Empty every projection table and replay all events into them, in one transaction.
-
-        Readers never see a half-rebuilt read model: the deletes and the replay commit together.
-        """
-        return (await self._run(_Kind.WRITE, self._t_rebuild)).unwrap()
-
-    async def ping(self) -> None:
-        def job(tx: _SqliteTx) -> None:
-            tx.query("SELECT 1")
-
-        (await self._run(_Kind.READ, job)).unwrap()
-
-    # ------------------------------------------------------------------ Trio-side plumbing
-
-    async def _run(
-        self, kind: _Kind, fn: Callable[[_SqliteTx], T], *, is_append: bool = False
-    ) -> _Job[T]:
-        """Queue a job and wait until the thread has finished it; returns the finished job.
-
-        An already-cancelled caller queues nothing. A caller cancelled while waiting leaves the
-        job to complete on its own (see the module docstring).
-        """
-        await trio.lowlevel.checkpoint_if_cancelled()
-        if self._closed:
-            raise StoreUnavailable("the SQLite event store is closed")
-        if self._broken is not None:
-            raise _unavailable("the SQLite store thread failed", self._broken)
-        job = _Job(kind, fn, is_append=is_append)
-        self._jobs.put(job)
-        await job.done.wait()
-        return job
-
-    def _report_latency(self, seconds: float) -> None:
-        hook = self.on_append_latency
-        if hook is None:
-            return
-        try:
-            hook(seconds)
-        except Exception:
-            # The append has committed; a broken metrics hook must not make it look failed.
-            logger.exception("on_append_latency hook raised")
-
-    async def _start(self) -> None:
-        self._thread.start()
-        # Shielded: the thread is connecting and must be allowed to report back, or we could
-        # not tell whether there is a connection to close.
-        with trio.CancelScope(shield=True):
-            await self._started.wait()
-        if self._start_error is not None:
-            await self._stop()
-            error = self._start_error
-            if isinstance(error, StoreUnavailable):
-                raise error
-            raise _unavailable(f"cannot open SQLite database {self._path!r}", error)
-
-    async def _stop(self) -> None:
-        """Let the thread finish every job already queued, then close the connection and join.
-
-        Shielded, because leaving while the thread still runs would leave an orphan thread with
-        an open connection behind, which is the one thing this context manager promises not to do.
-        """
-        self._closed = True
-        self._jobs.put(None)
-        with trio.CancelScope(shield=True):
-            await self._stopped.wait()
-        # The thread's last action was to schedule that wake-up, so this returns at once.
-        self._thread.join()
+    def _open_error_reason(self) -> str:
+        return f"cannot open SQLite database {self._path!r}"
 
     # ------------------------------------------------------------------ store thread
 
-    def _t_notify(self, fn: Callable[[], object]) -> None:
-        with contextlib.suppress(trio.RunFinishedError):  # nobody is left to wake
-            self._token.run_sync_soon(fn)
+    def _t_open(self) -> None:
+        self._tx = _SqliteTx(_connect(self._path, self._projections))
 
-    def _t_main(self) -> None:
-        try:
-            try:
-                conn = _connect(self._path, self._projections)
-            except BaseException as exc:
-                self._start_error = exc
-                return
-            finally:
-                self._t_notify(self._started.set)
-            try:
-                self._t_serve(conn)
-            finally:
-                conn.close()
-        except BaseException:
-            logger.exception("SQLite store thread failed")
-        finally:
-            self._t_notify(self._stopped.set)
+    def _t_close(self) -> None:
+        tx, self._tx = self._tx, None
+        if tx is not None:
+            tx.conn.close()
 
-    def _t_serve(self, conn: sqlite3.Connection) -> None:
-        tx = _SqliteTx(conn)
-        while True:
-            first = self._jobs.get()
-            if first is None:
-                return
-            batch: list[_Job[Any]] = [first]
-            stop = False
-            while len(batch) < MAX_BATCH:
-                try:
-                    job = self._jobs.get_nowait()
-                except queue.Empty:
-                    break
-                if job is None:
-                    stop = True
-                    break
-                batch.append(job)
-            try:
-                self._t_run_batch(tx, batch)
-            except BaseException as exc:
-                # A bug in this module, not in a job: fail this batch and everything after it,
-                # but keep draining the queue so that no caller waits forever.
-                logger.exception("SQLite store thread crashed; failing all further jobs")
-                self._broken = exc
-                for job in batch:
-                    job.fail(_unavailable("the SQLite store thread failed", exc))
-                self._t_wake(batch)
-                if not stop:
-                    self._t_fail_until_stopped(exc)
-                return
-            self._t_wake(batch)
-            if stop:
-                return
+    def _t_session(self, jobs: list[Job[_SqliteTx, Any]]) -> _SqliteTx:
+        # One connection for the thread's whole life: there is nothing to reconnect.
+        assert self._tx is not None
+        return self._tx
 
-    def _t_fail_until_stopped(self, cause: BaseException) -> None:
-        while (job := self._jobs.get()) is not None:
-            job.fail(_unavailable("the SQLite store thread failed", cause))
-            self._t_wake([job])
-
-    def _t_wake(self, jobs: list[_Job[Any]]) -> None:
-        """One loop callback per batch, not per job: the loop wakes once for the whole batch."""
-
-        def wake() -> None:
-            for job in jobs:
-                job.done.set()
-
-        self._t_notify(wake)
-
-    def _t_run_batch(self, tx: _SqliteTx, batch: list[_Job[Any]]) -> None:
-        # Every job in a batch was queued before any of them got a result, so they are all
-        # concurrent and any execution order is a valid one. Writes go first, in one
-        # transaction; reads follow outside it, so they never see uncommitted data.
-        writes = [job for job in batch if job.kind is _Kind.WRITE]
-        reads = [job for job in batch if job.kind is _Kind.READ]
-        if writes:
-            self._t_write_batch(tx, writes)
-        if reads:
-            self._t_read_batch(tx, reads)
-
-    def _t_write_batch(self, tx: _SqliteTx, writes: list[_Job[Any]]) -> None:
+    def _t_write_batch(self, tx: _SqliteTx, writes: list[Job[_SqliteTx, Any]]) -> None:
         conn = tx.conn
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -561,7 +229,7 @@ class SqliteEventStore:
         self.last_batch_size = len(writes)
         self.batches += 1
 
-    def _t_read_batch(self, tx: _SqliteTx, reads: list[_Job[Any]]) -> None:
+    def _t_read_batch(self, tx: _SqliteTx, reads: list[Job[_SqliteTx, Any]]) -> None:
         conn = tx.conn
         conn.execute("PRAGMA query_only = ON")
         try:
@@ -578,12 +246,6 @@ class SqliteEventStore:
                     job.fail(_translate(exc))
         finally:
             conn.execute("PRAGMA query_only = OFF")
-
-    def _t_stream_version(self, tx: _SqliteTx, stream_id: str) -> int:
-        rows = tx.query(
-            "SELECT COALESCE(MAX(version), 0) FROM events WHERE stream_id = ?", (stream_id,)
-        )
-        return int(rows[0][0])
 
     def _t_append(
         self,
@@ -631,30 +293,9 @@ class SqliteEventStore:
                 data=data,
                 recorded_at=recorded_at,
             )
-            for projection in self._projections:
-                projection.apply(tx, event)
+            self._t_project(tx, event)
             stored.append(event)
         return stored
-
-    def _t_rebuild(self, tx: _SqliteTx) -> int:
-        for projection in self._projections:
-            for table in projection.tables:
-                tx.execute(f"DELETE FROM {_quote_identifier(table)}")
-        replayed = 0
-        after = 0
-        while True:
-            rows = tx.query(
-                f"SELECT {_EVENT_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?",
-                (after, REBUILD_PAGE),
-            )
-            if not rows:
-                return replayed
-            for row in rows:
-                event = _decode_event(row)
-                for projection in self._projections:
-                    projection.apply(tx, event)
-            replayed += len(rows)
-            after = rows[-1][0]
 
 
 def _rollback_quietly(conn: sqlite3.Connection) -> None:
