@@ -361,7 +361,7 @@ async def lockerd_phase(
             batches = pipeline.stats.batches - base_batches
             seconds = ended - started
             return Phase(
-                "lockerd (gateway + pipeline + SQLite)",
+                "lockerd (gateway + pipeline + store)",
                 args.points,
                 stored,
                 seconds,
