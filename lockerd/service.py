@@ -17,7 +17,6 @@ from typing import Any
 
 import structlog
 import trio
-from gateway.mqtt import MqttSettings, Will, open_mqtt_client
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 from quart import Blueprint
@@ -29,6 +28,7 @@ from actors.registry import BankRegistry
 from actors.supervisor import RestartPolicy, Supervisor
 from actors.timers import TimerService
 from gateway import outbound, topics
+from gateway.mqtt import MqttSettings, Will, open_mqtt_client
 from gateway.router import Gateway
 from lockerd.config import Settings
 from lockerd.context import ServiceContext, utc_now
