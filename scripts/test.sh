@@ -10,6 +10,6 @@ if [ -z "${LOCKERD_TEST_POSTGRES_URL:-}" ] && command -v pg_isready >/dev/null \
   export LOCKERD_TEST_POSTGRES_URL="postgresql://postgres@127.0.0.1:5432/test"
 fi
 
-.venv/bin/ruff check .
+.venv/bin/ruff check --no-cache .
 .venv/bin/mypy
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
