@@ -150,10 +150,10 @@ async def running_service(
             dispatcher = Dispatcher(
                 mqtt, on_published=lambda kind: metrics.outbound.labels(kind).inc()
             )
-            registry_holder: list[BankRegistry] = []
 
             def tick(bank_id: str) -> bool:
-                return registry_holder[0].tell_nowait(bank_id, c.Tick(now=clock()))
+                # timers and registry refer to each other; the registry exists before any tick
+                return registry.tell_nowait(bank_id, c.Tick(now=clock()))
 
             timers = TimerService(tick, clock)
             services = BankServices(
@@ -167,7 +167,6 @@ async def running_service(
                 command_timeout=settings.command_timeout,
             )
             registry = BankRegistry(nursery, services)
-            registry_holder.append(registry)
             context = ServiceContext(
                 settings=settings,
                 store=store,
