@@ -288,3 +288,41 @@ async def test_bank_loads_from_snapshot_plus_tail(
         events = (await svc.admin_get(f"/api/admin/locker-banks/{bank['id']}/events")).json()
         assert len(events) == 7
         assert svc.context.registry.entries[bank["id"]].child.restarts == 0  # type: ignore[union-attr]
+
+
+async def test_metrics_endpoint_is_prometheus_exposition(
+    mosquitto: MosquittoBroker, tmp_path: Path
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with lockerd(test_settings(mosquitto.url, tmp_path / "l.db")) as svc:
+        await svc.create_bank()
+        response = await svc.http.get("/metrics")
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/plain")
+        families = {f.name: f for f in text_string_to_metric_families(response.text)}
+        inbound = families["lockerd_inbound_messages"]
+        labels = {
+            (s.labels["kind"], s.labels["outcome"])
+            for s in inbound.samples
+            if s.name == "lockerd_inbound_messages_total"
+        }
+        assert labels == {
+            (kind, outcome)
+            for kind in ("register", "state", "response", "event", "metric")
+            for outcome in ("processed", "dropped")
+        }
+        for name in (
+            "lockerd_dropped_messages",
+            "lockerd_actor_restarts",
+            "lockerd_mailbox_depth_total",
+            "lockerd_command_outcomes",
+            "lockerd_goauth_checks",
+            "lockerd_store_append_seconds",
+            "lockerd_outbound_messages",
+            "lockerd_mqtt_connected",
+        ):
+            assert name in families, name
+        append = families["lockerd_store_append_seconds"]
+        count = next(s for s in append.samples if s.name.endswith("_count"))
+        assert count.value >= 1  # the bank's creation was timed
