@@ -73,7 +73,6 @@ async def baseline(
         fleet = Fleet(Link(broker.host, broker.port), tickets, BEHAVIOUR, seed=1)
         settings = MqttSettings(broker.host, broker.port, "bench-bare-backend", clean_session=True)
         waiters: dict[str, trio.Event] = {}
-        latencies: list[float] = []
         async with trio.open_nursery() as nursery:
             await nursery.start(fleet.run)
             with trio.fail_after(WAIT):
@@ -90,43 +89,51 @@ async def baseline(
                             waiter.set()
 
                 nursery.start_soon(route)
-                deadline = time.monotonic() + sizes["seconds"]
-                budget = [sizes["max_opens"]]
 
-                async def worker(index: int) -> None:
-                    bank = tickets[index % banks].credentials
-                    assert bank is not None
-                    number = index // banks + 1
-                    while time.monotonic() < deadline and budget[0] > 0:
-                        budget[0] -= 1
-                        tid = str(uuid.uuid4())
-                        now = datetime.now(UTC)
-                        payload = json.dumps(
-                            {
-                                "action": "open_compartment",
-                                "transaction_id": tid,
-                                "timestamp": p.iso(now),
-                                "expires_at": p.iso(now + timedelta(seconds=30)),
-                                "data": {"compartment_number": number},
-                            }
-                        ).encode()
-                        waiter = waiters[tid] = trio.Event()
-                        started = time.monotonic()
-                        await backend.publish(p.command_topic(bank.bank_id), payload, qos=1)
-                        with trio.fail_after(WAIT):
-                            await waiter.wait()
-                        latencies.append(time.monotonic() - started)
+                async def phase(count: int, seconds: float) -> dict[str, float]:
+                    latencies: list[float] = []
+                    deadline = time.monotonic() + seconds
+                    budget = [sizes["max_opens"]]
 
-                started = time.monotonic()
-                async with trio.open_nursery() as work:
-                    for index in range(workers):
-                        work.start_soon(worker, index)
-                elapsed = time.monotonic() - started
+                    async def worker(index: int) -> None:
+                        bank = tickets[index % banks].credentials
+                        assert bank is not None
+                        number = index // banks + 1
+                        while time.monotonic() < deadline and budget[0] > 0:
+                            budget[0] -= 1
+                            tid = str(uuid.uuid4())
+                            now = datetime.now(UTC)
+                            payload = json.dumps(
+                                {
+                                    "action": "open_compartment",
+                                    "transaction_id": tid,
+                                    "timestamp": p.iso(now),
+                                    "expires_at": p.iso(now + timedelta(seconds=30)),
+                                    "data": {"compartment_number": number},
+                                }
+                            ).encode()
+                            waiter = waiters[tid] = trio.Event()
+                            started = time.monotonic()
+                            await backend.publish(p.command_topic(bank.bank_id), payload, qos=1)
+                            with trio.fail_after(WAIT):
+                                await waiter.wait()
+                            latencies.append(time.monotonic() - started)
+
+                    started = time.monotonic()
+                    async with trio.open_nursery() as work:
+                        for index in range(count):
+                            work.start_soon(worker, index)
+                    return _latency_figures(latencies, len(latencies), time.monotonic() - started)
+
+                sequential = await phase(1, sizes["sequential_seconds"])
+                concurrent = await phase(workers, sizes["seconds"])
             await fleet.stop()
             nursery.cancel_scope.cancel()
     finally:
         broker.close()
-    return _latency_figures(latencies, len(latencies), elapsed)
+    concurrent["c1_p50_ms"] = sequential["p50_ms"]
+    concurrent["c1_p99_ms"] = sequential["p99_ms"]
+    return concurrent
 
 
 async def _users(
@@ -197,6 +204,14 @@ async def lockerd_phase(
                 health = await _healthz_loop(http, base, workers, sizes["http_seconds"])
                 # warm-up: one open per worker (actor caches, connections)
                 await _open_loop(http, base, fleet, assignments, 1.0e9, workers)
+                sequential = await _open_loop(
+                    http,
+                    base,
+                    fleet,
+                    assignments[:1],
+                    time.monotonic() + sizes["sequential_seconds"],
+                    sizes["max_opens"],
+                )
                 spy = PySpy(service.pid, profile_to) if profile_to is not None else None
                 if spy is not None:
                     spy.start()
@@ -220,6 +235,9 @@ async def lockerd_phase(
         broker.close()
     opens["cpu_ms_per_open"] = cpu / max(1, opens["count"]) * 1000
     opens["rss_mib"] = rss / 2**20
+    opens["c1_p50_ms"] = sequential["p50_ms"]
+    opens["c1_p99_ms"] = sequential["p99_ms"]
+    opens["c1_device_answer_p50_ms"] = sequential["device_answer_p50_ms"]
     return {"opens": opens, "healthz": health}
 
 
@@ -269,6 +287,7 @@ async def _open_loop(
     answered: list[float] = []
     statuses: Counter[str] = Counter()
     budget = [max_opens]
+    polls = [0]
     single = deadline > 1.0e8  # warm-up: exactly one open per worker
 
     async def worker(compartment_id: str, headers: dict[str, str]) -> None:
@@ -288,13 +307,18 @@ async def _open_loop(
             with trio.fail_after(WAIT):
                 await fleet.wait_answered(tid)
             t_answered = time.monotonic()
+            pause = 0.002
             with trio.fail_after(WAIT):
                 while True:
+                    polls[0] += 1
                     tx = await http.get(f"{base}/api/transactions/{tid}", headers=headers)
                     status = tx.json()["status"]
                     if status != "pending":
                         break
-                    await trio.sleep(0.002)  # the transaction lives behind the HTTP API
+                    # the transaction lives behind the HTTP API; back off so that polling
+                    # does not load the service it measures
+                    await trio.sleep(pause)
+                    pause = min(0.02, pause * 1.5)
             done = time.monotonic()
             statuses[status] += 1
             latencies.append(done - started)
@@ -312,6 +336,7 @@ async def _open_loop(
     figures["accept_p50_ms"] = percentile(accepted, 50) * 1000
     figures["device_answer_p50_ms"] = percentile(answered, 50) * 1000
     figures["statuses"] = dict(statuses)
+    figures["polls_per_open"] = polls[0] / max(1, len(latencies))
     return figures
 
 
@@ -348,6 +373,13 @@ async def run(sizes: dict[str, Any], runs: int, workdir: Path) -> dict[str, Any]
             **summary(pick("opens", "device_answer_p50_ms")),
         },
         "lockerd_cpu_ms_per_open": {"unit": "ms", **summary(pick("opens", "cpu_ms_per_open"))},
+        "lockerd_open_c1_p50_ms": {"unit": "ms", **summary(pick("opens", "c1_p50_ms"))},
+        "lockerd_open_c1_p99_ms": {"unit": "ms", **summary(pick("opens", "c1_p99_ms"))},
+        "lockerd_open_c1_device_answer_p50_ms": {
+            "unit": "ms",
+            **summary(pick("opens", "c1_device_answer_p50_ms")),
+        },
+        "baseline_mqtt_c1_p50_ms": {"unit": "ms", **summary(pick("baseline_mqtt", "c1_p50_ms"))},
         "baseline_mqtt_roundtrips_per_s": {
             "unit": "rt/s",
             **summary(pick("baseline_mqtt", "per_s")),
@@ -359,6 +391,10 @@ async def run(sizes: dict[str, Any], runs: int, workdir: Path) -> dict[str, Any]
         "ratio_opens_vs_mqtt_roundtrips": {
             "unit": "ratio",
             **summary([r["opens"]["per_s"] / r["baseline_mqtt"]["per_s"] for r in results]),
+        },
+        "ratio_open_c1_p50_vs_mqtt_c1_p50": {
+            "unit": "ratio",
+            **summary([r["opens"]["c1_p50_ms"] / r["baseline_mqtt"]["c1_p50_ms"] for r in results]),
         },
         "ratio_opens_vs_healthz": {
             "unit": "ratio",
@@ -378,19 +414,26 @@ async def run(sizes: dict[str, Any], runs: int, workdir: Path) -> dict[str, Any]
             "unit": "ms",
             **summary(pick("opens_nodelay", "p99_ms")),
         }
+        figures["whatif_nodelay_open_c1_p50_ms"] = {
+            "unit": "ms",
+            **summary(pick("opens_nodelay", "c1_p50_ms")),
+        }
+        figures["whatif_nodelay_c1_device_answer_p50_ms"] = {
+            "unit": "ms",
+            **summary(pick("opens_nodelay", "c1_device_answer_p50_ms")),
+        }
         figures["whatif_nodelay_device_answer_p50_ms"] = {
             "unit": "ms",
             **summary(pick("opens_nodelay", "device_answer_p50_ms")),
         }
         figures["ratio_whatif_nodelay_opens_vs_mqtt_roundtrips"] = {
             "unit": "ratio",
-            **summary(
-                [r["opens_nodelay"]["per_s"] / r["baseline_mqtt"]["per_s"] for r in results]
-            ),
+            **summary([r["opens_nodelay"]["per_s"] / r["baseline_mqtt"]["per_s"] for r in results]),
         }
     statuses: Counter[str] = Counter()
     for r in results:
         statuses.update(r["opens"]["statuses"])
+    polls = [round(r["opens"]["polls_per_open"], 2) for r in results]
     return {
         "title": "Open round trip",
         "params": {
@@ -402,7 +445,10 @@ async def run(sizes: dict[str, Any], runs: int, workdir: Path) -> dict[str, Any]
         },
         "figures": figures,
         "notes": [
-            f"final transaction statuses over all runs: {dict(statuses)}",
+            f"final transaction statuses over all runs: {dict(statuses)};"
+            f" GET /api/transactions polls per open: {polls}",
+            "c1: one worker opening one compartment after another (latency without queueing);"
+            f" the other figures: {sizes['workers']} workers at once (throughput)",
             "an open costs the app two HTTP requests at least (POST open, GET transaction);"
             " the healthz loop is the HTTP floor at the same concurrency",
             "whatif_nodelay_*: the same lockerd phase with TCP_NODELAY set on lockerd's MQTT"

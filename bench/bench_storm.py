@@ -2,9 +2,9 @@
 
 Per run:
 
-1. **Baseline** (fresh broker, no lockerd): a bare responder (our Trio MQTT adapter) answers
-   every ``locker/register/{token}`` at once with made-up credentials: the MQTT request/reply
-   floor for the same simulated devices.
+1. **Baseline** (fresh broker, no lockerd): a bare paho responder in its own process
+   (``bench/paho_provisioner.py``) answers every ``locker/register/{token}`` at once with
+   made-up credentials: the MQTT request/reply floor for the same simulated devices.
 2. **lockerd** (fresh broker, ``lockerd serve`` child): S banks created through the admin API
    (that rate is reported too), then S simulated devices provision through the service.
 
@@ -15,7 +15,8 @@ Both phases connect the devices the same way (each opens its own provisioning co
 
 from __future__ import annotations
 
-import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -32,11 +33,10 @@ from bench.common import (
     summary,
     wait_time_wait,
 )
-from gateway.mqtt import MqttSettings, open_mqtt_client
-from lockerd.device import protocol as p
 from lockerd.device.fleet import BankTicket, Fleet, create_banks
-from lockerd.device.simulated import Behaviour, Link, set_tcp_nodelay
+from lockerd.device.simulated import Behaviour, Link
 
+BENCH_DIR = Path(__file__).resolve().parent
 WAIT = 120.0
 BEHAVIOUR = Behaviour(heartbeat_interval=30.0, provision_timeout=60.0)
 
@@ -64,46 +64,23 @@ async def _storm(fleet: Fleet, count: int) -> dict[str, float]:
 
 async def baseline(workdir: Path, count: int) -> dict[str, float]:
     broker = new_broker(workdir / "broker-baseline")
+    responder = subprocess.Popen(  # noqa: ASYNC220 - starting a process does not block
+        [sys.executable, str(BENCH_DIR / "paho_provisioner.py"), broker.host, str(broker.port)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
-        settings = MqttSettings(
-            broker.host, broker.port, "bench-bare-provisioner", inbound_capacity=10_000
-        )
-        async with open_mqtt_client(settings, reconnect=False) as responder:
-            set_tcp_nodelay(responder)
-            await responder.subscribe([("locker/register/+", 1)])
-
-            async def reply(client_id: str, index: int) -> None:
-                payload = json.dumps(
-                    {
-                        "status": "success",
-                        "data": {
-                            "locker_bank_id": f"00000000-0000-4000-8000-{index:012d}",
-                            "mqtt_user": f"dev-{index}",
-                            "mqtt_password": "password",
-                        },
-                    }
-                ).encode()
-                await responder.publish(p.provisioning_reply_topic(client_id), payload, qos=1)
-
-            async def serve(nursery: trio.Nursery) -> None:
-                index = 0
-                async for message in responder.messages():
-                    index += 1
-                    nursery.start_soon(reply, json.loads(message.payload)["client_id"], index)
-
-            tickets = [
-                BankTicket(compartments=4, provisioning_token=f"tok{n}") for n in range(count)
-            ]
-            fleet = Fleet(
-                Link(broker.host, broker.port), tickets, BEHAVIOUR, connect_concurrency=count
-            )
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(serve, nursery)
-                result = await _storm(fleet, count)
-                nursery.cancel_scope.cancel()
+        assert responder.stdout is not None
+        line = await trio.to_thread.run_sync(responder.stdout.readline)
+        if line.strip() != "ready":
+            raise RuntimeError(f"baseline provisioner did not start: {line!r}")
+        tickets = [BankTicket(compartments=4, provisioning_token=f"tok{n}") for n in range(count)]
+        fleet = Fleet(Link(broker.host, broker.port), tickets, BEHAVIOUR, connect_concurrency=count)
+        return await _storm(fleet, count)
     finally:
+        responder.kill()
+        responder.wait()
         broker.close()
-    return result
 
 
 async def lockerd_phase(workdir: Path, count: int) -> dict[str, float]:
