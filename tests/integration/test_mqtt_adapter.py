@@ -621,3 +621,15 @@ async def test_cancel_while_waiting_for_connack_sends_disconnect() -> None:
         assert peer.received == [1, 14]  # CONNECT, then a graceful DISCONNECT
         assert busy_threads(baseline) == []
         assert threading.active_count() <= baseline_count
+
+
+async def test_socket_has_nagle_disabled(mosquitto: MosquittoBroker) -> None:
+    """Small latency-bound packets (commands, PUBACKs) must not wait for Nagle's algorithm."""
+    import socket as socket_module
+
+    settings = MqttSettings(host=mosquitto.host, port=mosquitto.port, client_id="nodelay-probe")
+    async with open_mqtt_client(settings) as client:
+        await client.wait_connected()
+        sock = client._client.socket()
+        assert sock is not None
+        assert sock.getsockopt(socket_module.IPPROTO_TCP, socket_module.TCP_NODELAY) == 1
