@@ -271,6 +271,12 @@ class BankActor:
     def _publish_status(self, decided: list[e.Event] | None = None) -> None:
         state = self.state
         status = self.s.fleet.status(self.bank_id, state.name)
+        if decided is not None and all(type(ev) is e.HeartbeatReceived for ev in decided):
+            # the steady state of a fleet: only liveness changed, skip the full refresh
+            status.last_seen = state.last_seen
+            status.mailbox = self.mailbox.depth
+            self.s.fleet.changed(self.bank_id)
+            return
         status.name = state.name
         status.location = state.location
         status.presence = state.presence

@@ -58,13 +58,14 @@ class Metrics:
         self.mqtt_connected = Gauge(
             "lockerd_mqtt_connected", "1 while the gateway is connected to the broker", registry=r
         )
+        # labelled children resolved once: processed() runs for every inbound message
+        self._processed = {kind: self.inbound.labels(kind, "processed") for kind in INBOUND_KINDS}
         for kind in INBOUND_KINDS:
-            for outcome in ("processed", "dropped"):
-                self.inbound.labels(kind, outcome)
+            self.inbound.labels(kind, "dropped")
 
     def processed(self, kind: str | None) -> None:
         if kind is not None:
-            self.inbound.labels(kind, "processed").inc()
+            self._processed[kind].inc()
 
     def drop(self, kind: str | None, reason: str) -> None:
         if kind is not None:
