@@ -113,6 +113,7 @@ class BankRegistry:
         """Send a command and wait for its outcome; raises UnknownBank or BankUnavailable."""
         entry = self._entry(bank_id, allow_new=allow_new)
         if entry.failed:
+            self.services.metrics.drop(kind, "bank_failed")
             raise BankUnavailable(f"bank {bank_id} has failed")
         send, receive = trio.open_memory_channel[Outcome](1)
         with trio.fail_after(self.ask_timeout):

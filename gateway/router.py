@@ -18,7 +18,7 @@ import structlog
 import trio
 
 from actors.dispatcher import Delivery
-from actors.registry import BankRegistry, UnknownBank
+from actors.registry import BankRegistry, BankUnavailable, UnknownBank
 from gateway import outbound, payloads, topics
 from gateway.mqtt import InboundMessage, MqttClient
 from lockerd.domain import commands as c
@@ -152,6 +152,14 @@ class Gateway:
             self._drop(parsed.kind, "malformed_payload", message.topic, str(exc))
         except UnknownBank:
             self._drop(parsed.kind, "unknown_bank", message.topic, "no such locker bank")
+        except (BankUnavailable, trio.TooSlowError) as exc:
+            # counted where it happened (a failed bank, or still queued in a slow mailbox)
+            log.warning("bank_unavailable", kind=parsed.kind, topic=message.topic, error=repr(exc))
+        except Exception as exc:
+            # A bug must not take the broker connection down with it: every later message
+            # would be lost while the gateway restarts. Logged loudly, counted, dropped.
+            self.metrics.drop(parsed.kind, "internal_error")
+            log.error("route_failed", kind=parsed.kind, topic=message.topic, exc_info=exc)
 
     def _drop(self, kind: str | None, reason: str, topic: str, detail: str) -> None:
         self.metrics.drop(kind, reason)

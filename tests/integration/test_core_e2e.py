@@ -326,3 +326,29 @@ async def test_metrics_endpoint_is_prometheus_exposition(
         append = families["lockerd_store_append_seconds"]
         count = next(s for s in append.samples if s.name.endswith("_count"))
         assert count.value >= 1  # the bank's creation was timed
+
+
+async def test_gateway_survives_a_routing_bug(mosquitto: MosquittoBroker, tmp_path: Path) -> None:
+    async with lockerd(test_settings(mosquitto.url, tmp_path / "l.db")) as svc:
+        poisoned = await svc.create_bank()
+        healthy = await svc.create_bank()
+        registry = svc.context.registry
+        original_tell = registry.tell
+
+        async def buggy_tell(bank_id: str, *args: object, **kwargs: object) -> None:
+            if bank_id == poisoned["id"]:
+                raise RuntimeError("bug in routing")
+            await original_tell(bank_id, *args, **kwargs)  # type: ignore[arg-type]
+
+        registry.tell = buggy_tell  # type: ignore[method-assign]
+        publish(mosquitto, f"locker/{poisoned['id']}/state", heartbeat())
+        publish(mosquitto, f"locker/{healthy['id']}/state", heartbeat())
+
+        async def healthy_online() -> bool:
+            got = (await svc.admin_get(f"/api/admin/locker-banks/{healthy['id']}")).json()
+            return bool(got["presence"] == "online")
+
+        await eventually(healthy_online)
+        gateway = svc.context.extensions["gateway"]
+        assert svc.context.metrics.dropped.labels("state", "internal_error")._value.get() == 1
+        assert gateway.mqtt.connected
