@@ -14,5 +14,5 @@ if [ -z "${LOCKERD_MQTT_URL:-}" ] && ! (exec 3<>/dev/tcp/127.0.0.1/1883) 2>/dev/
   echo "serve: started a local Mosquitto on 127.0.0.1:1883 (config .run/mosquitto.conf)" >&2
 fi
 export LOCKERD_ADMIN_TOKEN=${LOCKERD_ADMIN_TOKEN:-$(.venv/bin/python -c 'import secrets; print(secrets.token_urlsafe(24))')}
-echo "serve: admin token: $LOCKERD_ADMIN_TOKEN  (dashboard: http://127.0.0.1:8080/dashboard)" >&2
-exec .venv/bin/lockerd serve --log-format console "$@"
+echo "serve: admin token: $LOCKERD_ADMIN_TOKEN  (dashboard: http://${LOCKERD_HTTP:-127.0.0.1:8080}/dashboard)" >&2
+exec .venv/bin/lockerd --log-format console serve "$@"
