@@ -19,7 +19,7 @@ def create_app(context: ServiceContext, extra: Iterable[Blueprint] = ()) -> Quar
     app = QuartTrio("lockerd")
     app.config["LOCKERD"] = context
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
-    app.config["JSON_SORT_KEYS"] = False
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the contract's field order
     QuartSchema(
         app,
         info={"title": "lockerd", "version": "0.1.0"},
