@@ -451,6 +451,8 @@ async def run(sizes: dict[str, Any], runs: int, workdir: Path) -> dict[str, Any]
             f" the other figures: {sizes['workers']} workers at once (throughput)",
             "an open costs the app two HTTP requests at least (POST open, GET transaction);"
             " the healthz loop is the HTTP floor at the same concurrency",
+            "the baseline's bare backend shares this process with the simulated devices and"
+            " the workers (lockerd runs in its own), so the baseline is if anything understated",
             "whatif_nodelay_*: the same lockerd phase with TCP_NODELAY set on lockerd's MQTT"
             " socket by a monkeypatch in bench/lockerd_nodelay.py (the suggested fix; no core"
             " code changed)",

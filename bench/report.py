@@ -39,15 +39,17 @@ def _figure_table(figures: dict[str, Any]) -> list[str]:
 
 
 def _headlines(benchmarks: dict[str, Any]) -> list[str]:
-    lines = ["| benchmark | ratio | median (min-max) |", "|---|---|---|"]
+    lines = ["| benchmark | ratio | median (min-max) | better |", "|---|---|---|---|"]
     for result in benchmarks.values():
         if "figures" not in result:
             continue
         for name, fig in result["figures"].items():
             if name.startswith("ratio"):
+                timed = any(key in name for key in ("p50", "online", "loaded"))
                 lines.append(
                     f"| {result['title']} | {name} | {_number(fig.get('median'))}"
                     f" ({_number(fig.get('min'))}-{_number(fig.get('max'))}) |"
+                    f" {'lower (a time)' if timed else 'higher; 1 = as fast as the baseline'} |"
                 )
     return lines
 

@@ -275,7 +275,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-profile", dest="profile", action="store_false")
     parser.add_argument("--no-external", dest="external", action="store_false")
     parser.add_argument("--keep-work", action="store_true", help="keep logs and databases")
+    parser.add_argument(
+        "--render", type=Path, help="only re-render report.md from this report.json"
+    )
     args = parser.parse_args(argv)
+    if args.render is not None:
+        report = json.loads(args.render.read_text())
+        args.render.with_name("report.md").write_text(render(report))
+        return 0
     if args.runs is None:
         args.runs = 1 if args.smoke else 3
     args.out.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,13 @@ from lockerd.device.simulated import Behaviour, Delay, Link, SimulatedDevice
 from lockerd.domain.config_hash import config_compartments
 from lockerd.domain.config_hash import config_hash as backend_config_hash
 from tests.support.mosquitto import MosquittoBroker
-from tests.support.service import RunningLockerd, eventually, lockerd, test_settings
+from tests.support.service import (
+    ADMIN_TOKEN,
+    RunningLockerd,
+    eventually,
+    lockerd,
+    test_settings,
+)
 
 WAIT = 20.0  # upper bound for anything awaited here; normally well under a second
 
@@ -308,3 +314,55 @@ def test_firmware_doc_worked_example_is_what_the_code_computes() -> None:
     assert p.config_hash(wire, 10) in doc
     assert p.config_hash(wire, 30) in doc
     assert p.config_hash(wire, 10) == backend_config_hash(wire, 10)
+
+
+async def test_simulate_command_creates_banks_and_reports(
+    mosquitto: MosquittoBroker, tmp_path: Path
+) -> None:
+    import os
+    import sys
+
+    async with lockerd(test_settings(mosquitto.url, tmp_path / "db")) as svc:
+        summary_path = tmp_path / "summary.json"
+        credentials = tmp_path / "credentials.jsonl"
+        env = {**os.environ, "LOCKERD_ADMIN_TOKEN": ADMIN_TOKEN}
+        with trio.fail_after(60):
+            done = await trio.run_process(
+                [
+                    sys.executable,
+                    "-m",
+                    "lockerd.cli",
+                    "simulate",
+                    "--api",
+                    svc.base_url,
+                    "--banks",
+                    "2",
+                    "--compartments",
+                    "3",
+                    "--mqtt-url",
+                    mosquitto.url,
+                    "--heartbeat-interval",
+                    "1",
+                    "--duration",
+                    "3",
+                    "--summary-json",
+                    str(summary_path),
+                    "--save-credentials",
+                    str(credentials),
+                ],
+                env=env,
+                capture_stderr=True,
+                check=False,
+            )
+        assert done.returncode == 0, done.stderr.decode()[-2000:]
+        assert b"provisioning: 2 provisioned" in done.stderr
+        report = json.loads(summary_path.read_text())
+        assert report["counters"]["provisioned"] == 2
+        assert report["counters"]["heartbeats"] >= 2
+        assert report["devices"] == {"stopped": 2}
+        lines = [json.loads(line) for line in credentials.read_text().splitlines()]
+        assert len(lines) == 2
+        listed = (await svc.admin_get("/api/admin/locker-banks")).json()
+        assert {bank["id"] for bank in listed} == {line["bank_id"] for line in lines}
+        # the devices said goodbye: offline at once, not after 3 missed heartbeats
+        assert all(bank["presence"] == "offline" for bank in listed)
