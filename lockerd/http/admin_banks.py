@@ -16,6 +16,7 @@ from lockerd.domain import events as e
 from lockerd.http.auth import admin_first, require_admin
 from lockerd.http.context import ctx
 from lockerd.http.errors import ApiError
+from lockerd.http.ids import parse_id
 from lockerd.http.validation import json_body
 from lockerd.security import new_token
 from store.base import SqlTx
@@ -34,14 +35,6 @@ class CreateBankIn(msgspec.Struct, forbid_unknown_fields=True):
     compartments: Annotated[list[CompartmentIn], msgspec.Meta(min_length=1, max_length=1000)]
     location: Annotated[str, msgspec.Meta(max_length=500)] | None = None
     heartbeat_interval_seconds: Annotated[int, msgspec.Meta(ge=1, le=3600)] = 10
-
-
-def valid_uuid(text: str, what: str) -> str:
-    """Path ids are UUIDs; anything else cannot exist, so it is a 404, not a 500."""
-    try:
-        return str(uuid.UUID(text))
-    except ValueError:
-        raise ApiError(404, f"no such {what}") from None
 
 
 async def ask_bank(bank_id: str, command: c.BankCommand) -> Any:
@@ -169,7 +162,7 @@ async def list_banks() -> list[dict[str, Any]]:
 @blueprint.get("/api/admin/locker-banks/<bank_id>")
 async def get_bank(bank_id: str) -> dict[str, Any]:
     await require_admin()
-    banks = await ctx().store.read(_read_banks(valid_uuid(bank_id, "locker bank")))
+    banks = await ctx().store.read(_read_banks(parse_id(bank_id, "locker bank")))
     if not banks:
         raise ApiError(404, "no such locker bank")
     return _with_live_status(banks[0])
@@ -178,7 +171,7 @@ async def get_bank(bank_id: str) -> dict[str, Any]:
 @blueprint.get("/api/admin/locker-banks/<bank_id>/events")
 async def bank_events(bank_id: str) -> list[dict[str, Any]]:
     await require_admin()
-    bank_id = valid_uuid(bank_id, "locker bank")
+    bank_id = parse_id(bank_id, "locker bank")
     if bank_id not in ctx().directory.banks:
         raise ApiError(404, "no such locker bank")
     events = await ctx().store.read_stream(bank_id)
@@ -197,7 +190,7 @@ async def bank_events(bank_id: str) -> list[dict[str, Any]]:
 async def rotate_token(bank_id: str) -> dict[str, Any]:
     await require_admin()
     service = ctx()
-    bank_id = valid_uuid(bank_id, "locker bank")
+    bank_id = parse_id(bank_id, "locker bank")
     token = new_token()
     now = service.clock()
     outcome = await ask_bank(
@@ -216,7 +209,7 @@ async def rotate_token(bank_id: str) -> dict[str, Any]:
 async def apply_config(bank_id: str) -> tuple[dict[str, Any], int]:
     principal = await require_admin()
     service = ctx()
-    bank_id = valid_uuid(bank_id, "locker bank")
+    bank_id = parse_id(bank_id, "locker bank")
     if bank_id not in service.directory.banks:
         raise ApiError(404, "no such locker bank")
     transaction_id = str(uuid.uuid4())

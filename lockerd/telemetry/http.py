@@ -26,10 +26,10 @@ import msgspec
 from quart import Blueprint, Response, request
 from quart_schema import document_request
 
-from lockerd.http.admin_banks import valid_uuid
 from lockerd.http.auth import require_admin
 from lockerd.http.context import ctx
 from lockerd.http.errors import ApiError, error_response
+from lockerd.http.ids import parse_id
 from lockerd.http.validation import decode_body
 from lockerd.telemetry.agents import Agent, AgentDirectory
 from lockerd.telemetry.pipeline import MetricsPipeline, PipelineUnavailable
@@ -67,7 +67,7 @@ async def body_bytes() -> bytes:
 
 
 def known_tenant(tenant_id: str) -> str:
-    tenant_id = valid_uuid(tenant_id, "tenant")
+    tenant_id = parse_id(tenant_id, "tenant")
     if not agents().has_tenant(tenant_id):
         raise ApiError(404, "no such tenant")
     return tenant_id

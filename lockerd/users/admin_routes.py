@@ -14,11 +14,11 @@ from lockerd.domain import commands as c
 from lockerd.http.auth import admin_first, require_admin
 from lockerd.http.context import ctx
 from lockerd.http.errors import ApiError
+from lockerd.http.ids import parse_id
 from lockerd.http.validation import json_body
 from lockerd.users.common import (
     ask_bank,
     bank_of_compartment,
-    parse_id,
     raise_rejection,
     sessions,
 )

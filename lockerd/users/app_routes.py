@@ -15,6 +15,7 @@ from lockerd.domain import events as e
 from lockerd.http.auth import bearer_token, require_user
 from lockerd.http.context import ctx
 from lockerd.http.errors import ApiError
+from lockerd.http.ids import parse_id
 from lockerd.http.validation import json_body
 from lockerd.qr import issue_qr
 from lockerd.users import tables
@@ -22,7 +23,6 @@ from lockerd.users.common import (
     ask_bank,
     bank_of_compartment,
     iso_text,
-    parse_id,
     raise_rejection,
     sessions,
 )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime
 from typing import Any, cast
 
@@ -14,19 +13,12 @@ from actors.registry import BankUnavailable, UnknownBank
 from lockerd.domain import commands as c
 from lockerd.http.context import ctx
 from lockerd.http.errors import ApiError
+from lockerd.http.ids import parse_id
 from lockerd.users.sessions import SessionService
 
 
 def sessions() -> SessionService:
     return cast(SessionService, ctx().extensions["sessions"])
-
-
-def parse_id(text: str, what: str) -> str:
-    """Ids are UUIDs; anything else cannot exist, so it is a 404 (never a 500)."""
-    try:
-        return str(uuid.UUID(text))
-    except ValueError:
-        raise ApiError(404, f"no such {what}") from None
 
 
 def bank_of_compartment(compartment_id: str) -> str:
