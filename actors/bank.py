@@ -70,6 +70,15 @@ class BankServices:
     listeners: list[Callable[[str, list[StoredEvent]], None]] = field(default_factory=list)
 
 
+def provisioning_error_delivery(client_id: str, reason: str) -> Delivery:
+    """The error reply to a device's registration (used by the bank and by the gateway)."""
+    return Delivery(
+        "provisioning_reply",
+        topics.provisioning_reply_topic(client_id),
+        outbound.provisioning_error(reason),
+    )
+
+
 ALERT_EVENTS = (e.UncommandedDoorOpening, e.CommandFailed, e.CommandTimedOut)
 
 
@@ -187,11 +196,7 @@ class BankActor:
                     await self._reply_provisioned(event, envelope.secret or "")
                 case e.ProvisioningFailed():
                     await self.s.dispatcher.submit(
-                        Delivery(
-                            "provisioning_reply",
-                            topics.provisioning_reply_topic(event.client_id),
-                            outbound.provisioning_error(event.reason),
-                        )
+                        provisioning_error_delivery(event.client_id, event.reason)
                     )
                 case e.CompartmentOpened() | e.ConfigApplied():
                     self.s.metrics.command_outcomes.labels(

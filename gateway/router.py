@@ -17,7 +17,7 @@ from datetime import datetime
 import structlog
 import trio
 
-from actors.dispatcher import Delivery
+from actors.bank import provisioning_error_delivery
 from actors.registry import BankRegistry, BankUnavailable, UnknownBank
 from gateway import outbound, payloads, topics
 from gateway.mqtt import InboundMessage, MqttClient
@@ -256,11 +256,7 @@ class Gateway:
 
     async def _reply_error(self, client_id: str, reason: str) -> None:
         await self.registry.services.dispatcher.submit(
-            Delivery(
-                "provisioning_reply",
-                topics.provisioning_reply_topic(client_id),
-                outbound.provisioning_error(reason),
-            )
+            provisioning_error_delivery(client_id, reason)
         )
 
 
