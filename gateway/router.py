@@ -22,6 +22,7 @@ from actors.registry import BankRegistry, BankUnavailable, UnknownBank
 from gateway import outbound, payloads, topics
 from gateway.mqtt import InboundMessage, MqttClient
 from lockerd.domain import commands as c
+from lockerd.domain import events as e
 from lockerd.metrics import Metrics
 from lockerd.qr import verify_qr
 from lockerd.security import Keyring, new_token
@@ -251,7 +252,7 @@ class Gateway:
             now=_placeholder_now(),
         )
         outcome = await self.registry.ask(bank_id, command, kind="register", secret=password)
-        if any(type(ev).__name__ == "ProvisioningFailed" for ev in outcome.events):
+        if any(isinstance(ev, e.ProvisioningFailed) for ev in outcome.events):
             self.rate_limiter.failed(client_id, now)
 
     async def _reply_error(self, client_id: str, reason: str) -> None:
