@@ -1,20 +1,23 @@
 """The bank actor: the imperative shell around ``decide`` and ``evolve``.
 
 One incarnation loads the bank (snapshot + tail of events), then handles its mailbox one
-message at a time: decide, append the durable events with the expected version, fold them into
-the state, and only then act on them (publish commands and replies through the dispatcher,
-schedule the next deadline, update the fleet view). If anything raises, the incarnation dies;
-its supervisor starts a new one, which rebuilds the state from the store, so no half-applied
-change survives a crash. The message that was being handled gets an error answer, never silence.
+message at a time: decide at the actor's clock, append the durable events with the expected
+version, fold them into the state, and only then act on them (hand device messages to the
+dispatcher, schedule the next deadline, update the fleet view, tell the listeners). If
+anything raises, the incarnation dies; its supervisor starts a new one, which rebuilds the
+state from the store, so no half-applied change survives a crash. The message that was being
+handled gets an error answer, never silence.
+
+Imports: the domain and this package's own ports (``actors.ports``); never a gateway, HTTP or
+application module.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import suppress
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 import structlog
 import trio
@@ -22,17 +25,15 @@ import trio
 from actors.dispatcher import Delivery, Dispatcher
 from actors.fleet import FleetView
 from actors.mailbox import Mailbox
+from actors.ports import ActorObserver, EventLog, StoredEventListener
 from actors.timers import TimerService
-from gateway import outbound, topics
-from lockerd.directory import Directory
-from lockerd.domain import commands as c
-from lockerd.domain import events as e
-from lockerd.domain.bank import decide, fold
-from lockerd.domain.config_hash import config_compartments
-from lockerd.domain.snapshot import decode_snapshot, encode_snapshot
-from lockerd.domain.state import BankState
-from lockerd.metrics import Metrics
-from store.base import EventStore, NewEvent, Snapshot, StoredEvent
+from domain import commands as c
+from domain import events as e
+from domain.bank import decide, fold
+from domain.outbound import ProvisioningGranted, ProvisioningRefused, device_command
+from domain.records import NewEvent, Snapshot, StoredEvent
+from domain.snapshot import decode_snapshot, encode_snapshot
+from domain.state import BankState
 
 log = structlog.get_logger("lockerd.bank")
 
@@ -41,6 +42,12 @@ Clock = Callable[[], datetime]
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
+    """What handling one command did: the state after it and the events it caused.
+
+    ``rejected`` is set when ``decide`` refused the command (nothing changed); ``crashed``
+    when the actor died on it (nothing of it was applied).
+    """
+
     state: BankState
     events: tuple[e.Event, ...] = ()
     stored: tuple[StoredEvent, ...] = ()
@@ -58,28 +65,26 @@ class Envelope:
 
 @dataclass(slots=True)
 class BankServices:
-    store: EventStore
-    directory: Directory
+    """Everything a bank actor works with; built once by the composition root."""
+
+    store: EventLog
     fleet: FleetView
     dispatcher: Dispatcher
     timers: TimerService
-    metrics: Metrics
+    observer: ActorObserver
     clock: Clock
-    command_timeout: int = 30
     snapshot_every: int = 100
-    listeners: list[Callable[[str, list[StoredEvent]], None]] = field(default_factory=list)
-
-
-def provisioning_error_delivery(client_id: str, reason: str) -> Delivery:
-    """The error reply to a device's registration (used by the bank and by the gateway)."""
-    return Delivery(
-        "provisioning_reply",
-        topics.provisioning_reply_topic(client_id),
-        outbound.provisioning_error(reason),
-    )
+    listeners: list[StoredEventListener] = field(default_factory=list)
 
 
 ALERT_EVENTS = (e.UncommandedDoorOpening, e.CommandFailed, e.CommandTimedOut)
+
+_OUTCOME_STATUS: dict[type[e.Event], str] = {
+    e.CompartmentOpened: "success",
+    e.ConfigApplied: "success",
+    e.CommandFailed: "error",
+    e.CommandTimedOut: "timeout",
+}
 
 
 class BankActor:
@@ -104,7 +109,7 @@ class BankActor:
             except BaseException as exc:
                 self._answer(envelope, Outcome(self.state, crashed=repr(exc)))
                 if not isinstance(exc, trio.Cancelled):
-                    self.s.metrics.drop(envelope.kind, "actor_crashed")
+                    self.s.observer.message_dropped(envelope.kind, "actor_crashed")
                 raise
 
     async def _load(self) -> None:
@@ -134,11 +139,11 @@ class BankActor:
 
     async def _handle(self, envelope: Envelope) -> None:
         now = self.s.clock()
-        command = replace(envelope.command, now=now)
+        observer = self.s.observer
         try:
-            decided = decide(self.state, command)
+            decided = decide(self.state, envelope.command, now)
         except c.CommandRejected as rejection:
-            self.s.metrics.drop(envelope.kind, rejection.code)
+            observer.message_dropped(envelope.kind, rejection.code)
             if envelope.kind is not None:
                 log.info(
                     "message_dropped",
@@ -158,18 +163,16 @@ class BankActor:
                 self.state.version,
                 [NewEvent(e.event_type(ev), e.event_data(ev)) for ev in durable],
             )
-            self.s.metrics.store_append_seconds.observe(trio.current_time() - started)
-            for stored_event in stored:
-                self.s.directory.apply(stored_event)
+            observer.append_took(trio.current_time() - started)
         self.state = fold(self.state, decided)
         if stored:
             for listener in self.s.listeners:
                 listener(self.bank_id, stored)
         if envelope.kind is not None:
             if decided:
-                self.s.metrics.processed(envelope.kind)
+                observer.message_processed(envelope.kind)
             else:
-                self.s.metrics.drop(envelope.kind, "duplicate")
+                observer.message_dropped(envelope.kind, "duplicate")
         await self._react(envelope, decided, now)
         self._publish_status(decided)
         self.s.timers.schedule(self.bank_id, self.state.next_deadline())
@@ -196,19 +199,13 @@ class BankActor:
                     await self._reply_provisioned(event, envelope.secret or "")
                 case e.ProvisioningFailed():
                     await self.s.dispatcher.submit(
-                        provisioning_error_delivery(event.client_id, event.reason)
+                        Delivery(ProvisioningRefused(event.client_id, event.reason))
                     )
-                case e.CompartmentOpened() | e.ConfigApplied():
-                    self.s.metrics.command_outcomes.labels(
-                        "open_compartment"
-                        if isinstance(event, e.CompartmentOpened)
-                        else "apply_config",
-                        "success",
-                    ).inc()
-                case e.CommandFailed():
-                    self.s.metrics.command_outcomes.labels(event.action, "error").inc()
+                case e.CompartmentOpened() | e.ConfigApplied() | e.CommandFailed():
+                    action = self.state.transactions[event.transaction_id].action
+                    self.s.observer.command_finished(action, _OUTCOME_STATUS[type(event)])
                 case e.CommandTimedOut():
-                    self.s.metrics.command_outcomes.labels(event.action, "timeout").inc()
+                    self.s.observer.command_finished(event.action, "timeout")
                 case _:
                     pass
             if e.is_durable(event) and not isinstance(event, e.CommandDispatched):
@@ -221,30 +218,15 @@ class BankActor:
 
     async def _dispatch_command(self, transaction_id: str, now: datetime) -> None:
         tx = self.state.transactions[transaction_id]
-        data: dict[str, Any]
-        if tx.action == "open_compartment":
-            data = {"compartment_number": tx.compartment_number}
-        else:
-            data = {
-                "heartbeat_interval_seconds": self.state.heartbeat_interval_seconds,
-                "compartments": config_compartments(self.state.config_entries()),
-                "config_hash": tx.config_hash,
-            }
-        payload = outbound.command_payload(
-            tx.action, tx.transaction_id, tx.requested_at, tx.expires_at, data
-        )
-        bank_id = self.bank_id
         mailbox = self.mailbox
 
         async def sent() -> None:
-            await mailbox.put(Envelope(c.MarkDispatched(transaction_id, now)))
+            await mailbox.put(Envelope(c.MarkDispatched(transaction_id)))
 
         remaining = (tx.expires_at - now).total_seconds()
         await self.s.dispatcher.submit(
             Delivery(
-                "command",
-                topics.command_topic(bank_id),
-                payload,
+                device_command(self.state, tx),
                 deadline=trio.current_time() + remaining,
                 on_sent=sent,
             )
@@ -252,22 +234,17 @@ class BankActor:
 
     async def _reply_provisioned(self, event: e.LockerBankProvisioned, password: str) -> None:
         mailbox = self.mailbox
-        clock = self.s.clock
 
         async def failed(reason: str) -> None:
             await mailbox.put(
                 Envelope(
-                    c.RecordProvisioningReplyFailed(
-                        event.client_id, event.mqtt_user, reason, clock()
-                    )
+                    c.RecordProvisioningReplyFailed(event.client_id, event.mqtt_user, reason)
                 )
             )
 
         await self.s.dispatcher.submit(
             Delivery(
-                "provisioning_reply",
-                topics.provisioning_reply_topic(event.client_id),
-                outbound.provisioning_success(self.bank_id, event.mqtt_user, password),
+                ProvisioningGranted(event.client_id, self.bank_id, event.mqtt_user, password),
                 deadline=trio.current_time() + 30.0,
                 on_failed=failed,
             )

@@ -10,26 +10,26 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 import structlog
 import trio
 
+from actors.ports import ActorObserver, DevicePublisher
+from domain.outbound import DeviceMessage
+
 log = structlog.get_logger("lockerd.dispatcher")
-
-
-class Publisher(Protocol):
-    async def publish(
-        self, topic: str, payload: bytes, qos: int = 1, retain: bool = False
-    ) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    kind: str
-    topic: str
-    payload: bytes
-    deadline: float | None = None  # trio clock
+    """One message to send, with what to do once the broker has it (or it could not be sent).
+
+    ``deadline`` is on the Trio clock; past it the delivery is abandoned and ``on_failed``
+    called, because a device must not act on an expired command anyway.
+    """
+
+    message: DeviceMessage
+    deadline: float | None = None
     on_sent: Callable[[], Awaitable[None]] | None = None
     on_failed: Callable[[str], Awaitable[None]] | None = None
 
@@ -37,23 +37,28 @@ class Delivery:
 class Dispatcher:
     def __init__(
         self,
-        publisher: Publisher,
+        publisher: DevicePublisher,
+        observer: ActorObserver,
         *,
         capacity: int = 10_000,
         workers: int = 16,
-        on_published: Callable[[str], None] | None = None,
     ) -> None:
         self._publisher = publisher
+        self._observer = observer
         self._send, self._receive = trio.open_memory_channel[Delivery](capacity)
         self._workers = workers
-        self._on_published = on_published
 
     @property
     def backlog(self) -> int:
         return self._send.statistics().current_buffer_used
 
     async def submit(self, delivery: Delivery) -> None:
+        """Queue a delivery; waits only while the outbox is full (capacity), never for MQTT."""
         await self._send.send(delivery)
+
+    async def enqueue(self, message: DeviceMessage) -> None:
+        """Queue a message that needs no deadline and no follow-up."""
+        await self.submit(Delivery(message))
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
@@ -69,16 +74,15 @@ class Dispatcher:
         failure: str | None = None
         with trio.move_on_at(deadline):
             try:
-                await self._publisher.publish(delivery.topic, delivery.payload, qos=1)
+                await self._publisher.publish(delivery.message)
             except Exception as exc:  # a failed publish is reported, never fatal to the outbox
                 failure = f"publish failed: {exc!r}"
             else:
-                if self._on_published is not None:
-                    self._on_published(delivery.kind)
+                self._observer.device_message_sent(delivery.message.kind)
                 if delivery.on_sent is not None:
                     await delivery.on_sent()
                 return
         failure = failure or "deadline passed before the broker acknowledged"
-        log.warning("delivery_failed", topic=delivery.topic, kind=delivery.kind, reason=failure)
+        log.warning("delivery_failed", kind=delivery.message.kind, reason=failure)
         if delivery.on_failed is not None:
             await delivery.on_failed(failure)

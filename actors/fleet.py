@@ -14,7 +14,8 @@ from typing import Any
 
 import trio
 
-from lockerd.domain.events import Presence
+from domain.events import Presence
+from domain.wiretime import iso
 
 
 @dataclass(slots=True)
@@ -51,12 +52,6 @@ class BankStatus:
             "applied_config_hash": self.applied_config_hash,
             "last_error": self.last_error,
         }
-
-
-def iso(moment: datetime) -> str:
-    """ISO 8601 UTC with a ``Z``, millisecond precision, as the contract's examples."""
-    text = moment.isoformat(timespec="milliseconds")
-    return text.replace("+00:00", "Z")
 
 
 class FleetSubscription:

@@ -16,9 +16,10 @@ import trio
 
 from actors.bank import BankActor, BankServices, Envelope, Outcome
 from actors.mailbox import Mailbox, MailboxFull
+from actors.ports import BankCatalog
 from actors.supervisor import ChildInfo, RestartPolicy, Supervisor
-from lockerd.domain import commands as c
-from lockerd.domain.state import BankState
+from domain import commands as c
+from domain.state import BankState
 
 log = structlog.get_logger("lockerd.registry")
 
@@ -47,12 +48,14 @@ class BankRegistry:
         self,
         nursery: trio.Nursery,
         services: BankServices,
+        catalog: BankCatalog,
         *,
         mailbox_capacity: int = 1000,
         policy: RestartPolicy = RestartPolicy(),
         ask_timeout: float = 10.0,
     ) -> None:
         self.services = services
+        self.catalog = catalog
         self.mailbox_capacity = mailbox_capacity
         self.ask_timeout = ask_timeout
         self.entries: dict[str, BankEntry] = {}
@@ -61,13 +64,13 @@ class BankRegistry:
         )
 
     def is_known(self, bank_id: str) -> bool:
-        return bank_id in self.services.directory.banks or bank_id in self.entries
+        return bank_id in self.entries or self.catalog.is_bank(bank_id)
 
     def _entry(self, bank_id: str, *, allow_new: bool = False) -> BankEntry:
         entry = self.entries.get(bank_id)
         if entry is not None:
             return entry
-        if not allow_new and bank_id not in self.services.directory.banks:
+        if not allow_new and not self.catalog.is_bank(bank_id):
             raise UnknownBank(bank_id)
         entry = self.entries[bank_id] = BankEntry(bank_id, Mailbox(self.mailbox_capacity))
         services = self.services
@@ -77,7 +80,7 @@ class BankRegistry:
             await BankActor(bank_id, mailbox, services).run()
 
         entry.child = self.supervisor.start_child(bank_id, incarnation)
-        self.services.metrics.actors_running.set(len(self.entries))
+        self.services.observer.bank_actors_running(len(self.entries))
         return entry
 
     def _child_changed(self, child: ChildInfo) -> None:
@@ -87,9 +90,9 @@ class BankRegistry:
         status.restarts = child.restarts
         status.last_error = child.last_error
         if child.status == "restarting":
-            self.services.metrics.actor_restarts.labels("bank").inc()
+            self.services.observer.bank_actor_restarted()
         if child.status == "failed":
-            self.services.metrics.actors_failed.inc()
+            self.services.observer.bank_actor_failed()
             entry = self.entries.get(child.name)
             if entry is not None:
                 self._drain_failed(entry)
@@ -97,7 +100,7 @@ class BankRegistry:
 
     def _drain_failed(self, entry: BankEntry) -> None:
         while (envelope := entry.mailbox.get_nowait()) is not None:
-            self.services.metrics.drop(envelope.kind, "bank_failed")
+            self.services.observer.message_dropped(envelope.kind, "bank_failed")
             if envelope.reply is not None:
                 envelope.reply.send_nowait(Outcome(BankState(), crashed="bank actor failed"))
 
@@ -113,7 +116,7 @@ class BankRegistry:
         """Send a command and wait for its outcome; raises UnknownBank or BankUnavailable."""
         entry = self._entry(bank_id, allow_new=allow_new)
         if entry.failed:
-            self.services.metrics.drop(kind, "bank_failed")
+            self.services.observer.message_dropped(kind, "bank_failed")
             raise BankUnavailable(f"bank {bank_id} has failed")
         send, receive = trio.open_memory_channel[Outcome](1)
         with trio.fail_after(self.ask_timeout):
@@ -127,7 +130,7 @@ class BankRegistry:
         """Send without waiting for the outcome; waits for mailbox room (backpressure)."""
         entry = self._entry(bank_id)
         if entry.failed:
-            self.services.metrics.drop(kind, "bank_failed")
+            self.services.observer.message_dropped(kind, "bank_failed")
             return
         await entry.mailbox.put(Envelope(command, kind))
 

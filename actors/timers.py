@@ -40,10 +40,6 @@ class TimerService:
             heapq.heappush(self._heap, (at, bank_id))
             self._wake.set()
 
-    @property
-    def scheduled(self) -> int:
-        return len(self._due)
-
     async def run(self) -> None:
         while True:
             next_at = self._heap[0][0] if self._heap else float("inf")

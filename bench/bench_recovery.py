@@ -39,12 +39,12 @@ from bench.common import (
     wait_metric,
 )
 from bench.rawmqtt import RawPublisher, publish_burst
+from domain import events as e
+from domain.bank import fold
+from domain.snapshot import encode_snapshot
+from domain.state import BankState
+from lockerd.banks.projections import PROJECTIONS
 from lockerd.device.fleet import create_banks
-from lockerd.domain import events as e
-from lockerd.domain.bank import fold
-from lockerd.domain.snapshot import encode_snapshot
-from lockerd.domain.state import BankState
-from lockerd.projections import PROJECTIONS
 from store import NewEvent, Snapshot, open_store
 
 VARIANTS = ("baseline", "no_snapshots", "snapshots")

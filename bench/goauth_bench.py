@@ -49,11 +49,11 @@ DEVICES = 10_000
 
 
 async def serve(device_count: int) -> None:
-    from quart import Response
+    from quart import Blueprint, Response
 
+    from lockerd.banks.directory import DeviceCredential
     from lockerd.config import load_settings
-    from lockerd.directory import DeviceCredential
-    from lockerd.service import running_service
+    from lockerd.service import BLUEPRINTS, running_service
     from tests.support.mosquitto import free_port
 
     with tempfile.TemporaryDirectory(prefix="goauth-bench-") as tmp:
@@ -69,20 +69,18 @@ async def serve(device_count: int) -> None:
                 "LOCKERD_SECRET_KEY": "bench-secret-key",
             },
         )
-        async with running_service(settings) as context:
+        baseline = Blueprint("bench", __name__)
+
+        @baseline.post("/bench/bare")
+        async def bare() -> Response:
+            return Response(b'{"ok":true}', status=200, content_type="application/json")
+
+        async with running_service(settings, blueprints=(*BLUEPRINTS, baseline)) as context:
             for n in range(device_count):
                 context.directory.device_users[device_user(n)] = DeviceCredential(
                     bank_of(n), "0" * 64
                 )
-
-            async def bare() -> Response:
-                return Response(b'{"ok":true}', status=200, content_type="application/json")
-
-            # registered before the first request, on the very app Hypercorn serves
-            context.extensions["app"].add_url_rule(
-                "/bench/bare", "bench_bare", bare, methods=["POST"]
-            )
-            print(f"READY {context.extensions['http_urls'][0]}", flush=True)
+            print(f"READY {context.http_url}", flush=True)
             stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
             while await stdin.receive_some(1024):  # until the parent closes stdin
                 pass
@@ -220,8 +218,8 @@ async def load(
 
 def pure_function_cost(samples: int = 200_000) -> float:
     """µs per ``acl.identify`` + ``acl.allowed`` in this process, for reference."""
-    from lockerd import acl
-    from lockerd.directory import DeviceCredential
+    from gateway import acl
+    from lockerd.banks.directory import DeviceCredential
 
     devices = {device_user(n): DeviceCredential(bank_of(n), "") for n in range(DEVICES)}
     rng = random.Random(1)

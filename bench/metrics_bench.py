@@ -323,8 +323,8 @@ async def lockerd_phase(
             },
         )
         async with running_service(settings) as context:
-            agents: AgentDirectory = context.extensions["agents"]
-            pipeline: MetricsPipeline = context.extensions["metrics_pipeline"]
+            agents: AgentDirectory = context.agents
+            pipeline: MetricsPipeline = context.pipeline
             tenant = await agents.create_tenant(context.store, "bench", context.clock())
             created = await agents.create_agent(
                 context.store, context.keyring, tenant.tenant_id, "bench", context.clock()

@@ -57,6 +57,7 @@ __all__ = [
     "MqttSettings",
     "Will",
     "open_mqtt_client",
+    "running",
 ]
 
 _log = logging.getLogger(__name__)
@@ -155,7 +156,11 @@ class _Waiter:
 
 
 class MqttClient:
-    """An MQTT 3.1.1 connection kept alive by a Trio task. Create with ``open_mqtt_client``."""
+    """An MQTT 3.1.1 connection kept alive by a Trio task.
+
+    Run it with :func:`open_mqtt_client` (construct and run) or :func:`running` (run one
+    constructed earlier).
+    """
 
     def __init__(self, settings: MqttSettings, *, reconnect: bool = True) -> None:
         if settings.inbound_capacity < 1:
@@ -223,7 +228,6 @@ class MqttClient:
         self._messages_published = 0
         self._reconnects = 0
         self._connections = 0
-        self._messages_dropped = 0
         self.last_connect_error: BaseException | None = None
 
     # ------------------------------------------------------------------ public API
@@ -244,11 +248,6 @@ class MqttClient:
     @property
     def messages_published(self) -> int:
         return self._messages_published
-
-    @property
-    def messages_dropped(self) -> int:
-        """Inbound messages discarded because the receive side of messages() was closed."""
-        return self._messages_dropped
 
     async def wait_connected(self) -> None:
         """Return once connected (at once if already). Raises MqttError if the client stopped."""
@@ -556,7 +555,7 @@ class MqttClient:
             try:
                 await self._inbound_send.send(self._overflow[0])
             except (trio.BrokenResourceError, trio.ClosedResourceError):
-                self._messages_dropped += len(self._overflow)
+                # nobody reads any more: the service is stopping
                 self._overflow.clear()
                 return
             self._overflow.popleft()
@@ -656,7 +655,7 @@ class MqttClient:
         except trio.WouldBlock:
             self._overflow.append(inbound)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self._messages_dropped += 1
+            pass  # nobody reads any more: the service is stopping
 
     def _on_publish(
         self,
@@ -761,7 +760,6 @@ class MqttClient:
             _log.warning(
                 "MQTT client stopped with %d received messages not delivered", len(self._overflow)
             )
-            self._messages_dropped += len(self._overflow)
             self._overflow.clear()
         self._inbound_send.close()
         self._changed()
@@ -808,7 +806,15 @@ async def open_mqtt_client(
     On exit: graceful DISCONNECT (bounded by connect_timeout, even when cancelled), all
     tasks done, socket closed, no thread left running.
     """
-    client = MqttClient(settings, reconnect=reconnect)
+    async with running(MqttClient(settings, reconnect=reconnect)) as client:
+        yield client
+
+
+@asynccontextmanager
+async def running(client: MqttClient) -> AsyncIterator[MqttClient]:
+    """Run an already constructed client for the duration of the block (see
+    :func:`open_mqtt_client`); lets its owner hand the client to other parts before it
+    connects. A client runs once."""
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(client._supervise)

@@ -1,13 +1,20 @@
-"""Payloads the backend publishes, exactly as the contract spells them."""
+"""What the backend publishes, exactly as the contract spells it (topics and JSON payloads).
+
+:func:`encode` turns a :mod:`domain.outbound` message into its topic and payload;
+:class:`MqttOutbox` is the dispatcher's :class:`~actors.ports.DevicePublisher` over the MQTT
+client (QoS 1, so ``publish`` returns once the broker has the message).
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
-from actors.fleet import iso
+from domain.outbound import DeviceCommand, DeviceMessage, ProvisioningGranted, ProvisioningRefused
+from domain.wiretime import iso
+from gateway import topics
 
 _encoder = msgspec.json.Encoder()
 
@@ -26,7 +33,7 @@ def command_payload(
     transaction_id: str,
     requested_at: datetime,
     expires_at: datetime,
-    data: dict[str, Any],
+    data: Any,
 ) -> bytes:
     return _encoder.encode(
         {
@@ -59,3 +66,41 @@ def provisioning_error(reason: str) -> bytes:
 
 def server_status(online: bool) -> bytes:
     return _encoder.encode({"status": "online" if online else "offline"})
+
+
+def encode(message: DeviceMessage) -> tuple[str, bytes]:
+    """The topic and payload that carry ``message``."""
+    match message:
+        case DeviceCommand():
+            return topics.command_topic(message.bank_id), command_payload(
+                message.action,
+                message.transaction_id,
+                message.requested_at,
+                message.expires_at,
+                dict(message.data),
+            )
+        case ProvisioningGranted():
+            return topics.provisioning_reply_topic(message.client_id), provisioning_success(
+                message.bank_id, message.mqtt_user, message.mqtt_password
+            )
+        case ProvisioningRefused():
+            return topics.provisioning_reply_topic(message.client_id), provisioning_error(
+                message.reason
+            )
+
+
+class Publishing(Protocol):
+    async def publish(
+        self, topic: str, payload: bytes, qos: int = 1, retain: bool = False
+    ) -> None: ...
+
+
+class MqttOutbox:
+    """Publishes device messages with QoS 1 over an MQTT client."""
+
+    def __init__(self, mqtt: Publishing) -> None:
+        self._mqtt = mqtt
+
+    async def publish(self, message: DeviceMessage) -> None:
+        topic, payload = encode(message)
+        await self._mqtt.publish(topic, payload, qos=1)

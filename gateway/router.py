@@ -4,86 +4,113 @@ Every inbound message is parsed (topic, then typed payload) and turned into a ba
 to the bank's mailbox. Anything malformed is logged with its reason, counted as dropped and
 goes no further: it never reaches an actor and never changes state. Routing waits for mailbox
 room, so a slow bank slows the socket (TCP backpressure) instead of losing messages.
+
+The router knows the rest of the system only through the small protocols declared here
+(:class:`BankInbox`, :class:`TokenDirectory`, :class:`MessageQueue`, :class:`GatewayObserver`);
+the composition root plugs the bank registry, the directory, the dispatcher and Prometheus in.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
 
 import structlog
 import trio
 
-from actors.bank import provisioning_error_delivery
-from actors.registry import BankRegistry, BankUnavailable, UnknownBank
+from domain import commands as c
+from domain import events as e
+from domain.keys import Keyring, new_token
+from domain.outbound import DeviceMessage, ProvisioningRefused
+from domain.qr import verify_qr
+from domain.ratelimit import SlidingWindowLimiter
 from gateway import outbound, payloads, topics
 from gateway.mqtt import InboundMessage, MqttClient
-from lockerd.domain import commands as c
-from lockerd.domain import events as e
-from lockerd.metrics import Metrics
-from lockerd.qr import verify_qr
-from lockerd.security import Keyring, new_token
 
 log = structlog.get_logger("lockerd.gateway")
 
 #: Messages routed per scheduler turn when more are already waiting in the inbound channel.
 ROUTE_BATCH = 256
+#: Failed registrations a client id may make per window before it is answered "rate_limited".
+REGISTRATION_FAILURES = 5
+REGISTRATION_WINDOW_SECONDS = 60.0
 
-MetricSink = Callable[[topics.ParsedTopic, bytes], Awaitable[None]]
-
-
-@dataclass(slots=True)
-class FailureWindow:
-    started: float
-    count: int
+MetricSink = Callable[[str, str, str, bytes], Awaitable[None]]
+"""Takes a metric point's tenant id, agent id, metric name (from the topic) and payload."""
 
 
-class ProvisioningRateLimiter:
-    """At most ``limit`` failed registrations per client id per ``window`` seconds."""
+class BankAnswer(Protocol):
+    @property
+    def events(self) -> Sequence[e.Event]: ...
 
-    def __init__(self, limit: int = 5, window: float = 60.0, max_tracked: int = 100_000) -> None:
-        self.limit = limit
-        self.window = window
-        self.max_tracked = max_tracked
-        self._failures: dict[str, FailureWindow] = {}
 
-    def blocked(self, client_id: str, now: float) -> bool:
-        entry = self._failures.get(client_id)
-        return entry is not None and now - entry.started < self.window and entry.count >= self.limit
+class BankInbox(Protocol):
+    """The bank actors, addressed by bank id (the bank registry)."""
 
-    def failed(self, client_id: str, now: float) -> None:
-        entry = self._failures.get(client_id)
-        if entry is None or now - entry.started >= self.window:
-            if len(self._failures) >= self.max_tracked:
-                self._failures.clear()
-            self._failures[client_id] = FailureWindow(now, 1)
-        else:
-            entry.count += 1
+    def is_known(self, bank_id: str) -> bool: ...
+
+    async def tell(self, bank_id: str, command: c.BankCommand, *, kind: str | None = None) -> None:
+        """Queue ``command`` for the bank, waiting for mailbox room (backpressure)."""
+        ...
+
+    async def ask(
+        self,
+        bank_id: str,
+        command: c.BankCommand,
+        *,
+        kind: str | None = None,
+        secret: str | None = None,
+        allow_new: bool = False,
+    ) -> BankAnswer:
+        """Send and wait for the outcome; raises when the bank cannot answer."""
+        ...
+
+
+class TokenDirectory(Protocol):
+    def bank_for_token(self, token_hash: str) -> str | None: ...
+
+
+class MessageQueue(Protocol):
+    async def enqueue(self, message: DeviceMessage) -> None:
+        """Hand a message to the outbox without waiting for the broker."""
+        ...
+
+
+class GatewayObserver(Protocol):
+    def message_dropped(self, kind: str | None, reason: str) -> None: ...
+
+    def mqtt_connection(self, connected: bool) -> None: ...
 
 
 class Gateway:
     def __init__(
         self,
         mqtt: MqttClient,
-        registry: BankRegistry,
+        banks: BankInbox,
+        tokens: TokenDirectory,
+        outbox: MessageQueue,
         keyring: Keyring,
-        metrics: Metrics,
+        observer: GatewayObserver,
         *,
         command_timeout: int,
         accept_status_topic: bool,
         metric_sink: MetricSink | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.mqtt = mqtt
-        self.registry = registry
+        self.banks = banks
+        self.tokens = tokens
+        self.outbox = outbox
         self.keyring = keyring
-        self.metrics = metrics
+        self.observer = observer
         self.command_timeout = command_timeout
         self.accept_status_topic = accept_status_topic
         self.metric_sink = metric_sink
-        self.rate_limiter = ProvisioningRateLimiter()
+        self.registration_failures = SlidingWindowLimiter(
+            REGISTRATION_FAILURES, REGISTRATION_WINDOW_SECONDS, clock=clock
+        )
         self._online_wanted = trio.Event()
 
     async def run(self) -> None:
@@ -116,7 +143,7 @@ class Gateway:
                     )
 
     def _connection_changed(self, connected: bool) -> None:
-        self.metrics.mqtt_connected.set(1 if connected else 0)
+        self.observer.mqtt_connection(connected)
         if connected:
             self._online_wanted.set()
         log.info("mqtt_connection", connected=connected)
@@ -134,6 +161,11 @@ class Gateway:
             )
 
     async def route(self, message: InboundMessage) -> None:
+        """Turn one inbound message into a bank command, a metric point, or a counted drop.
+
+        Never raises for anything a message can contain: a routing bug is logged and counted
+        as ``internal_error``, so it cannot take the broker connection down with it.
+        """
         try:
             parsed = topics.parse_topic(message.topic, accept_status=self.accept_status_topic)
         except topics.TopicError as exc:
@@ -146,65 +178,53 @@ class Gateway:
                 if self.metric_sink is None:
                     self._drop("metric", "not_supported", message.topic, "no metrics pipeline")
                 else:
-                    await self.metric_sink(parsed, message.payload)
+                    await self.metric_sink(
+                        parsed.key, parsed.agent_id, parsed.metric, message.payload
+                    )
+            elif not self.banks.is_known(parsed.key):
+                self._drop(parsed.kind, "unknown_bank", message.topic, "no such locker bank")
             else:
-                await self._to_bank(parsed, message)
+                command = self._bank_command(parsed, message.payload)
+                await self.banks.tell(parsed.key, command, kind=parsed.kind)
         except payloads.PayloadError as exc:
             self._drop(parsed.kind, "malformed_payload", message.topic, str(exc))
-        except UnknownBank:
-            self._drop(parsed.kind, "unknown_bank", message.topic, "no such locker bank")
-        except (BankUnavailable, trio.TooSlowError) as exc:
-            # counted where it happened (a failed bank, or still queued in a slow mailbox)
-            log.warning("bank_unavailable", kind=parsed.kind, topic=message.topic, error=repr(exc))
         except Exception as exc:
             # A bug must not take the broker connection down with it: every later message
             # would be lost while the gateway restarts. Logged loudly, counted, dropped.
-            self.metrics.drop(parsed.kind, "internal_error")
+            self.observer.message_dropped(parsed.kind, "internal_error")
             log.error("route_failed", kind=parsed.kind, topic=message.topic, exc_info=exc)
 
     def _drop(self, kind: str | None, reason: str, topic: str, detail: str) -> None:
-        self.metrics.drop(kind, reason)
+        self.observer.message_dropped(kind, reason)
         log.warning("message_dropped", kind=kind, reason=reason, topic=topic, detail=detail)
 
-    async def _to_bank(self, parsed: topics.ParsedTopic, message: InboundMessage) -> None:
-        bank_id = parsed.key
-        if not self.registry.is_known(bank_id):
-            raise UnknownBank(bank_id)
-        command: c.BankCommand
-        now = _placeholder_now()
+    def _bank_command(self, parsed: topics.ParsedTopic, payload: bytes) -> c.BankCommand:
+        """The command a well-formed state, response or event message stands for."""
         if parsed.kind == "state":
-            state = payloads.decode(payloads.StatePayload, message.payload)
+            state = payloads.decode(payloads.StatePayload, payload)
             if state.state == "heartbeat":
-                command = c.RecordHeartbeat(
+                return c.RecordHeartbeat(
                     uptime_seconds=state.data.uptime_seconds if state.data else None,
                     session_id=state.session_id,
                     spare_transaction_id=str(uuid.uuid4()),
                     command_timeout_seconds=self.command_timeout,
-                    now=now,
                 )
-            elif state.state == "connection_lost":
-                command = c.RecordLastWill(session_id=state.session_id, now=now)
-            else:
-                raise payloads.PayloadError(f"unknown state {state.state!r}")
-        elif parsed.kind == "response":
-            response = payloads.decode(payloads.ResponsePayload, message.payload)
-            command = c.RecordAnswer(
+            if state.state == "connection_lost":
+                return c.RecordLastWill(session_id=state.session_id)
+            raise payloads.PayloadError(f"unknown state {state.state!r}")
+        if parsed.kind == "response":
+            response = payloads.decode(payloads.ResponsePayload, payload)
+            return c.RecordAnswer(
                 transaction_id=response.transaction_id,
                 action=response.action,
                 result=response.result,
                 error_code=response.error_code,
                 message=response.message,
                 applied_config_hash=response.applied_config_hash,
-                now=now,
             )
-        else:
-            device_event = payloads.decode(payloads.DevicePayload, message.payload)
-            command = self._device_event_command(device_event, now)
-        await self.registry.tell(bank_id, command, kind=parsed.kind)
+        return self._device_event_command(payloads.decode(payloads.DevicePayload, payload))
 
-    def _device_event_command(
-        self, device_event: payloads.DevicePayload, now: datetime
-    ) -> c.RecordDeviceEvent:
+    def _device_event_command(self, device_event: payloads.DevicePayload) -> c.RecordDeviceEvent:
         claim: c.QrClaim | None = None
         if device_event.event == "qr_scanned":
             payload = device_event.data.get("qr_payload")
@@ -215,7 +235,6 @@ class Gateway:
             event=device_event.event,
             event_id=device_event.event_id,
             data=device_event.data,
-            now=now,
             qr_claim=claim,
             spare_transaction_id=str(uuid.uuid4()),
             command_timeout_seconds=self.command_timeout,
@@ -231,17 +250,16 @@ class Gateway:
             # no safe reply topic exists for such a client id
             self._drop("register", "invalid_client_id", "locker/register/…", repr(client_id[:64]))
             return
-        now = time.monotonic()
-        if self.rate_limiter.blocked(client_id, now):
+        if self.registration_failures.retry_after(client_id) is not None:
             self._drop("register", "rate_limited", "locker/register/…", client_id)
-            await self._reply_error(client_id, "rate_limited")
+            await self.outbox.enqueue(ProvisioningRefused(client_id, "rate_limited"))
             return
         token_hash = self.keyring.hash("provisioning-token", token)
-        bank_id = self.registry.services.directory.token_to_bank.get(token_hash)
+        bank_id = self.tokens.bank_for_token(token_hash)
         if bank_id is None:
-            self.rate_limiter.failed(client_id, now)
+            self.registration_failures.record(client_id)
             self._drop("register", "token_unknown", "locker/register/…", client_id)
-            await self._reply_error(client_id, "token_unknown")
+            await self.outbox.enqueue(ProvisioningRefused(client_id, "token_unknown"))
             return
         password = new_token(32)
         command = c.Provision(
@@ -249,18 +267,12 @@ class Gateway:
             client_id=client_id,
             new_mqtt_user=f"dev-{uuid.uuid4().hex}",
             new_credential_hash=self.keyring.hash("device-password", password),
-            now=_placeholder_now(),
         )
-        outcome = await self.registry.ask(bank_id, command, kind="register", secret=password)
-        if any(isinstance(ev, e.ProvisioningFailed) for ev in outcome.events):
-            self.rate_limiter.failed(client_id, now)
-
-    async def _reply_error(self, client_id: str, reason: str) -> None:
-        await self.registry.services.dispatcher.submit(
-            provisioning_error_delivery(client_id, reason)
-        )
-
-
-def _placeholder_now() -> datetime:
-    """Commands get their real ``now`` from the bank actor's clock when it decides."""
-    return datetime.min
+        try:
+            answer = await self.banks.ask(bank_id, command, kind="register", secret=password)
+        except Exception as exc:  # BankUnavailable, or trio.TooSlowError from a slow mailbox
+            # counted where it happened (a failed bank, or still queued in a slow mailbox)
+            log.warning("bank_unavailable", kind="register", bank_id=bank_id, error=repr(exc))
+            return
+        if any(isinstance(ev, e.ProvisioningFailed) for ev in answer.events):
+            self.registration_failures.record(client_id)

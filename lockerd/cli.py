@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from lockerd.commands import subcommands
+from lockerd.commands import SUBCOMMANDS
 from lockerd.logging import configure_logging
 
 
@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--log-level", default=None, help="debug, info, warning or error")
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in subcommands():
+    for module in SUBCOMMANDS:
         for name in module.NAMES:
             child = sub.add_parser(name, help=module.HELP[name])
             module.add_arguments(name, child)

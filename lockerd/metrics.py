@@ -1,4 +1,9 @@
-"""Prometheus metrics of one lockerd instance (own registry, so tests can run several)."""
+"""Prometheus metrics of one lockerd instance (own registry, so tests can run several).
+
+:class:`Metrics` is the observer every layer reports to: it implements the actors'
+:class:`~actors.ports.ActorObserver` and the gateway's :class:`~gateway.router.GatewayObserver`
+structurally, so neither layer imports this module.
+"""
 
 from __future__ import annotations
 
@@ -63,14 +68,41 @@ class Metrics:
         for kind in INBOUND_KINDS:
             self.inbound.labels(kind, "dropped")
 
-    def processed(self, kind: str | None) -> None:
+    # --- inbound messages (actors, gateway, metrics pipeline) ----------------------------
+
+    def message_processed(self, kind: str | None) -> None:
         if kind is not None:
             self._processed[kind].inc()
 
-    def drop(self, kind: str | None, reason: str) -> None:
+    def message_dropped(self, kind: str | None, reason: str) -> None:
         if kind is not None:
             self.inbound.labels(kind, "dropped").inc()
             self.dropped.labels(kind, reason).inc()
+
+    # --- actors ---------------------------------------------------------------------------
+
+    def append_took(self, seconds: float) -> None:
+        self.store_append_seconds.observe(seconds)
+
+    def command_finished(self, action: str, status: str) -> None:
+        self.command_outcomes.labels(action, status).inc()
+
+    def bank_actors_running(self, count: int) -> None:
+        self.actors_running.set(count)
+
+    def bank_actor_restarted(self) -> None:
+        self.actor_restarts.labels("bank").inc()
+
+    def bank_actor_failed(self) -> None:
+        self.actors_failed.inc()
+
+    def device_message_sent(self, kind: str) -> None:
+        self.outbound.labels(kind).inc()
+
+    # --- gateway --------------------------------------------------------------------------
+
+    def mqtt_connection(self, connected: bool) -> None:
+        self.mqtt_connected.set(1 if connected else 0)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

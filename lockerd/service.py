@@ -1,19 +1,33 @@
-"""``lockerd serve``: the whole service in one Trio process.
+"""The composition root: ``lockerd serve`` builds every part here, wires them, runs them.
 
-Ownership, outermost first: the store (its one thread), then the MQTT connection, then one
-nursery holding a root supervisor for the service's critical actors (gateway, dispatcher,
-timers, last-seen flusher, HTTP server) and the bank registry's supervisor for bank actors.
+Nothing is looked up by name and nothing is patched on later: each part gets what it needs
+through its constructor, and :class:`~lockerd.wiring.Service` holds the finished parts.
+
+Ownership and order, outermost first (start-up runs down this list, shutdown back up it):
+
+1. the HTTP listening socket, bound before anything else, so a port in use stops start-up at
+   once with one clear line;
+2. the store (its one thread) and what is loaded from it (keys, directory, fleet, agents);
+3. one nursery with the bank registry's supervisor (bank actors), a root supervisor for the
+   critical actors (dispatcher, timers, last-seen flusher, metrics pipeline) and the HTTP
+   server (go-auth's backend). HTTP listens before MQTT connects and answers until the
+   offline message is acknowledged, because the broker asks lockerd about lockerd's own
+   CONNECT, publishes and will (contract §1);
+4. the MQTT client, and inside it the "edge" supervisor with the gateway.
+
 A critical actor that exceeds its restart budget escalates: the service stops with an error
-rather than limp on without, say, its broker connection. Cancelling the top scope (SIGTERM,
-Ctrl-C) unwinds everything in order; the gateway publishes ``offline`` on its way out.
+rather than limp on without, say, its broker connection. Leaving ``running_service`` cancels
+(4) first: the gateway publishes ``offline`` on its way out while MQTT and HTTP still run;
+then the MQTT client disconnects; then (3) is cancelled, HTTP included.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
-from datetime import datetime
-from typing import Any
+import errno
+import socket
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import UTC, datetime
 
 import structlog
 import trio
@@ -27,81 +41,102 @@ from actors.fleet import FleetView
 from actors.registry import BankRegistry
 from actors.supervisor import RestartPolicy, Supervisor
 from actors.timers import TimerService
+from domain import commands as c
 from gateway import outbound, topics
-from gateway.mqtt import MqttSettings, Will, open_mqtt_client
+from gateway.mqtt import MqttClient, MqttSettings, Will, running
+from gateway.outbound import MqttOutbox
 from gateway.router import Gateway
+from lockerd.banks import queries
+from lockerd.banks import routes as bank_routes
+from lockerd.banks.directory import Directory
+from lockerd.banks.liveness import fill_fleet, flush_last_seen
+from lockerd.banks.projections import PROJECTIONS
+from lockerd.brokerauth import routes as brokerauth_routes
+from lockerd.brokerauth.checks import BrokerAuth
 from lockerd.config import Settings
-from lockerd.context import ServiceContext, utc_now
-from lockerd.directory import Directory
-from lockerd.domain import commands as c
-from lockerd.features import installers
-from lockerd.http.app import create_app
+from lockerd.dashboard import routes as dashboard_routes
+from lockerd.dashboard.hub import DashboardMetrics, StatusHub
+from lockerd.http import ops
+from lockerd.http.app import LockerdApp, create_app
+from lockerd.keystore import load_keyring
 from lockerd.metrics import Metrics
-from lockerd.projections import PLAIN_TABLES_DDL, PROJECTIONS
-from lockerd.security import load_keyring
+from lockerd.telemetry import routes as telemetry_routes
+from lockerd.telemetry import schema as telemetry_schema
+from lockerd.telemetry.agents import AgentDirectory
+from lockerd.telemetry.pipeline import MetricsPipeline
+from lockerd.users import admin_routes as user_admin_routes
+from lockerd.users import app_routes as user_app_routes
+from lockerd.users import tables as user_tables
+from lockerd.users.sessions import SessionService
+from lockerd.wiring import Service
 from store import open_store
-from store.base import EventStore, SqlTx
+from store.base import SqlTx
 
 log = structlog.get_logger("lockerd.service")
 
-LAST_SEEN_FLUSH_SECONDS = 5.0
 
-async def prepare_schema(store: EventStore) -> None:
-    def create(tx: SqlTx) -> None:
-        for ddl in PLAIN_TABLES_DDL:
-            tx.execute(ddl)
-
-    await store.write(create)
+def utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
-async def flush_last_seen(store: EventStore, fleet: FleetView) -> None:
-    """Persist ``last_seen`` coalesced: at most one write per bank per flush interval."""
-    written: dict[str, datetime] = {}
-    while True:
-        await trio.sleep(LAST_SEEN_FLUSH_SECONDS)
-        rows = [
-            (bank_id, status.last_seen.isoformat())
-            for bank_id, status in fleet.banks.items()
-            if status.last_seen is not None and written.get(bank_id) != status.last_seen
-        ]
-        if not rows:
-            continue
-
-        def write(tx: SqlTx, rows: list[tuple[str, str]] = rows) -> None:
-            tx.executemany(
-                "INSERT INTO bank_last_seen (bank_id, last_seen) VALUES (?, ?)"
-                " ON CONFLICT (bank_id) DO UPDATE SET last_seen = excluded.last_seen",
-                rows,
-            )
-
-        await store.write(write)
-        for bank_id, _ in rows:
-            last_seen = fleet.banks[bank_id].last_seen
-            if last_seen is not None:
-                written[bank_id] = last_seen
+class StartupError(Exception):
+    """Start-up cannot proceed for a reason the operator must fix (one line, no traceback)."""
 
 
-async def initial_fleet(store: EventStore, fleet: FleetView) -> list[tuple[str, str]]:
-    """Fill the fleet view from the read models; return (bank id, earliest pending expiry)."""
+BLUEPRINTS = (
+    ops.blueprint,
+    bank_routes.blueprint,
+    user_admin_routes.blueprint,
+    user_app_routes.blueprint,
+    telemetry_routes.blueprint,
+    brokerauth_routes.blueprint,
+    dashboard_routes.blueprint,
+)
 
-    def read(tx: SqlTx) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-        banks = tx.query(
-            "SELECT b.id, b.name, b.location, s.last_seen FROM banks b"
-            " LEFT JOIN bank_last_seen s ON s.bank_id = b.id"
-        )
-        pending = tx.query(
-            "SELECT bank_id, MIN(expires_at) FROM transactions WHERE status = 'pending'"
-            " GROUP BY bank_id"
-        )
-        return banks, pending
 
-    banks, pending = await store.read(read)
-    for bank_id, name, location, last_seen in banks:
-        status = fleet.status(bank_id, name)
-        status.location = location
-        if last_seen:
-            status.last_seen = datetime.fromisoformat(last_seen)
-    return [(bank_id, expiry) for bank_id, expiry in pending]
+def create_plain_tables(tx: SqlTx) -> None:
+    """Every capability's plain tables (not projections), created if missing."""
+    queries.create_plain_tables(tx)
+    user_tables.create_tables(tx)
+    telemetry_schema.create_tables(tx)
+
+
+def bind_http(settings: Settings) -> socket.socket:
+    """The HTTP listening socket, bound and listening; raises :class:`StartupError` if taken."""
+    family = socket.AF_INET6 if ":" in settings.http_host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((settings.http_host, settings.http_port))
+        sock.listen(1024)
+    except OSError as exc:
+        sock.close()
+        address = f"{settings.http_host}:{settings.http_port}"
+        if exc.errno == errno.EADDRINUSE:
+            raise StartupError(f"LOCKERD_HTTP: {address} is already in use") from None
+        raise StartupError(f"LOCKERD_HTTP: cannot listen on {address}: {exc.strerror}") from None
+    return sock
+
+
+def http_url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+async def serve_http(
+    app: LockerdApp,
+    sock: socket.socket,
+    *,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``app`` on the already listening ``sock`` (Hypercorn takes the descriptor over)."""
+    config = HypercornConfig()
+    config.bind = [f"fd://{sock.detach()}"]
+    config.accesslog = None
+    config.errorlog = None
+    config.graceful_timeout = 2.0
+    await hypercorn_serve(app, config, task_status=task_status)
 
 
 def mqtt_settings(settings: Settings) -> MqttSettings:
@@ -116,108 +151,134 @@ def mqtt_settings(settings: Settings) -> MqttSettings:
     )
 
 
-async def serve_http(
-    app: Any,
-    settings: Settings,
-    *,
-    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    config = HypercornConfig()
-    config.bind = [f"{settings.http_host}:{settings.http_port}"]
-    config.accesslog = None
-    config.errorlog = None
-    config.graceful_timeout = 2.0
-    await hypercorn_serve(app, config, task_status=task_status)
-
-
 @contextlib.asynccontextmanager
 async def running_service(
-    settings: Settings, *, clock: Callable[[], datetime] = utc_now
-) -> AsyncIterator[ServiceContext]:
-    """Run the whole service while the block runs; used by ``serve`` and by tests."""
-    async with open_store(settings.database, PROJECTIONS) as store:
-        await prepare_schema(store)
-        keyring = await load_keyring(store, settings.secret_key)
-        directory = Directory()
-        await store.read(directory.load)
-        metrics = Metrics()
-        fleet = FleetView()
-        pending = await initial_fleet(store, fleet)
-        async with (
-            open_mqtt_client(mqtt_settings(settings)) as mqtt,
-            trio.open_nursery() as nursery,
-        ):
-            dispatcher = Dispatcher(
-                mqtt, on_published=lambda kind: metrics.outbound.labels(kind).inc()
-            )
+    settings: Settings,
+    *,
+    clock: Callable[[], datetime] = utc_now,
+    blueprints: Sequence[Blueprint] = BLUEPRINTS,
+) -> AsyncIterator[Service]:
+    """Run the whole service while the block runs; used by ``serve`` and by tests.
 
-            def tick(bank_id: str) -> bool:
-                # timers and registry refer to each other; the registry exists before any tick
-                return registry.tell_nowait(bank_id, c.Tick(now=clock()))
+    ``blueprints`` are the HTTP routes served (benchmarks add a bare baseline route).
 
-            timers = TimerService(tick, clock)
-            services = BankServices(
-                store=store,
-                directory=directory,
-                fleet=fleet,
-                dispatcher=dispatcher,
-                timers=timers,
-                metrics=metrics,
-                clock=clock,
-                command_timeout=settings.command_timeout,
-            )
-            registry = BankRegistry(nursery, services)
-            context = ServiceContext(
-                settings=settings,
-                store=store,
-                keyring=keyring,
-                directory=directory,
-                fleet=fleet,
-                registry=registry,
-                metrics=metrics,
-                mqtt_connected=lambda: mqtt.connected,
-                clock=clock,
-            )
-            gateway = Gateway(
-                mqtt,
-                registry,
-                keyring,
-                metrics,
-                command_timeout=settings.command_timeout,
-                accept_status_topic=settings.accept_status_topic,
-            )
-            context.extensions["gateway"] = gateway
-            context.extensions["mqtt"] = mqtt
-            root = Supervisor(nursery, name="root", policy=RestartPolicy(), escalate=True)
-            root.start_child("dispatcher", dispatcher.run)
-            root.start_child("timers", timers.run)
-            root.start_child("last-seen", lambda: flush_last_seen(store, fleet))
-            blueprints: list[Blueprint] = []
-            for install in installers():
-                blueprints.extend(await install(context, nursery))
-            root.start_child("gateway", gateway.run)
-            for bank_id, expiry in pending:
-                timers.schedule(bank_id, datetime.fromisoformat(expiry))
-            app = create_app(context, blueprints)
-            context.extensions["app"] = app
-            urls = await nursery.start(serve_http, app, settings)
-            context.extensions["http_urls"] = urls
-            log.info(
-                "lockerd_started",
-                http=urls,
-                mqtt=f"{settings.mqtt.host}:{settings.mqtt.port}",
-                database=settings.database.split("://")[0],
-                banks=len(directory.banks),
-            )
-            try:
-                yield context
-            finally:
+    Raises :class:`StartupError` (the HTTP port is taken) and the store's
+    ``StoreUnavailable`` before anything else has started.
+    """
+    listener = bind_http(settings)
+    try:
+        async with open_store(settings.database, PROJECTIONS) as store:
+            await store.write(create_plain_tables)
+            keyring = await load_keyring(store, settings.secret_key)
+            start = await store.read(queries.starting_point)
+            directory = Directory()
+            directory.load(start)
+            fleet = FleetView()
+            fill_fleet(fleet, start)
+            agents = AgentDirectory()
+            await store.read(agents.load)
+            next_seq = await store.read(telemetry_schema.max_seq) + 1
+            metrics = Metrics()
+            sessions = SessionService(store, keyring, clock)
+            await sessions.hasher.prepare()
+            mqtt = MqttClient(mqtt_settings(settings))
+            shutdown = trio.Event()
+
+            async with trio.open_nursery() as nursery:
+                dispatcher = Dispatcher(MqttOutbox(mqtt), metrics)
+
+                def tick(bank_id: str) -> bool:
+                    # timers and registry refer to each other; the registry exists first
+                    return registry.tell_nowait(bank_id, c.Tick())
+
+                timers = TimerService(tick, clock)
+                bank_services = BankServices(
+                    store=store,
+                    fleet=fleet,
+                    dispatcher=dispatcher,
+                    timers=timers,
+                    observer=metrics,
+                    clock=clock,
+                    listeners=[directory.follow],
+                )
+                registry = BankRegistry(nursery, bank_services, directory)
+                pipeline = MetricsPipeline(store, agents, metrics, clock, next_seq=next_seq)
+                gateway = Gateway(
+                    mqtt,
+                    registry,
+                    directory,
+                    dispatcher,
+                    keyring,
+                    metrics,
+                    command_timeout=settings.command_timeout,
+                    accept_status_topic=settings.accept_status_topic,
+                    metric_sink=pipeline.mqtt_sink,
+                )
+                service = Service(
+                    settings=settings,
+                    http_url=http_url(listener),
+                    store=store,
+                    tables=store,
+                    keyring=keyring,
+                    directory=directory,
+                    fleet=fleet,
+                    registry=registry,
+                    metrics=metrics,
+                    sessions=sessions,
+                    agents=agents,
+                    pipeline=pipeline,
+                    status_hub=StatusHub(
+                        fleet=fleet,
+                        shutdown=shutdown,
+                        clock=clock,
+                        metrics=DashboardMetrics.register(metrics.registry),
+                    ),
+                    broker_auth=BrokerAuth(
+                        settings,
+                        keyring,
+                        directory.device_users,
+                        agents,
+                        registry,
+                        metrics.goauth_checks,
+                    ),
+                    mqtt=mqtt,
+                    gateway=gateway,
+                    clock=clock,
+                    shutdown=shutdown,
+                )
+                root = Supervisor(nursery, name="root", policy=RestartPolicy(), escalate=True)
+                root.start_child("dispatcher", dispatcher.run)
+                root.start_child("timers", timers.run)
+                root.start_child("last-seen", lambda: flush_last_seen(store, fleet))
+                root.start_child("metrics-pipeline", pipeline.run)
+                for bank_id, expiry in start.pending_expiry:
+                    timers.schedule(bank_id, expiry)
+                await nursery.start(serve_http, create_app(service, blueprints), listener)
+                async with running(mqtt), trio.open_nursery() as edge:
+                    Supervisor(edge, name="edge", escalate=True).start_child(
+                        "gateway", gateway.run
+                    )
+                    log.info(
+                        "lockerd_started",
+                        http=service.http_url,
+                        mqtt=f"{settings.mqtt.host}:{settings.mqtt.port}",
+                        database=settings.database.split("://")[0],
+                        banks=len(directory.banks),
+                    )
+                    try:
+                        yield service
+                    finally:
+                        # the gateway publishes "offline" on its way out, while MQTT and
+                        # HTTP (go-auth's backend) still run
+                        edge.cancel_scope.cancel()
                 nursery.cancel_scope.cancel()
+    finally:
+        listener.close()  # a no-op once Hypercorn has taken the descriptor over
 
 
 async def serve(
-    settings: Settings, *, task_status: trio.TaskStatus[ServiceContext] = trio.TASK_STATUS_IGNORED
+    settings: Settings, *, task_status: trio.TaskStatus[Service] = trio.TASK_STATUS_IGNORED
 ) -> None:
-    async with running_service(settings) as context:
-        task_status.started(context)
-        await context.shutdown.wait()
+    async with running_service(settings) as service:
+        task_status.started(service)
+        await service.shutdown.wait()

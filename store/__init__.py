@@ -1,7 +1,11 @@
 """Event store: append-only streams per locker bank, projections, plain tables.
 
 :func:`open_store` is the one entry point the service uses: it picks the backend from the
-database URL, so the rest of the code only ever sees :class:`EventStore`.
+database URL, so the rest of the code only ever sees :class:`Store` (the :class:`EventStore`
+and :class:`Tables` protocols of ``store.base``).
+
+Imports: ``domain.records`` (the record types) and the standard library; the backends import
+their drivers only when chosen.
 """
 
 from __future__ import annotations
@@ -17,8 +21,10 @@ from store.base import (
     Projection,
     Snapshot,
     SqlTx,
+    Store,
     StoredEvent,
     StoreUnavailable,
+    Tables,
 )
 from store.url import DatabaseUrl, parse_database_url
 
@@ -30,8 +36,10 @@ __all__ = [
     "Projection",
     "Snapshot",
     "SqlTx",
+    "Store",
     "StoreUnavailable",
     "StoredEvent",
+    "Tables",
     "open_store",
     "parse_database_url",
 ]
@@ -39,7 +47,7 @@ __all__ = [
 
 def open_store(
     database_url: str, projections: Sequence[Projection] = ()
-) -> AbstractAsyncContextManager[EventStore]:
+) -> AbstractAsyncContextManager[Store]:
     """Open the event store named by ``database_url`` for an ``async with`` block.
 
     ``sqlite:///relative.db`` (relative to the working directory), ``sqlite:////abs/path.db``;

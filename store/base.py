@@ -1,10 +1,17 @@
-"""The narrow interface every event store backend implements.
+"""The narrow interfaces every store backend implements.
 
-Actors and the HTTP front end only ever see :class:`EventStore`; SQLite and PostgreSQL are
-interchangeable behind it. Read models (projections) and plain tables (users, tokens, metric
-points) are reached through :meth:`EventStore.read` and :meth:`EventStore.write`, which run a
-synchronous function against the backend's connection inside one transaction, on the store's
-own thread, so no SQL ever runs on the Trio loop.
+Two protocols, because two kinds of caller need two kinds of access:
+
+* :class:`EventStore` is what bank actors and the event-sourcing tools see: streams of events
+  appended with an expected version, snapshots, the global order, projection rebuilds. Nothing
+  else. SQLite and PostgreSQL are interchangeable behind it.
+* :class:`Tables` is what the application's capabilities see for their plain tables (users,
+  sessions, tenants, metric points, keys) and for reading read models: ``read(fn)`` and
+  ``write(fn)`` run a synchronous function against the backend's connection inside one
+  transaction, on the store's own thread, so no SQL ever runs on the Trio loop.
+
+A backend implements both (:class:`Store`); the composition root hands each part only the
+protocol it needs.
 
 SQL handed to ``read``/``write`` and projection DDL is written once, portable between SQLite and
 PostgreSQL: ``?`` placeholders (the PostgreSQL backend rewrites them), ``INSERT ... ON CONFLICT``
@@ -13,53 +20,25 @@ upserts, types TEXT / BIGINT / DOUBLE PRECISION / BOOLEAN stored as INTEGER 0/1.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
+from domain.records import ConcurrencyError, NewEvent, Snapshot, StoredEvent
+
+__all__ = [
+    "ConcurrencyError",
+    "EventStore",
+    "NewEvent",
+    "Projection",
+    "Snapshot",
+    "SqlTx",
+    "Store",
+    "StoreUnavailable",
+    "StoredEvent",
+    "Tables",
+]
+
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class NewEvent:
-    """An event not yet stored: its type name and JSON-ready data."""
-
-    type: str
-    data: Mapping[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class StoredEvent:
-    """An event as the store keeps it.
-
-    ``position`` is the global order (strictly increasing, gaps allowed), ``version`` the
-    1-based position inside its stream.
-    """
-
-    position: int
-    stream_id: str
-    version: int
-    type: str
-    data: Mapping[str, Any]
-    recorded_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    stream_id: str
-    version: int
-    state: bytes
-
-
-class ConcurrencyError(Exception):
-    """An append found the stream at another version than the writer expected."""
-
-    def __init__(self, stream_id: str, expected: int, actual: int) -> None:
-        super().__init__(f"stream {stream_id}: expected version {expected}, found {actual}")
-        self.stream_id = stream_id
-        self.expected = expected
-        self.actual = actual
 
 
 class StoreUnavailable(Exception):
@@ -93,6 +72,8 @@ class Projection(Protocol):
 
 
 class EventStore(Protocol):
+    """Event streams with optimistic concurrency, snapshots and the global order."""
+
     async def append(
         self, stream_id: str, expected_version: int, events: Sequence[NewEvent]
     ) -> list[StoredEvent]:
@@ -116,13 +97,13 @@ class EventStore(Protocol):
 
     async def stream_version(self, stream_id: str) -> int: ...
 
+    async def stream_ids(self) -> list[str]:
+        """Every stream that has at least one event, sorted by code point."""
+        ...
+
     async def save_snapshot(self, snapshot: Snapshot) -> None: ...
 
     async def load_snapshot(self, stream_id: str) -> Snapshot | None: ...
-
-    async def read(self, fn: Callable[[SqlTx], T]) -> T: ...
-
-    async def write(self, fn: Callable[[SqlTx], T]) -> T: ...
 
     async def rebuild_projections(self) -> int:
         """Drop and refill every projection's tables from the events; returns events replayed."""
@@ -131,3 +112,27 @@ class EventStore(Protocol):
     async def ping(self) -> None:
         """Raise :class:`StoreUnavailable` if the backend does not answer."""
         ...
+
+    async def schema_version(self) -> int:
+        """The version of the backend's own schema (events, snapshots), after migration."""
+        ...
+
+
+class Tables(Protocol):
+    """Plain tables and read models: a function run in one transaction on the store thread."""
+
+    async def read(self, fn: Callable[[SqlTx], T]) -> T:
+        """Run ``fn`` in a read-only transaction (one snapshot); a write in it fails loudly."""
+        ...
+
+    async def write(self, fn: Callable[[SqlTx], T]) -> T:
+        """Run ``fn`` inside the next group commit, in its own savepoint.
+
+        If ``fn`` raises, its changes are rolled back and the exception is re-raised here;
+        other jobs in the same transaction are unaffected.
+        """
+        ...
+
+
+class Store(EventStore, Tables, Protocol):
+    """What a backend is: both views over one database."""

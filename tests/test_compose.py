@@ -23,6 +23,8 @@ import pytest
 import yaml
 
 from lockerd.config import load_settings
+from lockerd.http.app import create_app
+from lockerd.service import BLUEPRINTS
 from store.url import parse_database_url
 from tests.support.mosquitto import MosquittoBroker
 from tests.support.service import MOSQ_SECRET, lockerd, test_settings
@@ -333,7 +335,7 @@ async def test_goauth_uris_name_routes_lockerd_serves(
     options = template_options()
     settings = test_settings(mosquitto.url, tmp_path / "l.db")
     async with lockerd(settings) as svc:
-        app = svc.context.extensions["app"]
+        app = create_app(svc.context, BLUEPRINTS)
         rules = {rule.rule: rule.methods or set() for rule in app.url_map.iter_rules()}
         answers: dict[str, int] = {}
         for key in GOAUTH_URI_OPTIONS:

@@ -1,13 +1,16 @@
-"""Subcommands of ``lockerd``: each module has ``NAME``, ``HELP``, ``add_arguments(parser)`` and
-``run(args) -> int``."""
+"""Subcommands of ``lockerd``.
+
+Each module has ``NAMES``, ``HELP``, ``add_arguments(name, parser)`` and ``run(args) -> int``;
+:data:`SUBCOMMANDS` lists them explicitly. The modules import what they run lazily inside
+``run`` where it is heavy, so ``lockerd --help`` stays quick.
+"""
 
 from __future__ import annotations
 
 import argparse
-from importlib import import_module
 from typing import Protocol
 
-COMMANDS = ("serve", "provision_test", "simulate", "store_ops")
+from lockerd.commands import provision_test, serve, simulate, store_ops
 
 
 class Subcommand(Protocol):
@@ -19,5 +22,4 @@ class Subcommand(Protocol):
     def run(self, args: argparse.Namespace) -> int: ...
 
 
-def subcommands() -> list[Subcommand]:
-    return [import_module(f"lockerd.commands.{name}") for name in COMMANDS]  # type: ignore[misc,unused-ignore]
+SUBCOMMANDS: tuple[Subcommand, ...] = (serve, provision_test, simulate, store_ops)

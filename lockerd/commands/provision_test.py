@@ -23,11 +23,12 @@ import os
 import sys
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, TextIO
 from urllib.parse import unquote, urlsplit
 
 import trio
+
+from lockerd.device.protocol import iso, utc_now
 
 NAMES: tuple[str, ...] = ("provision-test",)
 HELP: dict[str, str] = {
@@ -146,10 +147,6 @@ def mask(secret: str, show: bool) -> str:
     return f"{secret[:4]}…({len(secret)} chars)"
 
 
-def iso_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def parse_reply(payload: bytes) -> Credentials:
     try:
         reply: Any = json.loads(payload)
@@ -246,7 +243,7 @@ async def first_heartbeat(options: Options, credentials: Credentials, out: TextI
             "type": "state",
             "state": "connection_lost",
             "status": "offline",
-            "timestamp": iso_now(),
+            "timestamp": iso(utc_now()),
             "reason": "unexpected disconnect",
             "session_id": session_id,
         }
@@ -273,7 +270,7 @@ async def first_heartbeat(options: Options, credentials: Credentials, out: TextI
                 {
                     "type": "state",
                     "state": "heartbeat",
-                    "data": {"timestamp": iso_now(), "uptime_seconds": 0},
+                    "data": {"timestamp": iso(utc_now()), "uptime_seconds": 0},
                     "session_id": session_id,
                 }
             ).encode()

@@ -11,8 +11,8 @@ import trio
 
 from lockerd.config import VARIABLES, ConfigError, Settings, load_settings
 
-NAMES = ("serve",)
-HELP = {"serve": "run the service (HTTP, MQTT gateway, actors, timers, store)"}
+NAMES: tuple[str, ...] = ("serve",)
+HELP: dict[str, str] = {"serve": "run the service (HTTP, MQTT gateway, actors, timers, store)"}
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:

@@ -29,8 +29,10 @@ from lockerd.device.fleet import (
 )
 from lockerd.device.simulated import Behaviour, Delay, Link
 
-NAMES = ("simulate",)
-HELP = {"simulate": "run simulated locker banks against a broker (and the admin API)"}
+NAMES: tuple[str, ...] = ("simulate",)
+HELP: dict[str, str] = {
+    "simulate": "run simulated locker banks against a broker (and the admin API)"
+}
 
 
 def _probability(text: str) -> float:

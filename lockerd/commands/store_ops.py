@@ -36,9 +36,9 @@ from typing import IO, Any, Final
 
 import trio
 
+from lockerd.banks.projections import PROJECTIONS
 from lockerd.commands.serve import add_config_flags, settings_or_exit
-from lockerd.projections import PROJECTIONS
-from store import EventStore, Snapshot, SqlTx, StoredEvent, StoreUnavailable, open_store
+from store import Snapshot, SqlTx, StoredEvent, StoreUnavailable, open_store
 
 NAMES: tuple[str, ...] = ("migrate", "export", "import", "rebuild-projections")
 HELP: dict[str, str] = {
@@ -115,7 +115,7 @@ async def export_store(url: str, output: IO[str], *, snapshots: bool = False) ->
             events += len(page)
             after = page[-1].position
         if snapshots:
-            for stream_id in await _stream_ids(store):
+            for stream_id in await store.stream_ids():
                 snapshot = await store.load_snapshot(stream_id)
                 if snapshot is not None:
                     output.write(snapshot_line(snapshot) + "\n")
@@ -147,16 +147,7 @@ async def rebuild(url: str) -> int:
 async def migrate(url: str) -> int:
     """Open the store with every projection, which applies what is missing; returns the version."""
     async with open_store(url, PROJECTIONS) as store:
-        schema_version = getattr(store, "schema_version", None)
-        if schema_version is not None:
-            return int(await schema_version())
-        rows = await store.read(lambda tx: tx.query("PRAGMA user_version"))
-        return int(rows[0][0])
-
-
-async def _stream_ids(store: EventStore) -> list[str]:
-    ids: list[str] = await getattr(store, "stream_ids")()  # noqa: B009 - not in the protocol
-    return ids
+        return await store.schema_version()
 
 
 class _Loader:

@@ -3,21 +3,30 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from quart import Blueprint
 from quart_schema import QuartSchema
 from quart_trio import QuartTrio
 
-from lockerd.context import ServiceContext
-from lockerd.http import admin_banks, ops
 from lockerd.http.errors import install_error_handlers
+
+if TYPE_CHECKING:
+    from lockerd.wiring import Service
 
 MAX_BODY_BYTES = 64 * 1024
 
 
-def create_app(context: ServiceContext, extra: Iterable[Blueprint] = ()) -> QuartTrio:
-    app = QuartTrio("lockerd")
-    app.config["LOCKERD"] = context
+class LockerdApp(QuartTrio):
+    """A Quart-Trio app that serves one :class:`~lockerd.wiring.Service`."""
+
+    def __init__(self, service: Service) -> None:
+        super().__init__("lockerd")
+        self.service = service
+
+
+def create_app(service: Service, blueprints: Iterable[Blueprint]) -> LockerdApp:
+    app = LockerdApp(service)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the contract's field order
     QuartSchema(
@@ -30,6 +39,6 @@ def create_app(context: ServiceContext, extra: Iterable[Blueprint] = ()) -> Quar
         conversion_preference="msgspec",
     )
     install_error_handlers(app)
-    for blueprint in (ops.blueprint, admin_banks.blueprint, *extra):
+    for blueprint in blueprints:
         app.register_blueprint(blueprint)
     return app

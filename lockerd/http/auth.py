@@ -1,7 +1,7 @@
 """Bearer-token authentication for the HTTP API.
 
 The bootstrap admin token comes from ``LOCKERD_ADMIN_TOKEN``; user sessions are resolved by
-whatever session service is registered in the context (``extensions["sessions"]``).
+the service's :class:`~lockerd.users.sessions.SessionService`.
 """
 
 from __future__ import annotations
@@ -9,13 +9,13 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import wraps
-from typing import Literal, ParamSpec, Protocol, TypeVar
+from typing import Literal, ParamSpec, TypeVar
 
 from quart import request
 
+from domain.keys import constant_time_equals
 from lockerd.http.context import ctx
 from lockerd.http.errors import ApiError
-from lockerd.security import constant_time_equals
 
 Role = Literal["user", "admin"]
 BOOTSTRAP_ADMIN_ID = "admin"
@@ -31,10 +31,6 @@ class Principal:
         return self.role == "admin"
 
 
-class SessionResolver(Protocol):
-    async def resolve(self, token: str) -> Principal | None: ...
-
-
 def bearer_token() -> str | None:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
@@ -48,10 +44,7 @@ async def authenticate(token: str | None) -> Principal | None:
         return None
     if constant_time_equals(token, ctx().settings.admin_token):
         return Principal(BOOTSTRAP_ADMIN_ID, "admin")
-    sessions: SessionResolver | None = ctx().extensions.get("sessions")
-    if sessions is None:
-        return None
-    return await sessions.resolve(token)
+    return await ctx().sessions.resolve(token)
 
 
 async def require_user() -> Principal:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from quart import current_app
 
-from lockerd.context import ServiceContext
+if TYPE_CHECKING:
+    from lockerd.http.app import LockerdApp
+    from lockerd.wiring import Service
 
 
-def ctx() -> ServiceContext:
-    return cast(ServiceContext, current_app.config["LOCKERD"])
+def ctx() -> Service:
+    """The service the current request's application serves."""
+    app = cast("LockerdApp", current_app)
+    return app.service

@@ -14,7 +14,7 @@ blueprint = Blueprint("ops", __name__)
 @blueprint.get("/healthz")
 async def healthz() -> Response:
     service = ctx()
-    mqtt = "connected" if service.mqtt_connected() else "disconnected"
+    mqtt = "connected" if service.mqtt.connected else "disconnected"
     try:
         await service.store.ping()
         store = "ok"

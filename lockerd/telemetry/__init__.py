@@ -6,7 +6,8 @@
 * :mod:`lockerd.telemetry.pipeline` — the ingestion actor: bounded channel, batched writes,
   dedupe across MQTT and HTTP, live subscribers.
 * :mod:`lockerd.telemetry.query` — time-ordered reads for the admin API.
-* :mod:`lockerd.telemetry.http` — the HTTP routes.
+* :mod:`lockerd.telemetry.routes` — the HTTP routes.
 
-``lockerd.features.metrics_ingest`` wires them into the running service.
+The composition root (:mod:`lockerd.service`) wires them into the running service. May import
+``domain``, ``store.base``, ``lockerd.http`` and ``lockerd.metrics``.
 """

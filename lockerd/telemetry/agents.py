@@ -16,8 +16,8 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from lockerd.security import Keyring, new_token
-from store.base import EventStore, SqlTx
+from domain.keys import Keyring, new_token
+from store.base import SqlTx, Tables
 
 CREDENTIAL_PURPOSE = "agent-password"
 
@@ -103,7 +103,7 @@ class AgentDirectory:
         self.agents[agent.agent_id] = agent
         self._by_user[agent.mqtt_user] = agent
 
-    async def create_tenant(self, store: EventStore, name: str, now: datetime) -> Tenant:
+    async def create_tenant(self, store: Tables, name: str, now: datetime) -> Tenant:
         tenant = Tenant(str(uuid.uuid4()), name)
 
         def write(tx: SqlTx) -> None:
@@ -117,7 +117,7 @@ class AgentDirectory:
         return tenant
 
     async def create_agent(
-        self, store: EventStore, keyring: Keyring, tenant_id: str, name: str, now: datetime
+        self, store: Tables, keyring: Keyring, tenant_id: str, name: str, now: datetime
     ) -> NewAgent:
         """Raises :class:`UnknownTenant` if there is no such tenant."""
         if tenant_id not in self.tenants:

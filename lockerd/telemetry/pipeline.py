@@ -39,7 +39,6 @@ import structlog
 import trio
 from prometheus_client import Counter, Histogram
 
-from gateway.topics import ParsedTopic
 from lockerd.metrics import Metrics
 from lockerd.telemetry.agents import Agent, AgentDirectory
 from lockerd.telemetry.points import (
@@ -50,7 +49,7 @@ from lockerd.telemetry.points import (
     make_point,
 )
 from lockerd.telemetry.schema import to_us
-from store.base import EventStore, SqlTx
+from store.base import SqlTx, Tables
 
 log = structlog.get_logger("lockerd.telemetry")
 
@@ -139,7 +138,7 @@ class _Subscriber:
 class MetricsPipeline:
     def __init__(
         self,
-        store: EventStore,
+        store: Tables,
         agents: AgentDirectory,
         metrics: Metrics,
         clock: Callable[[], datetime],
@@ -188,12 +187,13 @@ class MetricsPipeline:
     def queued(self) -> int:
         return self._send.statistics().current_buffer_used
 
-    async def mqtt_sink(self, parsed: ParsedTopic, payload: bytes) -> None:
-        """The gateway's ``metric_sink``: admit one MQTT point or drop it with a reason."""
+    async def mqtt_sink(self, tenant_id: str, agent_id: str, metric: str, payload: bytes) -> None:
+        """The gateway's ``metric_sink`` (``metrics/{tenant}/{agent}/{metric}``): admit one
+        MQTT point or drop it with a reason."""
         try:
-            point = self._mqtt_point(parsed, payload)
+            point = self._mqtt_point(tenant_id, agent_id, metric, payload)
         except Rejected as exc:
-            self._drop_mqtt(exc.reason, parsed, exc.message)
+            self._drop_mqtt(exc.reason, tenant_id, agent_id, metric, exc.message)
             self._points.labels("mqtt", "rejected").inc()
             self.stats.rejected += 1
             self._changed()
@@ -204,8 +204,9 @@ class MetricsPipeline:
         except trio.WouldBlock:
             await self._send.send(item)
 
-    def _mqtt_point(self, parsed: ParsedTopic, payload: bytes) -> MetricPoint:
-        tenant_id, agent_id = parsed.key, parsed.agent_id
+    def _mqtt_point(
+        self, tenant_id: str, agent_id: str, metric: str, payload: bytes
+    ) -> MetricPoint:
         if not self.agents.has_tenant(tenant_id):
             raise Rejected("unknown_tenant", "no such tenant")
         agent = self.agents.agent(agent_id)
@@ -217,7 +218,7 @@ class MetricsPipeline:
         return make_point(
             tenant_id=tenant_id,
             agent_id=agent_id,
-            metric=parsed.metric,
+            metric=metric,
             value=body.value,
             timestamp=body.timestamp,
             dedupe_id=body.dedupe_id,
@@ -225,14 +226,16 @@ class MetricsPipeline:
             source="mqtt",
         )
 
-    def _drop_mqtt(self, reason: str, parsed: ParsedTopic, detail: str) -> None:
-        self.metrics.drop("metric", reason)
+    def _drop_mqtt(
+        self, reason: str, tenant_id: str, agent_id: str, metric: str, detail: str
+    ) -> None:
+        self.metrics.message_dropped("metric", reason)
         log.warning(
             "metric_dropped",
             reason=reason,
-            tenant_id=parsed.key,
-            agent_id=parsed.agent_id[:64],
-            metric=parsed.metric[:64],
+            tenant_id=tenant_id,
+            agent_id=agent_id[:64],
+            metric=metric[:64],
             detail=detail,
         )
 
@@ -444,7 +447,7 @@ class MetricsPipeline:
             reply.resolve(outcome)
             return
         reason = "duplicate" if outcome == "duplicate" else "store_unavailable"
-        self.metrics.drop("metric", reason)
+        self.metrics.message_dropped("metric", reason)
         log.warning(
             "metric_dropped",
             reason=reason,

@@ -15,6 +15,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
+from domain.wiretime import iso
 from store.base import SqlTx
 
 EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
@@ -74,7 +75,5 @@ def from_us(ts_us: int) -> datetime:
 
 
 def iso_us(ts_us: int) -> str:
-    """ISO 8601 UTC with ``Z``: milliseconds, or microseconds when the point has them."""
-    moment = from_us(ts_us)
-    spec = "milliseconds" if moment.microsecond % 1000 == 0 else "microseconds"
-    return moment.isoformat(timespec=spec).replace("+00:00", "Z")
+    """A stored point's time in the wire form (milliseconds, ``Z``)."""
+    return iso(from_us(ts_us))

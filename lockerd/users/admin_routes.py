@@ -9,19 +9,14 @@ from typing import Annotated, Any, Literal
 import msgspec
 from quart import Blueprint
 
-from actors.fleet import iso
-from lockerd.domain import commands as c
+from domain import commands as c
+from domain.wiretime import iso
+from lockerd.http.asking import ask_bank, bank_of_compartment
 from lockerd.http.auth import admin_first, require_admin
 from lockerd.http.context import ctx
 from lockerd.http.errors import ApiError
 from lockerd.http.ids import parse_id
 from lockerd.http.validation import json_body
-from lockerd.users.common import (
-    ask_bank,
-    bank_of_compartment,
-    raise_rejection,
-    sessions,
-)
 from lockerd.users.sessions import EmailTaken
 
 blueprint = Blueprint("admin_users", __name__)
@@ -56,7 +51,7 @@ async def create_user(data: CreateUserIn) -> tuple[dict[str, Any], int]:
     if not name:
         raise ApiError(400, "name must not be blank")
     try:
-        user_id = await sessions().create_user(email, data.password, name, data.role)
+        user_id = await ctx().sessions.create_user(email, data.password, name, data.role)
     except EmailTaken:
         raise ApiError(409, "a user with this email already exists") from None
     return {"id": user_id}, 201
@@ -69,19 +64,17 @@ async def grant(compartment_id: str, data: GrantIn) -> tuple[dict[str, Any], int
     bank_id = bank_of_compartment(compartment_id)
     compartment_id = parse_id(compartment_id, "compartment")
     user_id = parse_id(data.user_id, "user")
-    if not await sessions().user_exists(user_id):
+    if not await ctx().sessions.user_exists(user_id):
         raise ApiError(404, "no such user")
     expires_at = None if data.expires_at is None else data.expires_at.astimezone(UTC)
-    outcome = await ask_bank(
+    await ask_bank(
         bank_id,
         c.GrantAccess(
             compartment_id=compartment_id,
             user_id=user_id,
             expires_at=expires_at,
-            now=ctx().clock(),
         ),
     )
-    raise_rejection(outcome)
     return {
         "compartment_id": compartment_id,
         "user_id": user_id,
@@ -93,13 +86,11 @@ async def grant(compartment_id: str, data: GrantIn) -> tuple[dict[str, Any], int
 async def revoke(compartment_id: str, user_id: str) -> tuple[str, int]:
     await require_admin()
     bank_id = bank_of_compartment(compartment_id)
-    outcome = await ask_bank(
+    await ask_bank(
         bank_id,
         c.RevokeAccess(
             compartment_id=parse_id(compartment_id, "compartment"),
             user_id=parse_id(user_id, "grant"),
-            now=ctx().clock(),
         ),
     )
-    raise_rejection(outcome)
     return "", 204

@@ -9,23 +9,17 @@ from typing import Annotated, Any
 import msgspec
 from quart import Blueprint, request
 
-from actors.fleet import iso
-from lockerd.domain import commands as c
-from lockerd.domain import events as e
+from domain import commands as c
+from domain import events as e
+from domain.qr import issue_qr
+from domain.wiretime import iso
+from lockerd.banks import queries
+from lockerd.http.asking import ask_bank, bank_of_compartment
 from lockerd.http.auth import bearer_token, require_user
 from lockerd.http.context import ctx
 from lockerd.http.errors import ApiError
 from lockerd.http.ids import parse_id
 from lockerd.http.validation import json_body
-from lockerd.qr import issue_qr
-from lockerd.users import tables
-from lockerd.users.common import (
-    ask_bank,
-    bank_of_compartment,
-    iso_text,
-    raise_rejection,
-    sessions,
-)
 from lockerd.users.sessions import InvalidCredentials, TooManyAttempts
 
 blueprint = Blueprint("app_users", __name__)
@@ -49,7 +43,7 @@ class LoginIn(msgspec.Struct, forbid_unknown_fields=True):
 @json_body(LoginIn)
 async def login(data: LoginIn) -> dict[str, Any]:
     try:
-        token = await sessions().login(data.email, data.password, request.remote_addr)
+        token = await ctx().sessions.login(data.email, data.password, request.remote_addr)
     except InvalidCredentials:
         raise ApiError(401, "invalid email or password") from None
     except TooManyAttempts as exc:
@@ -66,7 +60,7 @@ async def logout() -> tuple[str, int]:
     await require_user()
     token = bearer_token()
     assert token is not None  # require_user() passed
-    await sessions().logout(token)
+    await ctx().sessions.logout(token)
     return "", 204
 
 
@@ -78,7 +72,7 @@ def _grant_valid(expires_at: Any, now: datetime) -> bool:
 async def my_compartments() -> list[dict[str, Any]]:
     principal = await require_user()
     service = ctx()
-    rows = await service.store.read(tables.granted_compartments(principal.user_id))
+    rows = await service.tables.read(queries.granted_compartments(principal.user_id))
     now = service.clock()
     result = []
     for compartment_id, number, bank_id, bank_name, door_state, expires_at in rows:
@@ -111,10 +105,8 @@ async def open_compartment(compartment_id: str) -> tuple[dict[str, Any], int]:
             user_id=principal.user_id,
             transaction_id=transaction_id,
             command_timeout_seconds=service.settings.command_timeout,
-            now=service.clock(),
         ),
     )
-    raise_rejection(outcome)
     for event in outcome.events:
         if isinstance(event, e.CompartmentOpeningDenied):
             status, message = REFUSALS.get(event.reason, (409, f"refused: {event.reason}"))
@@ -130,8 +122,8 @@ async def issue_qr_code(compartment_id: str) -> tuple[dict[str, Any], int]:
     service = ctx()
     bank_of_compartment(compartment_id)
     compartment_id = parse_id(compartment_id, "compartment")
-    exists, grant_expiry = await service.store.read(
-        tables.grant_expiry(compartment_id, principal.user_id)
+    exists, grant_expiry = await service.tables.read(
+        queries.grant_expiry(compartment_id, principal.user_id)
     )
     now = service.clock()
     if not exists or not _grant_valid(grant_expiry, now):
@@ -144,23 +136,7 @@ async def issue_qr_code(compartment_id: str) -> tuple[dict[str, Any], int]:
 @blueprint.get("/api/transactions/<transaction_id>")
 async def get_transaction(transaction_id: str) -> dict[str, Any]:
     principal = await require_user()
-    row = await ctx().store.read(tables.transaction(parse_id(transaction_id, "transaction")))
-    if row is None or not (principal.is_admin or row["user_id"] == principal.user_id):
+    view = await ctx().tables.read(queries.transaction(parse_id(transaction_id, "transaction")))
+    if view is None or not (principal.is_admin or view.user_id == principal.user_id):
         raise ApiError(404, "no such transaction")
-    late = None
-    if row["late_result"] is not None:
-        late = {
-            "result": row["late_result"],
-            "error_code": row["late_error_code"],
-            "received_at": iso_text(row["late_received_at"]),
-        }
-    return {
-        "transaction_id": row["transaction_id"],
-        "action": row["action"],
-        "status": row["status"],
-        "error_code": row["error_code"],
-        "message": row["message"],
-        "requested_at": iso_text(row["requested_at"]),
-        "completed_at": iso_text(row["completed_at"]),
-        "late_answer": late,
-    }
+    return view.to_json()

@@ -19,13 +19,13 @@ from datetime import datetime, timedelta
 
 import structlog
 
-from actors.fleet import iso
+from domain.keys import Keyring, new_token
+from domain.ratelimit import SlidingWindowLimiter
+from domain.wiretime import iso
 from lockerd.http.auth import Principal, Role
-from lockerd.security import Keyring, new_token
 from lockerd.users import tables
 from lockerd.users.passwords import PasswordHasher
-from lockerd.users.ratelimit import SlidingWindowLimiter
-from store.base import EventStore
+from store.base import Tables
 
 log = structlog.get_logger("lockerd.users")
 
@@ -64,11 +64,11 @@ def _role(text: str) -> Role:
 
 
 class SessionService:
-    """Implements ``lockerd.http.auth.SessionResolver``; registered as extensions["sessions"]."""
+    """Sign-in, sessions, users; the resolver behind :func:`lockerd.http.auth.authenticate`."""
 
     def __init__(
         self,
-        store: EventStore,
+        store: Tables,
         keyring: Keyring,
         clock: Callable[[], datetime],
         *,

@@ -1,7 +1,7 @@
 """The plain tables of users and sessions, and the SQL that reads and writes them.
 
 Portable SQL (SQLite and PostgreSQL): ``?`` placeholders, TEXT/BIGINT columns. Every function
-here returns a synchronous function for ``EventStore.read``/``write``, which runs it on the
+here returns a synchronous function for ``Tables.read``/``write``, which runs it on the
 store's own thread inside one transaction.
 """
 
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from store.base import SqlTx
 
@@ -127,60 +126,3 @@ def delete_session(token_hash: str) -> Callable[[SqlTx], None]:
         tx.execute("DELETE FROM user_sessions WHERE token_hash = ?", (token_hash,))
 
     return write
-
-
-# --- read models of the banks, as the app sees them -----------------------------------------
-
-
-def granted_compartments(user_id: str) -> Callable[[SqlTx], list[tuple[Any, ...]]]:
-    """(compartment id, number, bank id, bank name, door state, grant expiry) per grant."""
-
-    def read(tx: SqlTx) -> list[tuple[Any, ...]]:
-        return tx.query(
-            "SELECT c.id, c.number, c.bank_id, b.name, c.door_state, g.expires_at"
-            " FROM grants g JOIN compartments c ON c.id = g.compartment_id"
-            " JOIN banks b ON b.id = c.bank_id WHERE g.user_id = ?"
-            " ORDER BY b.name, c.bank_id, c.number",
-            (user_id,),
-        )
-
-    return read
-
-
-def grant_expiry(compartment_id: str, user_id: str) -> Callable[[SqlTx], tuple[bool, Any]]:
-    """(whether a grant exists, its expiry or None)."""
-
-    def read(tx: SqlTx) -> tuple[bool, Any]:
-        rows = tx.query(
-            "SELECT expires_at FROM grants WHERE compartment_id = ? AND user_id = ?",
-            (compartment_id, user_id),
-        )
-        return (True, rows[0][0]) if rows else (False, None)
-
-    return read
-
-
-TRANSACTION_COLUMNS = (
-    "transaction_id",
-    "action",
-    "status",
-    "error_code",
-    "message",
-    "requested_at",
-    "completed_at",
-    "user_id",
-    "late_result",
-    "late_error_code",
-    "late_received_at",
-)
-
-
-def transaction(transaction_id: str) -> Callable[[SqlTx], dict[str, Any] | None]:
-    def read(tx: SqlTx) -> dict[str, Any] | None:
-        rows = tx.query(
-            f"SELECT {', '.join(TRANSACTION_COLUMNS)} FROM transactions WHERE transaction_id = ?",
-            (transaction_id,),
-        )
-        return dict(zip(TRANSACTION_COLUMNS, rows[0], strict=True)) if rows else None
-
-    return read

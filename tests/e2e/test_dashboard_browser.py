@@ -294,7 +294,7 @@ async def test_dashboard_follows_a_bank_online_and_offline(
         assert await in_thread(lambda: filter_by("")) != []
 
         # the server drops the page (as it does a slow one): it reconnects by itself
-        hub = svc.context.extensions["dashboard"]
+        hub = svc.context.status_hub
         assert len(hub.sessions) == 1
         for session in list(hub.sessions):
             session.finish((1013, "too slow: test", "slow"))

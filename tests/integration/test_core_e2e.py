@@ -349,6 +349,6 @@ async def test_gateway_survives_a_routing_bug(mosquitto: MosquittoBroker, tmp_pa
             return bool(got["presence"] == "online")
 
         await eventually(healthy_online)
-        gateway = svc.context.extensions["gateway"]
+        gateway = svc.context.gateway
         assert svc.context.metrics.dropped.labels("state", "internal_error")._value.get() == 1
         assert gateway.mqtt.connected

@@ -223,7 +223,7 @@ async def test_stalled_client_is_dropped_while_a_flood_is_fully_processed(
     """
     async with service(mosquitto, tmp_path) as svc:
         # keep the dropped socket (not reset) until the test reads it, whenever that is
-        svc.context.extensions["dashboard"].close_timeout = 3600.0
+        svc.context.status_hub.close_timeout = 3600.0
         bank = await svc.create_bank(name="Big", compartments=1000)
         healthy_updates: list[dict[str, Any]] = []
         # message_queue_size=1 (the default): once one message waits unread, the client stops
@@ -278,7 +278,7 @@ async def test_service_stops_although_a_client_never_reads(
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             async with service(mosquitto, tmp_path) as svc:
-                hub = svc.context.extensions["dashboard"]
+                hub = svc.context.status_hub
                 hub.send_timeout = 3600.0  # never judged slow: only the shutdown can end it
                 bank = await svc.create_bank(name="Big", compartments=1000)
                 stalled = await nursery.start(_hold_client, ws_url(svc))

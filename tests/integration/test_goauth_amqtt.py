@@ -91,7 +91,7 @@ async def amqtt_broker(
 async def wait_gateway_routing(svc: RunningLockerd, url: str) -> None:
     """lockerd's gateway is connected and subscribed once an unknown-token register gets
     its error reply (the subscription itself cannot be observed from outside)."""
-    await svc.context.extensions["mqtt"].wait_connected()
+    await svc.context.mqtt.wait_connected()
     with trio.fail_after(20):
         while True:
             async with registrar(

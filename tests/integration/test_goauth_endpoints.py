@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from lockerd.security import Keyring
 from tests.support.goauth import (
     MODES,
     Mode,
@@ -36,26 +35,29 @@ BACKEND_USER = "lockerd-backend"
 BACKEND_PASSWORD = "backend-password"
 PROVISIONING_USER = "provisioning_client"
 PROVISIONING_PASSWORD = "provisioning-password"
-TENANT = "11111111-2222-4333-8444-555555555555"
-AGENT_ID = "agent-7"
-AGENT_USER = "agent-user-7"
-AGENT_PASSWORD = "agent-secret"
 
 
 def backend_url(broker: MosquittoBroker) -> str:
     return f"mqtt://{BACKEND_USER}:{BACKEND_PASSWORD}@{broker.host}:{broker.port}"
 
 
-class FakeAgents:
-    """The duck-typed agents registry (``extensions["agents"]``) the metrics feature provides."""
+@dataclasses.dataclass
+class AgentLogin:
+    tenant_id: str
+    agent_id: str
+    user: str
+    password: str
 
-    def __init__(self, keyring: Keyring) -> None:
-        self.users = {
-            AGENT_USER: (TENANT, AGENT_ID, keyring.hash("agent-password", AGENT_PASSWORD))
-        }
 
-    def credential(self, username: str) -> tuple[str, str, str] | None:
-        return self.users.get(username)
+async def registered_agent(svc: RunningLockerd) -> AgentLogin:
+    """A tenant and one metrics agent of it, created through the admin API."""
+    tenant = await svc.admin_post("/api/admin/tenants", {"name": "City"})
+    assert tenant.status_code == 201, tenant.text
+    tenant_id = tenant.json()["id"]
+    agent = await svc.admin_post(f"/api/admin/tenants/{tenant_id}/agents", {"name": "probe"})
+    assert agent.status_code == 201, agent.text
+    body = agent.json()
+    return AgentLogin(tenant_id, body["agent_id"], body["mqtt_user"], body["mqtt_password"])
 
 
 @dataclasses.dataclass
@@ -84,7 +86,7 @@ async def test_auth_accepts_each_known_user_and_nothing_else(
     settings = test_settings(backend_url(mosquitto), tmp_path / "l.db")
     async with lockerd(settings) as svc:
         device = await provisioned_device(svc, mosquitto)
-        svc.context.extensions["agents"] = FakeAgents(svc.context.keyring)
+        agent = await registered_agent(svc)
         http = svc.http
         assert await auth(http, BACKEND_USER, BACKEND_PASSWORD, mode) == 200
         assert await auth(http, BACKEND_USER, "wrong", mode) == 403
@@ -93,8 +95,8 @@ async def test_auth_accepts_each_known_user_and_nothing_else(
         assert await auth(http, device.user, device.password, mode) == 200
         assert await auth(http, device.user, device.password + "x", mode) == 403
         assert await auth(http, device.user, "", mode) == 403
-        assert await auth(http, AGENT_USER, AGENT_PASSWORD, mode) == 200
-        assert await auth(http, AGENT_USER, "wrong", mode) == 403
+        assert await auth(http, agent.user, agent.password, mode) == 200
+        assert await auth(http, agent.user, "wrong", mode) == 403
         assert await auth(http, "stranger", "whatever", mode) == 403
         assert await auth(http, "", BACKEND_PASSWORD, mode) == 403
         # the device's password does not work under another name
@@ -110,23 +112,19 @@ async def test_auth_with_amqtt_field_name_client_id(
         assert await goauth(svc.http, "auth", fields) == 200
 
 
-async def test_agents_are_skipped_when_no_registry_or_a_broken_one(
-    mosquitto: MosquittoBroker, tmp_path: Path
+async def test_a_broken_agent_registry_denies(
+    mosquitto: MosquittoBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    class Broken:
-        def credential(self, username: str) -> tuple[str, str, str] | None:
-            raise RuntimeError("registry bug")
+    def broken(username: str) -> tuple[str, str, str] | None:
+        raise RuntimeError("registry bug")
 
     async with lockerd(test_settings(backend_url(mosquitto), tmp_path / "l.db")) as svc:
-        svc.context.extensions.pop("agents", None)
-        assert await auth(svc.http, AGENT_USER, AGENT_PASSWORD) == 403
-        topic = f"metrics/{TENANT}/{AGENT_ID}/temperature"
-        assert await acl_check(svc.http, AGENT_USER, topic, 2) == 403
-        svc.context.extensions["agents"] = Broken()
-        assert await auth(svc.http, AGENT_USER, AGENT_PASSWORD) == 403
-        assert await acl_check(svc.http, AGENT_USER, topic, 2) == 403
-        svc.context.extensions["agents"] = object()  # no credential(): ignored
-        assert await auth(svc.http, AGENT_USER, AGENT_PASSWORD) == 403
+        agent = await registered_agent(svc)
+        topic = f"metrics/{agent.tenant_id}/{agent.agent_id}/temperature"
+        assert await auth(svc.http, agent.user, agent.password) == 200
+        monkeypatch.setattr(svc.context.agents, "credential", broken)
+        assert await auth(svc.http, agent.user, agent.password) == 403
+        assert await acl_check(svc.http, agent.user, topic, 2) == 403
 
 
 async def test_unset_or_empty_passwords_never_match(
@@ -138,7 +136,8 @@ async def test_unset_or_empty_passwords_never_match(
         assert await auth(svc.http, PROVISIONING_USER, "") == 403
         assert await auth(svc.http, PROVISIONING_USER, "provisioning-password") == 403
         assert await goauth(svc.http, "superuser", {"username": ""}) == 403
-        svc.context.settings = dataclasses.replace(settings, provisioning_password=None)
+    unset = dataclasses.replace(settings, provisioning_password=None)
+    async with lockerd(unset) as svc:
         assert await auth(svc.http, PROVISIONING_USER, "") == 403
 
 
@@ -151,11 +150,12 @@ async def test_superuser_is_the_backend_user_only(
 ) -> None:
     async with lockerd(test_settings(backend_url(mosquitto), tmp_path / "l.db")) as svc:
         device = await provisioned_device(svc, mosquitto)
+        agent = await registered_agent(svc)
         for username, expected in [
             (BACKEND_USER, 200),
             (PROVISIONING_USER, 403),
             (device.user, 403),
-            (AGENT_USER, 403),
+            (agent.user, 403),
             ("stranger", 403),
             ("", 403),
             (BACKEND_USER + " ", 403),
@@ -167,10 +167,12 @@ async def test_superuser_is_the_backend_user_only(
 # --------------------------------------------------------------------------- /acl
 
 
-def acl_rows(own: Device, other: Device) -> list[tuple[str, str, int, int, str | None]]:
+def acl_rows(
+    own: Device, other: Device, agent: AgentLogin
+) -> list[tuple[str, str, int, int, str | None]]:
     """(username, topic, acc, expected status, clientid) for every row of contract §3."""
     bank, other_bank = own.bank_id, other.bank_id
-    metrics = f"metrics/{TENANT}/{AGENT_ID}"
+    metrics = f"metrics/{agent.tenant_id}/{agent.agent_id}"
     rows: list[tuple[str, str, int, int, str | None]] = [
         # backend: everything
         (BACKEND_USER, "#", 4, 200, None),
@@ -215,13 +217,13 @@ def acl_rows(own: Device, other: Device) -> list[tuple[str, str, int, int, str |
         (other.user, f"locker/{other_bank}/state", 2, 200, None),
         (other.user, f"locker/{bank}/state", 2, 403, None),
         # metrics agent
-        (AGENT_USER, f"{metrics}/temperature", 2, 200, None),
-        (AGENT_USER, f"{metrics}/a/b", 2, 403, None),
-        (AGENT_USER, f"{metrics}/+", 2, 403, None),
-        (AGENT_USER, f"metrics/{TENANT}/other-agent/temperature", 2, 403, None),
-        (AGENT_USER, f"{metrics}/temperature", 4, 403, None),
-        (AGENT_USER, f"{metrics}/temperature", 1, 403, None),
-        (AGENT_USER, "server/status", 4, 403, None),
+        (agent.user, f"{metrics}/temperature", 2, 200, None),
+        (agent.user, f"{metrics}/a/b", 2, 403, None),
+        (agent.user, f"{metrics}/+", 2, 403, None),
+        (agent.user, f"metrics/{agent.tenant_id}/other-agent/temperature", 2, 403, None),
+        (agent.user, f"{metrics}/temperature", 4, 403, None),
+        (agent.user, f"{metrics}/temperature", 1, 403, None),
+        (agent.user, "server/status", 4, 403, None),
         # anyone else
         ("stranger", "server/status", 4, 403, None),
         ("stranger", "locker/register/abc", 2, 403, None),
@@ -241,9 +243,9 @@ async def test_acl_table_row_by_row(mosquitto: MosquittoBroker, tmp_path: Path, 
     async with lockerd(test_settings(backend_url(mosquitto), tmp_path / "l.db")) as svc:
         own = await provisioned_device(svc, mosquitto)
         other = await provisioned_device(svc, mosquitto)
-        svc.context.extensions["agents"] = FakeAgents(svc.context.keyring)
+        agent = await registered_agent(svc)
         failures = []
-        for username, topic, acc, expected, clientid in acl_rows(own, other):
+        for username, topic, acc, expected, clientid in acl_rows(own, other, agent):
             status = await acl_check(svc.http, username, topic, acc, mode, clientid)
             if status != expected:
                 failures.append((username, topic, acc, clientid, status, expected))
@@ -335,7 +337,7 @@ async def test_wrong_missing_or_unset_secret_denies(
             assert await goauth(svc.http, endpoint, fields) == 200
             for secret in (None, "", "wrong", MOSQ_SECRET + "x", MOSQ_SECRET.upper()):
                 assert await goauth(svc.http, endpoint, fields, secret=secret) == 403, secret
-        svc.context.settings = dataclasses.replace(settings, mosq_secret=None)
+    async with lockerd(dataclasses.replace(settings, mosq_secret=None)) as svc:
         for endpoint, fields in (("auth", backend), ("superuser", superuser), ("acl", acl)):
             assert await goauth(svc.http, endpoint, fields) == 403
             assert await goauth(svc.http, endpoint, fields, secret=None) == 403
@@ -471,7 +473,7 @@ async def test_real_metrics_agents_from_the_admin_api(
     mosquitto: MosquittoBroker, tmp_path: Path
 ) -> None:
     """Agents created through ``POST /api/admin/tenants/{id}/agents`` (the metrics feature's
-    registry in ``extensions["agents"]``) log in and may publish only their own metrics."""
+    registry in ``agents``) log in and may publish only their own metrics."""
     async with lockerd(test_settings(backend_url(mosquitto), tmp_path / "l.db")) as svc:
         tenant = await svc.admin_post("/api/admin/tenants", {"name": "Acme"})
         assert tenant.status_code == 201, tenant.text

@@ -52,7 +52,7 @@ async def test_tenants_and_agents(
         tenant = await new_tenant(svc, "Acme")
         agent = await new_agent(svc, tenant, "boiler room")
         assert agent.mqtt_user and len(agent.mqtt_password) >= 40
-        directory: AgentDirectory = svc.context.extensions["agents"]
+        directory: AgentDirectory = svc.context.agents
         credential = directory.credential(agent.mqtt_user)
         assert credential is not None
         assert credential[:2] == (tenant, agent.agent_id)
@@ -71,7 +71,7 @@ async def test_tenants_and_agents(
         assert agent.mqtt_password not in str(listed)
     # both survive a restart, and the password still works
     async with lockerd(settings) as svc:
-        directory = svc.context.extensions["agents"]
+        directory = svc.context.agents
         assert directory.credential(agent.mqtt_user) == credential
         assert (await post_point(svc, agent, {"metric": "m", "value": 1})).status_code == 202
 

@@ -77,7 +77,7 @@ async def new_agent(svc: RunningLockerd, tenant_id: str, name: str = "probe") ->
 
 
 def pipeline_of(svc: RunningLockerd) -> MetricsPipeline:
-    found: MetricsPipeline = svc.context.extensions["metrics_pipeline"]
+    found: MetricsPipeline = svc.context.pipeline
     return found
 
 

@@ -334,7 +334,7 @@ async def test_repeated_wrong_tokens_are_rate_limited_per_client_id(
 ) -> None:
     async with lockerd(test_settings(mosquitto.url, tmp_path / "l.db")) as svc:
         bank = await svc.create_bank()
-        limit = svc.context.extensions["gateway"].rate_limiter.limit
+        limit = svc.context.gateway.registration_failures.limit
         async with registrar(mosquitto.url, "guesser") as guesser:
             for attempt in range(limit):
                 assert_error(await guesser.register(f"guess-{attempt}"), TOKEN_ERROR)

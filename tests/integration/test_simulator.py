@@ -16,12 +16,12 @@ from typing import Any
 
 import trio
 
+from domain.config_hash import config_compartments
+from domain.config_hash import config_hash as backend_config_hash
 from gateway.mqtt import MqttClient, MqttSettings, open_mqtt_client
 from lockerd.device import protocol as p
 from lockerd.device.fleet import BankTicket, Fleet
 from lockerd.device.simulated import Behaviour, Delay, Link, SimulatedDevice
-from lockerd.domain.config_hash import config_compartments
-from lockerd.domain.config_hash import config_hash as backend_config_hash
 from tests.support.mosquitto import MosquittoBroker
 from tests.support.service import (
     ADMIN_TOKEN,

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import trio
 
+from lockerd.banks.projections import PROJECTIONS
 from lockerd.commands.store_ops import (
     ImportRejected,
     export_store,
@@ -24,7 +25,6 @@ from lockerd.commands.store_ops import (
     migrate,
     rebuild,
 )
-from lockerd.projections import PROJECTIONS
 from store import NewEvent, Snapshot, SqlTx, open_store
 from tests.support.mosquitto import MosquittoBroker
 from tests.support.postgres import server_url

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from lockerd.users.ratelimit import SlidingWindowLimiter
+from domain.ratelimit import SlidingWindowLimiter
 from lockerd.users.sessions import SessionService
 from store.base import SqlTx
 from tests.support.mosquitto import MosquittoBroker
@@ -18,7 +18,7 @@ VALID = {"email": "ada@example.org", "password": PASSWORD, "name": "Ada", "role"
 
 
 def sessions_of(app: App) -> SessionService:
-    service: SessionService = app.context.extensions["sessions"]
+    service: SessionService = app.context.sessions
     return service
 
 
@@ -117,7 +117,7 @@ async def test_passwords_and_tokens_are_stored_only_as_hashes(
                 tx.query("SELECT token_hash, user_id FROM user_sessions"),
             )
 
-        users, tokens = await app.context.store.read(read)
+        users, tokens = await app.context.tables.read(read)
         [(password_hash,)] = users
         assert password_hash.startswith("$argon2id$v=19$m=19456,t=2,p=1$")
         assert PASSWORD not in password_hash
@@ -196,7 +196,7 @@ async def test_sessions_expire_and_survive_a_restart(
         def count(tx: SqlTx) -> int:
             return int(tx.query("SELECT COUNT(*) FROM user_sessions")[0][0])
 
-        assert await app.context.store.read(count) == 1
+        assert await app.context.tables.read(count) == 1
 
 
 async def test_login_rate_limit_per_client_ip(mosquitto: MosquittoBroker, tmp_path: Path) -> None:

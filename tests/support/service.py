@@ -12,8 +12,8 @@ import httpx
 import trio
 
 from lockerd.config import Settings, load_settings
-from lockerd.context import ServiceContext
 from lockerd.service import running_service
+from lockerd.wiring import Service
 
 ADMIN_TOKEN = "test-admin-token"
 MOSQ_SECRET = "test-mosq-secret"
@@ -40,7 +40,7 @@ test_settings.__test__ = False  # type: ignore[attr-defined]  # a helper, not a 
 
 @dataclass
 class RunningLockerd:
-    context: ServiceContext
+    context: Service
     http: httpx.AsyncClient
     base_url: str
 
@@ -67,9 +67,8 @@ class RunningLockerd:
         return result
 
 
-def http_base(context: ServiceContext) -> str:
-    urls: list[str] = context.extensions["http_urls"]
-    return urls[0]
+def http_base(context: Service) -> str:
+    return context.http_url
 
 
 @asynccontextmanager

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from lockerd import acl
-from lockerd.acl import READ, SUBSCRIBE, WRITE, Identity
+from gateway import acl
+from gateway.acl import READ, SUBSCRIBE, WRITE, Identity
 
 BANK = "0b6d3c8e-5a1f-4c2b-9d7e-1f2a3b4c5d6e"
 OTHER_BANK = "7c9e6679-7425-40de-944b-e07fc1f90ae7"

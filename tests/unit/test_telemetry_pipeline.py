@@ -20,9 +20,8 @@ import pytest
 import trio
 import trio.testing
 
-from gateway.topics import ParsedTopic
+from domain.keys import Keyring
 from lockerd.metrics import Metrics
-from lockerd.security import Keyring
 from lockerd.telemetry.agents import Agent, AgentDirectory, UnknownTenant
 from lockerd.telemetry.pipeline import MetricsPipeline, PipelineStats, PipelineUnavailable
 from lockerd.telemetry.points import MetricPoint, Rejected
@@ -69,10 +68,9 @@ class Rig:
     nursery: trio.Nursery
 
     def topic(self, metric: str = "temp", *, tenant: str | None = None,
-              agent: str | None = None) -> ParsedTopic:
-        return ParsedTopic(
-            "metric", tenant or self.tenant, agent_id=agent or self.agent.agent_id, metric=metric
-        )
+              agent: str | None = None) -> tuple[str, str, str]:
+        """(tenant id, agent id, metric) as the gateway takes them from the topic."""
+        return (tenant or self.tenant, agent or self.agent.agent_id, metric)
 
     async def wait(self, predicate: Callable[[PipelineStats], bool]) -> None:
         with trio.fail_after(DEADLINE):
@@ -210,8 +208,8 @@ async def test_directory_answers_credentials_and_reloads(db_url: str) -> None:
 
 async def test_mqtt_points_are_stored_counted_and_published(rig: Rig) -> None:
     live = rig.pipeline.subscribe()
-    await rig.pipeline.mqtt_sink(rig.topic("temp"), body(21.5, timestamp="2026-11-24T11:00:00Z"))
-    await rig.pipeline.mqtt_sink(rig.topic("hum"), body(40))
+    await rig.pipeline.mqtt_sink(*rig.topic("temp"), body(21.5, timestamp="2026-11-24T11:00:00Z"))
+    await rig.pipeline.mqtt_sink(*rig.topic("hum"), body(40))
     await rig.wait(lambda s: s.stored == 2)
     rows = await rig.rows()
     assert [(r[2], r[3]) for r in rows] == [("temp", 21.5), ("hum", 40.0)]
@@ -240,7 +238,7 @@ async def test_each_bad_mqtt_input_is_dropped_with_its_reason(rig: Rig) -> None:
         (rig.topic(), body(pad="x" * 17_000), "payload_too_large"),
     ]
     for topic, payload, _ in cases:
-        await rig.pipeline.mqtt_sink(topic, payload)
+        await rig.pipeline.mqtt_sink(*topic, payload)
     assert rig.pipeline.stats.rejected == len(cases)
     for _, _, reason in cases:
         expected = sum(1 for case in cases if case[2] == reason)
@@ -248,7 +246,7 @@ async def test_each_bad_mqtt_input_is_dropped_with_its_reason(rig: Rig) -> None:
     assert rig.counter(
         "lockerd_inbound_messages_total", kind="metric", outcome="dropped"
     ) == len(cases)
-    await rig.pipeline.mqtt_sink(rig.topic(), body(1))
+    await rig.pipeline.mqtt_sink(*rig.topic(), body(1))
     await rig.wait(lambda s: s.stored == 1)
     assert len(await rig.rows()) == 1
 
@@ -259,7 +257,7 @@ async def test_each_bad_mqtt_input_is_dropped_with_its_reason(rig: Rig) -> None:
 async def test_points_that_pile_up_are_written_in_one_transaction(rig: Rig) -> None:
     async with writer_held(rig.store):
         for n in range(500):
-            await rig.pipeline.mqtt_sink(rig.topic(), body(n))
+            await rig.pipeline.mqtt_sink(*rig.topic(), body(n))
         await trio.testing.wait_all_tasks_blocked()
     await rig.wait(lambda s: s.stored == 500)
     assert rig.pipeline.stats.batches == 1
@@ -272,10 +270,10 @@ async def test_points_that_pile_up_are_written_in_one_transaction(rig: Rig) -> N
 
 async def test_a_lone_point_does_not_wait_for_company(rig: Rig) -> None:
     async with writer_held(rig.store):
-        await rig.pipeline.mqtt_sink(rig.topic(), body(0))
+        await rig.pipeline.mqtt_sink(*rig.topic(), body(0))
         await trio.testing.wait_all_tasks_blocked()  # the actor took it and waits for the store
         for n in range(1, 100):
-            await rig.pipeline.mqtt_sink(rig.topic(), body(n))
+            await rig.pipeline.mqtt_sink(*rig.topic(), body(n))
         await trio.testing.wait_all_tasks_blocked()
     await rig.wait(lambda s: s.stored == 100)
     assert rig.pipeline.stats.batches == 2
@@ -286,7 +284,7 @@ async def test_max_batch_bounds_a_transaction(db_url: str) -> None:
     async with rig_at(db_url, max_batch=100) as rig:
         async with writer_held(rig.store):
             for n in range(301):
-                await rig.pipeline.mqtt_sink(rig.topic(), body(n))
+                await rig.pipeline.mqtt_sink(*rig.topic(), body(n))
             await trio.testing.wait_all_tasks_blocked()
         await rig.wait(lambda s: s.stored == 301)
         assert rig.pipeline.stats.largest_batch == 100
@@ -300,7 +298,7 @@ async def test_a_full_channel_makes_senders_wait(db_url: str) -> None:
         async def sender() -> None:
             nonlocal sent
             for n in range(10):
-                await rig.pipeline.mqtt_sink(rig.topic(), body(n))
+                await rig.pipeline.mqtt_sink(*rig.topic(), body(n))
                 sent += 1
 
         async with writer_held(rig.store):
@@ -320,20 +318,20 @@ async def test_a_full_channel_makes_senders_wait(db_url: str) -> None:
 async def test_dedupe_across_paths_batches_and_agents(rig: Rig) -> None:
     assert await rig.pipeline.submit_http(rig.agent, b'{"metric":"m","value":1,"dedupe_id":"a"}') \
         == "stored"
-    await rig.pipeline.mqtt_sink(rig.topic("m"), body(2, dedupe_id="a"))  # MQTT repeat
+    await rig.pipeline.mqtt_sink(*rig.topic("m"), body(2, dedupe_id="a"))  # MQTT repeat
     assert await rig.pipeline.submit_http(rig.agent, b'{"metric":"m","value":3,"dedupe_id":"a"}') \
         == "duplicate"
     async with writer_held(rig.store):  # a repeat inside one batch
-        await rig.pipeline.mqtt_sink(rig.topic("m"), body(4, dedupe_id="b"))
+        await rig.pipeline.mqtt_sink(*rig.topic("m"), body(4, dedupe_id="b"))
         await trio.testing.wait_all_tasks_blocked()
-        await rig.pipeline.mqtt_sink(rig.topic("m"), body(5, dedupe_id="c"))
-        await rig.pipeline.mqtt_sink(rig.topic("m"), body(6, dedupe_id="c"))
+        await rig.pipeline.mqtt_sink(*rig.topic("m"), body(5, dedupe_id="c"))
+        await rig.pipeline.mqtt_sink(*rig.topic("m"), body(6, dedupe_id="c"))
         await trio.testing.wait_all_tasks_blocked()
     # the same id from another agent is another point
     other_tenant_topic = rig.topic(
         "m", tenant=rig.other_agent.tenant_id, agent=rig.other_agent.agent_id
     )
-    await rig.pipeline.mqtt_sink(other_tenant_topic, body(7, dedupe_id="a"))
+    await rig.pipeline.mqtt_sink(*other_tenant_topic, body(7, dedupe_id="a"))
     await rig.wait(lambda s: s.stored == 4 and s.duplicates == 3)
     assert [r[3] for r in await rig.rows()] == [1.0, 4.0, 5.0, 7.0]
     assert rig.dropped("duplicate") == 2
@@ -342,10 +340,10 @@ async def test_dedupe_across_paths_batches_and_agents(rig: Rig) -> None:
 
 async def test_database_catches_repeats_the_memory_forgot(db_url: str) -> None:
     async with rig_at(db_url, recent_dedupe=1) as rig:
-        await rig.pipeline.mqtt_sink(rig.topic(), body(1, dedupe_id="x"))
-        await rig.pipeline.mqtt_sink(rig.topic(), body(2, dedupe_id="y"))  # evicts "x"
+        await rig.pipeline.mqtt_sink(*rig.topic(), body(1, dedupe_id="x"))
+        await rig.pipeline.mqtt_sink(*rig.topic(), body(2, dedupe_id="y"))  # evicts "x"
         await rig.wait(lambda s: s.stored == 2)
-        await rig.pipeline.mqtt_sink(rig.topic(), body(3, dedupe_id="x"))
+        await rig.pipeline.mqtt_sink(*rig.topic(), body(3, dedupe_id="x"))
         await rig.wait(lambda s: s.duplicates == 1)
         assert rig.dropped("duplicate") == 1
     # after a restart the memory is empty: the unique index still knows
@@ -354,7 +352,7 @@ async def test_database_catches_repeats_the_memory_forgot(db_url: str) -> None:
             rig.agent, b'{"metric":"temp","value":9,"dedupe_id":"y"}'
         )
         assert outcome == "duplicate"
-        await rig.pipeline.mqtt_sink(rig.topic(), body(4))
+        await rig.pipeline.mqtt_sink(*rig.topic(), body(4))
         await rig.wait(lambda s: s.stored == 1)
         rows = await rig.rows()
         assert [r[3] for r in rows] == [1.0, 2.0, 4.0]
@@ -368,11 +366,11 @@ async def test_database_catches_repeats_the_memory_forgot(db_url: str) -> None:
 async def test_a_failed_batch_stores_nothing_and_releases_its_dedupe_ids(rig: Rig) -> None:
     rig.flaky.fail = True
     async with writer_held(rig.store):
-        await rig.pipeline.mqtt_sink(rig.topic(), body(0))
+        await rig.pipeline.mqtt_sink(*rig.topic(), body(0))
         await trio.testing.wait_all_tasks_blocked()
-        await rig.pipeline.mqtt_sink(rig.topic(), body(1, dedupe_id="k"))
-        await rig.pipeline.mqtt_sink(rig.topic(), body(2, dedupe_id="k"))
-        await rig.pipeline.mqtt_sink(rig.topic(), body(3))
+        await rig.pipeline.mqtt_sink(*rig.topic(), body(1, dedupe_id="k"))
+        await rig.pipeline.mqtt_sink(*rig.topic(), body(2, dedupe_id="k"))
+        await rig.pipeline.mqtt_sink(*rig.topic(), body(3))
         await trio.testing.wait_all_tasks_blocked()
     await rig.wait(lambda s: s.failed == 4)
     with pytest.raises(PipelineUnavailable):
@@ -382,7 +380,7 @@ async def test_a_failed_batch_stores_nothing_and_releases_its_dedupe_ids(rig: Ri
     assert rig.processed() == 0
     rig.flaky.fail = False
     # the ids of the failed points were never stored, so a retry is not a duplicate
-    await rig.pipeline.mqtt_sink(rig.topic(), body(1, dedupe_id="k"))
+    await rig.pipeline.mqtt_sink(*rig.topic(), body(1, dedupe_id="k"))
     assert await rig.pipeline.submit_http(
         rig.agent, b'{"metric":"m","value":5,"dedupe_id":"h"}'
     ) == "stored"
@@ -415,7 +413,7 @@ async def test_slow_subscribers_are_dropped_and_others_keep_going(rig: Rig) -> N
     gone = rig.pipeline.subscribe()
     await gone.aclose()
     for n in range(5):
-        await rig.pipeline.mqtt_sink(rig.topic(), body(n))
+        await rig.pipeline.mqtt_sink(*rig.topic(), body(n))
     await rig.wait(lambda s: s.stored == 5)
     assert rig.pipeline.subscriber_count == 2  # fast and mine
     assert rig.pipeline.stats.subscribers_dropped == 1

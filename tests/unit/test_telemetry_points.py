@@ -174,4 +174,6 @@ def test_point_json_shape() -> None:
 @given(st.datetimes(timezones=st.just(UTC)))
 def test_microsecond_time_round_trips(moment: datetime) -> None:
     assert from_us(to_us(moment)) == moment
-    assert datetime.fromisoformat(iso_us(to_us(moment))) == moment
+    # on the wire, milliseconds (one formatter for every answer)
+    truncated = moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+    assert datetime.fromisoformat(iso_us(to_us(moment))) == truncated

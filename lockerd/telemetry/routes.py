@@ -31,8 +31,8 @@ from lockerd.http.context import ctx
 from lockerd.http.errors import ApiError, error_response
 from lockerd.http.ids import parse_id
 from lockerd.http.validation import decode_body
-from lockerd.telemetry.agents import Agent, AgentDirectory
-from lockerd.telemetry.pipeline import MetricsPipeline, PipelineUnavailable
+from lockerd.telemetry.agents import Agent
+from lockerd.telemetry.pipeline import PipelineUnavailable
 from lockerd.telemetry.points import HttpMetricIn, Rejected, parse_timestamp
 from lockerd.telemetry.query import DEFAULT_LIMIT, MAX_LIMIT, PointQuery, read_points, to_csv
 
@@ -51,16 +51,6 @@ class AgentIn(msgspec.Struct, forbid_unknown_fields=True):
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 
 
-def agents() -> AgentDirectory:
-    directory: AgentDirectory = ctx().extensions["agents"]
-    return directory
-
-
-def pipeline() -> MetricsPipeline:
-    found: MetricsPipeline = ctx().extensions["metrics_pipeline"]
-    return found
-
-
 async def body_bytes() -> bytes:
     raw = await request.get_data(cache=True)
     return raw if isinstance(raw, bytes) else raw.encode()
@@ -68,7 +58,7 @@ async def body_bytes() -> bytes:
 
 def known_tenant(tenant_id: str) -> str:
     tenant_id = parse_id(tenant_id, "tenant")
-    if not agents().has_tenant(tenant_id):
+    if not ctx().agents.has_tenant(tenant_id):
         raise ApiError(404, "no such tenant")
     return tenant_id
 
@@ -82,14 +72,14 @@ async def create_tenant() -> tuple[dict[str, Any], int]:
     await require_admin()
     data = decode_body(TenantIn, await body_bytes())
     service = ctx()
-    tenant = await agents().create_tenant(service.store, data.name, service.clock())
+    tenant = await ctx().agents.create_tenant(service.tables, data.name, service.clock())
     return {"id": tenant.tenant_id}, 201
 
 
 @blueprint.get("/api/admin/tenants")
 async def list_tenants() -> list[dict[str, Any]]:
     await require_admin()
-    directory = agents()
+    directory = ctx().agents
     by_tenant: dict[str, list[dict[str, Any]]] = {}
     for agent in directory.agents.values():
         by_tenant.setdefault(agent.tenant_id, []).append(
@@ -108,8 +98,8 @@ async def create_agent(tenant_id: str) -> tuple[dict[str, Any], int]:
     tenant_id = known_tenant(tenant_id)
     data = decode_body(AgentIn, await body_bytes())
     service = ctx()
-    created = await agents().create_agent(
-        service.store, service.keyring, tenant_id, data.name, service.clock()
+    created = await ctx().agents.create_agent(
+        service.tables, service.keyring, tenant_id, data.name, service.clock()
     )
     return {
         "agent_id": created.agent.agent_id,
@@ -152,7 +142,7 @@ async def query_metrics(tenant_id: str) -> Any:
         since_us=_since(since) if since else None,
         limit=_limit(limit) if limit else DEFAULT_LIMIT,
     )
-    rows = await ctx().store.read(read_points(query))
+    rows = await ctx().tables.read(read_points(query))
     if fmt == "csv":
         return Response(to_csv(rows), content_type="text/csv; charset=utf-8")
     return [row.as_json() for row in rows]
@@ -180,7 +170,7 @@ def authenticated_agent() -> Agent | None:
     credentials = basic_credentials()
     if credentials is None:
         return None
-    return agents().authenticate(ctx().keyring, *credentials)
+    return ctx().agents.authenticate(ctx().keyring, *credentials)
 
 
 @blueprint.post("/api/metrics")
@@ -194,7 +184,7 @@ async def ingest_metric() -> Any:
         response.headers["WWW-Authenticate"] = BASIC_REALM
         return response
     try:
-        outcome = await pipeline().submit_http(agent, await body_bytes())
+        outcome = await ctx().pipeline.submit_http(agent, await body_bytes())
     except Rejected as exc:
         raise ApiError(400, exc.message) from None
     except PipelineUnavailable as exc:

@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 from pyrsistent import PMap, pmap
 
-from lockerd.domain.state import BankState, Compartment, Transaction
+from domain.state import BankState, Compartment, Transaction
 
 SNAPSHOT_FORMAT = 1
 

@@ -1,4 +1,8 @@
-"""Sliding-window attempt counting, per key (an email address, a client IP)."""
+"""Sliding-window attempt counting, per key (an email address, a client IP, an MQTT client id).
+
+Pure bookkeeping with an injected clock; the one rate limiter of lockerd (sign-in attempts,
+failed device registrations).
+"""
 
 from __future__ import annotations
 

@@ -2,8 +2,9 @@
 
 Each projection applies stored events to tables it alone owns, so that
 ``EventStore.rebuild_projections`` can drop and refill them from the history at any time.
-Data not derived from events (``last_seen``, coalesced from heartbeats) lives in tables of
-its own that a rebuild leaves alone.
+Data not derived from events (``last_seen``, coalesced from heartbeats) lives in a table of
+its own that a rebuild leaves alone (:mod:`lockerd.banks.queries`, which also holds every read
+of these tables).
 """
 
 from __future__ import annotations
@@ -267,10 +268,3 @@ TRANSACTIONS = _TableProjection(
 
 PROJECTIONS: tuple[Projection, ...] = (BANKS, GRANTS, TRANSACTIONS)
 
-# Plain tables that are not projections: a rebuild leaves them alone.
-PLAIN_TABLES_DDL: tuple[str, ...] = (
-    """CREATE TABLE IF NOT EXISTS bank_last_seen (
-        bank_id TEXT PRIMARY KEY,
-        last_seen TEXT NOT NULL
-    )""",
-)

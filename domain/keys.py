@@ -1,4 +1,4 @@
-"""Secrets: random tokens, keyed hashes, constant-time comparisons.
+"""Secrets: random tokens, keyed hashes, constant-time comparisons (no I/O).
 
 Machine secrets (provisioning tokens, device and agent passwords, bearer tokens) are 256-bit
 random values, so a keyed HMAC-SHA256 is as strong as a slow KDF for them and costs 2 µs instead
@@ -11,12 +11,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-
-from store.base import EventStore, SqlTx
-
-KEY_TABLE_DDL = (
-    "CREATE TABLE IF NOT EXISTS server_keys (name TEXT PRIMARY KEY, value TEXT NOT NULL)"
-)
 
 
 def new_token(nbytes: int = 32) -> str:
@@ -51,20 +45,3 @@ def constant_time_equals(given: str | None, expected: str | None) -> bool:
     if given is None or expected is None:
         return False
     return hmac.compare_digest(given.encode(), expected.encode())
-
-
-async def load_keyring(store: EventStore, configured: str | None) -> Keyring:
-    """Use LOCKERD_SECRET_KEY if set, else a random key created once and kept in the store."""
-    if configured:
-        return Keyring(configured.encode())
-
-    def get_or_create(tx: SqlTx) -> str:
-        tx.execute(KEY_TABLE_DDL)
-        rows = tx.query("SELECT value FROM server_keys WHERE name = 'master'")
-        if rows:
-            return str(rows[0][0])
-        value = secrets.token_hex(32)
-        tx.execute("INSERT INTO server_keys (name, value) VALUES ('master', ?)", (value,))
-        return value
-
-    return Keyring(bytes.fromhex(await store.write(get_or_create)))

@@ -1,8 +1,8 @@
-"""A locker bank's behaviour: ``decide(state, command) -> events`` and ``evolve(state, event)``.
+"""A locker bank's behaviour: ``decide(state, command, now) -> events``, ``evolve(state, event)``.
 
 Both are pure: no clock, no randomness, no I/O. ``decide`` either returns the events that the
 command causes (possibly none: a duplicate changes nothing) or raises
-:class:`~lockerd.domain.commands.CommandRejected`. ``evolve`` never fails for an event that
+:class:`~domain.commands.CommandRejected`. ``evolve`` never fails for an event that
 ``decide`` produced.
 """
 
@@ -15,65 +15,69 @@ from typing import Any
 
 from pyrsistent import PMap, pmap
 
-from lockerd.domain import commands as c
-from lockerd.domain import events as e
-from lockerd.domain.config_hash import config_compartments, config_hash
-from lockerd.domain.state import DEDUP_WINDOW, MAX_REMEMBERED, BankState, Compartment, Transaction
+from domain import commands as c
+from domain import events as e
+from domain.config_hash import config_compartments, config_hash
+from domain.state import DEDUP_WINDOW, MAX_REMEMBERED, BankState, Compartment, Transaction
 
 # A device that lost its provisioning reply may redeem the same token with the same client id
 # again within this window, until its issued credentials have been seen in use.
 PROVISIONING_REPLY_GRACE = timedelta(minutes=15)
 
 
-def decide(state: BankState, command: c.BankCommand) -> list[e.Event]:
-    """Deadlines that are already due fire first, so every command is decided on the state as
-    it is at ``command.now``, whether or not the timer's tick has been handled yet."""
+def decide(state: BankState, command: c.BankCommand, now: datetime) -> list[e.Event]:
+    """The events ``command`` causes at the moment ``now`` (possibly none).
+
+    Deadlines that are already due at ``now`` fire first, so every command is decided on the
+    state as it is at ``now``, whether or not the timer's tick has been handled yet. Raises
+    :class:`~domain.commands.CommandRejected` for a command that is invalid for this bank.
+    """
     match command:
         case c.CreateBank():
-            return _create(state, command)
+            return _create(state, command, now)
         case c.Tick():
             if not state.exists:
                 raise c.CommandRejected("not_found", "unknown locker bank")
-            return _tick(state, command.now)
+            return _tick(state, now)
     if not state.exists:
         raise c.CommandRejected("not_found", "unknown locker bank")
-    due = _tick(state, command.now)
+    due = _tick(state, now)
     if due:
         state = fold(state, due)
-    return due + _decide_now(state, command)
+    return due + _decide_now(state, command, now)
 
 
-def _decide_now(state: BankState, command: c.BankCommand) -> list[e.Event]:
+def _decide_now(state: BankState, command: c.BankCommand, now: datetime) -> list[e.Event]:
     match command:
         case c.IssueProvisioningToken():
             return [
                 e.ProvisioningTokenIssued(
                     token_hash=command.token_hash,
                     expires_at=command.expires_at,
-                    issued_at=command.now,
+                    issued_at=now,
                 )
             ]
         case c.Provision():
-            return _provision(state, command)
+            return _provision(state, command, now)
         case c.RecordProvisioningReplyFailed():
             return [
                 e.ProvisioningReplyFailed(
                     client_id=command.client_id,
                     mqtt_user=command.mqtt_user,
                     reason=command.reason,
-                    at=command.now,
+                    at=now,
                 )
             ]
         case c.NoteCredentialsUsed():
             if state.mqtt_user != command.mqtt_user or state.credentials_seen_in_use:
                 return []
-            return [e.DeviceCredentialsUsed(mqtt_user=command.mqtt_user, at=command.now)]
+            return [e.DeviceCredentialsUsed(mqtt_user=command.mqtt_user, at=now)]
         case c.GrantAccess():
-            return _grant(state, command)
+            return _grant(state, command, now)
         case c.RevokeAccess():
-            return _revoke(state, command)
+            return _revoke(state, command, now)
         case c.RequestOpen():
-            return _request_open(state, command)
+            return _request_open(state, command, now)
         case c.RequestApplyConfig():
             if state.pending_config() is not None:
                 raise c.CommandRejected("conflict", "an apply_config command is still pending")
@@ -81,7 +85,7 @@ def _decide_now(state: BankState, command: c.BankCommand) -> list[e.Event]:
                 _apply_config_request(
                     state,
                     command.transaction_id,
-                    command.now,
+                    now,
                     command.command_timeout_seconds,
                     command.requested_by,
                 )
@@ -91,20 +95,20 @@ def _decide_now(state: BankState, command: c.BankCommand) -> list[e.Event]:
             if tx is None or tx.dispatched:
                 return []
             return [
-                e.CommandDispatched(transaction_id=tx.transaction_id, dispatched_at=command.now)
+                e.CommandDispatched(transaction_id=tx.transaction_id, dispatched_at=now)
             ]
         case c.RecordAnswer():
-            return _answer(state, command)
+            return _answer(state, command, now)
         case c.RecordHeartbeat():
-            return _heartbeat(state, command)
+            return _heartbeat(state, command, now)
         case c.RecordLastWill():
-            return _last_will(state, command)
+            return _last_will(state, command, now)
         case c.RecordDeviceEvent():
-            return _device_event(state, command)
+            return _device_event(state, command, now)
     raise AssertionError(f"unhandled command {command!r}")  # pragma: no cover
 
 
-def _create(state: BankState, command: c.CreateBank) -> list[e.Event]:
+def _create(state: BankState, command: c.CreateBank, now: datetime) -> list[e.Event]:
     if state.exists:
         raise c.CommandRejected("conflict", "locker bank already exists")
     numbers = [spec.number for spec in command.compartments]
@@ -126,26 +130,26 @@ def _create(state: BankState, command: c.CreateBank) -> list[e.Event]:
             location=command.location,
             heartbeat_interval_seconds=command.heartbeat_interval_seconds,
             compartments=command.compartments,
-            created_at=command.now,
+            created_at=now,
         ),
         e.ProvisioningTokenIssued(
             token_hash=command.token_hash,
             expires_at=command.token_expires_at,
-            issued_at=command.now,
+            issued_at=now,
         ),
     ]
 
 
-def _provision(state: BankState, command: c.Provision) -> list[e.Event]:
+def _provision(state: BankState, command: c.Provision, now: datetime) -> list[e.Event]:
     def failed(reason: str) -> list[e.Event]:
-        return [e.ProvisioningFailed(client_id=command.client_id, reason=reason, at=command.now)]
+        return [e.ProvisioningFailed(client_id=command.client_id, reason=reason, at=now)]
 
     if command.token_hash == state.token_hash:
         assert state.token_expires_at is not None
-        if command.now >= state.token_expires_at:
+        if now >= state.token_expires_at:
             return failed("token_expired")
     elif command.token_hash == state.used_token_hash:
-        if not _may_redeem_again(state, command):
+        if not _may_redeem_again(state, command, now):
             return failed("token_used")
     else:
         return failed("token_unknown")
@@ -155,45 +159,45 @@ def _provision(state: BankState, command: c.Provision) -> list[e.Event]:
             mqtt_user=command.new_mqtt_user,
             credential_hash=command.new_credential_hash,
             token_hash=command.token_hash,
-            provisioned_at=command.now,
+            provisioned_at=now,
             previous_mqtt_user=state.mqtt_user,
         )
     ]
 
 
-def _may_redeem_again(state: BankState, command: c.Provision) -> bool:
+def _may_redeem_again(state: BankState, command: c.Provision, now: datetime) -> bool:
     """The lost-reply rule: same device, credentials never used, still within the grace."""
     return (
         state.provisioned_client_id == command.client_id
         and not state.credentials_seen_in_use
         and state.provisioned_at is not None
-        and command.now < state.provisioned_at + PROVISIONING_REPLY_GRACE
+        and now < state.provisioned_at + PROVISIONING_REPLY_GRACE
     )
 
 
-def _grant(state: BankState, command: c.GrantAccess) -> list[e.Event]:
+def _grant(state: BankState, command: c.GrantAccess, now: datetime) -> list[e.Event]:
     if state.compartment_by_id(command.compartment_id) is None:
         raise c.CommandRejected("not_found", "unknown compartment")
-    if command.expires_at is not None and command.expires_at <= command.now:
+    if command.expires_at is not None and command.expires_at <= now:
         raise c.CommandRejected("invalid", "expires_at must be in the future")
     return [
         e.CompartmentAccessGranted(
             compartment_id=command.compartment_id,
             user_id=command.user_id,
             expires_at=command.expires_at,
-            granted_at=command.now,
+            granted_at=now,
         )
     ]
 
 
-def _revoke(state: BankState, command: c.RevokeAccess) -> list[e.Event]:
+def _revoke(state: BankState, command: c.RevokeAccess, now: datetime) -> list[e.Event]:
     if command.user_id not in state.grants.get(command.compartment_id, pmap()):
         raise c.CommandRejected("not_found", "no such grant")
     return [
         e.CompartmentAccessRevoked(
             compartment_id=command.compartment_id,
             user_id=command.user_id,
-            revoked_at=command.now,
+            revoked_at=now,
         )
     ]
 
@@ -211,18 +215,18 @@ def _open_refusal(
     return None
 
 
-def _request_open(state: BankState, command: c.RequestOpen) -> list[e.Event]:
+def _request_open(state: BankState, command: c.RequestOpen, now: datetime) -> list[e.Event]:
     compartment = state.compartment_by_id(command.compartment_id)
     if compartment is None:
         raise c.CommandRejected("not_found", "unknown compartment")
-    reason = _open_refusal(state, compartment, command.user_id, command.now)
+    reason = _open_refusal(state, compartment, command.user_id, now)
     if reason is not None:
         return [
             e.CompartmentOpeningDenied(
                 user_id=command.user_id,
                 compartment_id=compartment.id,
                 reason=reason,
-                at=command.now,
+                at=now,
             )
         ]
     return [
@@ -231,8 +235,8 @@ def _request_open(state: BankState, command: c.RequestOpen) -> list[e.Event]:
             compartment_id=compartment.id,
             compartment_number=compartment.number,
             user_id=command.user_id,
-            requested_at=command.now,
-            expires_at=command.now + timedelta(seconds=command.command_timeout_seconds),
+            requested_at=now,
+            expires_at=now + timedelta(seconds=command.command_timeout_seconds),
         )
     ]
 
@@ -252,7 +256,7 @@ def _apply_config_request(
     )
 
 
-def _answer(state: BankState, command: c.RecordAnswer) -> list[e.Event]:
+def _answer(state: BankState, command: c.RecordAnswer, now: datetime) -> list[e.Event]:
     tx = state.transactions.get(command.transaction_id)
     if tx is None:
         raise c.CommandRejected("unknown_transaction", "answer for an unknown transaction")
@@ -268,7 +272,7 @@ def _answer(state: BankState, command: c.RecordAnswer) -> list[e.Event]:
                 transaction_id=tx.transaction_id,
                 result=command.result,
                 error_code=command.error_code,
-                received_at=command.now,
+                received_at=now,
             )
         ]
     if tx.status != "pending":
@@ -280,7 +284,7 @@ def _answer(state: BankState, command: c.RecordAnswer) -> list[e.Event]:
                 action=tx.action,
                 error_code=command.error_code,
                 message=command.message,
-                received_at=command.now,
+                received_at=now,
             )
         ]
     if tx.action == "apply_config":
@@ -289,7 +293,7 @@ def _answer(state: BankState, command: c.RecordAnswer) -> list[e.Event]:
                 transaction_id=tx.transaction_id,
                 applied_config_hash=command.applied_config_hash,
                 message=command.message,
-                received_at=command.now,
+                received_at=now,
             )
         ]
     assert tx.compartment_number is not None
@@ -298,15 +302,15 @@ def _answer(state: BankState, command: c.RecordAnswer) -> list[e.Event]:
             transaction_id=tx.transaction_id,
             compartment_number=tx.compartment_number,
             message=command.message,
-            received_at=command.now,
+            received_at=now,
         )
     ]
 
 
-def _heartbeat(state: BankState, command: c.RecordHeartbeat) -> list[e.Event]:
+def _heartbeat(state: BankState, command: c.RecordHeartbeat, now: datetime) -> list[e.Event]:
     result: list[e.Event] = [
         e.HeartbeatReceived(
-            received_at=command.now,
+            received_at=now,
             uptime_seconds=command.uptime_seconds,
             session_id=command.session_id,
         )
@@ -318,13 +322,13 @@ def _heartbeat(state: BankState, command: c.RecordHeartbeat) -> list[e.Event]:
     ):
         result.append(
             e.DeviceRebooted(
-                at=command.now,
+                at=now,
                 previous_uptime_seconds=state.uptime_seconds,
                 uptime_seconds=command.uptime_seconds,
             )
         )
     if state.presence != "online":
-        result.append(e.LockerBankCameOnline(at=command.now, session_id=command.session_id))
+        result.append(e.LockerBankCameOnline(at=now, session_id=command.session_id))
         if (
             state.config_hash is not None
             and state.config_hash != state.applied_config_hash
@@ -334,7 +338,7 @@ def _heartbeat(state: BankState, command: c.RecordHeartbeat) -> list[e.Event]:
                 _apply_config_request(
                     state,
                     command.spare_transaction_id,
-                    command.now,
+                    now,
                     command.command_timeout_seconds,
                     None,
                 )
@@ -342,7 +346,7 @@ def _heartbeat(state: BankState, command: c.RecordHeartbeat) -> list[e.Event]:
     return result
 
 
-def _last_will(state: BankState, command: c.RecordLastWill) -> list[e.Event]:
+def _last_will(state: BankState, command: c.RecordLastWill, now: datetime) -> list[e.Event]:
     stale = (
         command.session_id is not None
         and state.session_id is not None
@@ -350,7 +354,7 @@ def _last_will(state: BankState, command: c.RecordLastWill) -> list[e.Event]:
     )
     if stale or state.presence == "offline":
         return []
-    return [e.LockerBankWentOffline(at=command.now, reason="last_will")]
+    return [e.LockerBankWentOffline(at=now, reason="last_will")]
 
 
 def _tick(state: BankState, now: datetime) -> list[e.Event]:
@@ -365,21 +369,21 @@ def _tick(state: BankState, now: datetime) -> list[e.Event]:
     return result
 
 
-def _device_event(state: BankState, command: c.RecordDeviceEvent) -> list[e.Event]:
+def _device_event(state: BankState, command: c.RecordDeviceEvent, now: datetime) -> list[e.Event]:
     if command.event_id is not None and command.event_id in state.seen_event_ids:
         return []
     if command.event == "door_state_changed":
-        return _door_event(state, command)
+        return _door_event(state, command, now)
     if command.event == "qr_scanned":
-        return _qr_scanned(state, command)
+        return _qr_scanned(state, command, now)
     return [
         e.DeviceEventRecorded(
-            event=command.event, event_id=command.event_id, data=command.data, at=command.now
+            event=command.event, event_id=command.event_id, data=command.data, at=now
         )
     ]
 
 
-def _door_event(state: BankState, command: c.RecordDeviceEvent) -> list[e.Event]:
+def _door_event(state: BankState, command: c.RecordDeviceEvent, now: datetime) -> list[e.Event]:
     number = command.data.get("compartment_number")
     door = command.data.get("state")
     if type(number) is not int or number not in state.compartments:
@@ -388,14 +392,14 @@ def _door_event(state: BankState, command: c.RecordDeviceEvent) -> list[e.Event]
         raise c.CommandRejected("invalid", "door state must be 'open' or 'closed'")
     result: list[e.Event] = [
         e.DoorStateChanged(
-            compartment_number=number, state=door, at=command.now, event_id=command.event_id
+            compartment_number=number, state=door, at=now, event_id=command.event_id
         )
     ]
     previous = state.compartments[number].door_state
-    if door == "open" and previous != "open" and not _open_expected(state, number, command.now):
+    if door == "open" and previous != "open" and not _open_expected(state, number, now):
         result.append(
             e.UncommandedDoorOpening(
-                compartment_number=number, at=command.now, event_id=command.event_id
+                compartment_number=number, at=now, event_id=command.event_id
             )
         )
     return result
@@ -414,7 +418,7 @@ def _open_expected(state: BankState, number: int, now: datetime) -> bool:
     return False
 
 
-def _qr_scanned(state: BankState, command: c.RecordDeviceEvent) -> list[e.Event]:
+def _qr_scanned(state: BankState, command: c.RecordDeviceEvent, now: datetime) -> list[e.Event]:
     claim = command.qr_claim
     if claim is None:
         return [
@@ -422,7 +426,7 @@ def _qr_scanned(state: BankState, command: c.RecordDeviceEvent) -> list[e.Event]
                 user_id="",
                 compartment_id="",
                 reason="qr_invalid",
-                at=command.now,
+                at=now,
                 via="qr",
                 event_id=command.event_id,
             )
@@ -434,7 +438,7 @@ def _qr_scanned(state: BankState, command: c.RecordDeviceEvent) -> list[e.Event]
                 user_id=claim.user_id,
                 compartment_id=claim.compartment_id,
                 reason=reason,
-                at=command.now,
+                at=now,
                 via="qr",
                 event_id=command.event_id,
             )
@@ -443,11 +447,11 @@ def _qr_scanned(state: BankState, command: c.RecordDeviceEvent) -> list[e.Event]
     compartment = state.compartment_by_id(claim.compartment_id)
     if compartment is None:
         return denied("qr_wrong_bank")
-    if command.now >= claim.expires_at:
+    if now >= claim.expires_at:
         return denied("qr_expired")
     if claim.nonce in state.used_qr_nonces:
         return denied("qr_used")
-    reason = _open_refusal(state, compartment, claim.user_id, command.now)
+    reason = _open_refusal(state, compartment, claim.user_id, now)
     if reason is not None:
         return denied(reason)
     return [
@@ -456,8 +460,8 @@ def _qr_scanned(state: BankState, command: c.RecordDeviceEvent) -> list[e.Event]
             compartment_id=compartment.id,
             compartment_number=compartment.number,
             user_id=claim.user_id,
-            requested_at=command.now,
-            expires_at=command.now + timedelta(seconds=command.command_timeout_seconds),
+            requested_at=now,
+            expires_at=now + timedelta(seconds=command.command_timeout_seconds),
             via="qr",
             qr_nonce=claim.nonce,
             event_id=command.event_id,

@@ -1,7 +1,7 @@
 """What can be asked of a locker bank.
 
 Commands carry everything impure that a decision needs (the time, freshly generated ids and
-secrets, the outcome of signature checks), so that :func:`lockerd.domain.bank.decide` stays a
+secrets, the outcome of signature checks), so that :func:`domain.bank.decide` stays a
 pure function of the state and the command.
 """
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from lockerd.domain.events import CompartmentSpec
+from domain.events import CompartmentSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,14 +23,12 @@ class CreateBank:
     compartments: tuple[CompartmentSpec, ...]
     token_hash: str
     token_expires_at: datetime
-    now: datetime
 
 
 @dataclass(frozen=True, slots=True)
 class IssueProvisioningToken:
     token_hash: str
     expires_at: datetime
-    now: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +39,6 @@ class Provision:
     client_id: str
     new_mqtt_user: str
     new_credential_hash: str
-    now: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +46,6 @@ class RecordProvisioningReplyFailed:
     client_id: str
     mqtt_user: str
     reason: str
-    now: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +53,6 @@ class NoteCredentialsUsed:
     """The device connected with its issued credentials (its reply certainly arrived)."""
 
     mqtt_user: str
-    now: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,14 +60,12 @@ class GrantAccess:
     compartment_id: str
     user_id: str
     expires_at: datetime | None
-    now: datetime
 
 
 @dataclass(frozen=True, slots=True)
 class RevokeAccess:
     compartment_id: str
     user_id: str
-    now: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,21 +74,18 @@ class RequestOpen:
     user_id: str
     transaction_id: str
     command_timeout_seconds: int
-    now: datetime
 
 
 @dataclass(frozen=True, slots=True)
 class RequestApplyConfig:
     transaction_id: str
     command_timeout_seconds: int
-    now: datetime
     requested_by: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class MarkDispatched:
     transaction_id: str
-    now: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +96,6 @@ class RecordAnswer:
     error_code: str | None
     message: str | None
     applied_config_hash: str | None
-    now: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,20 +104,16 @@ class RecordHeartbeat:
     session_id: str | None
     spare_transaction_id: str
     command_timeout_seconds: int
-    now: datetime
 
 
 @dataclass(frozen=True, slots=True)
 class RecordLastWill:
     session_id: str | None
-    now: datetime
 
 
 @dataclass(frozen=True, slots=True)
 class Tick:
     """Time has passed: fire every deadline that is due."""
-
-    now: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +131,6 @@ class RecordDeviceEvent:
     event: str
     event_id: str | None
     data: dict[str, Any]
-    now: datetime
     # for qr_scanned: the verified claim, or None when the payload failed verification
     qr_claim: QrClaim | None = None
     spare_transaction_id: str = ""

@@ -1,4 +1,4 @@
-"""Operators' live view of the fleet: ``GET /dashboard`` and the ``/ws/status`` websocket.
+"""The operators' live fleet stream behind the ``/ws/status`` websocket.
 
 Every websocket is one subscriber of the :class:`~actors.fleet.FleetView`. Bank actors only
 mark a bank dirty in each subscriber's set (O(1), never blocking), so the actors never wait for
@@ -26,47 +26,25 @@ nor the service's shutdown waits on a dead browser.
 from __future__ import annotations
 
 import math
-import socket
-import struct
 from collections.abc import Callable
-from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime
-from importlib import resources
-from typing import Any, Final, Protocol, cast
+from typing import Any, Final
 
 import msgspec
 import structlog
 import trio
-from prometheus_client import Counter, Gauge
-from quart import Blueprint, Response, websocket
-from quart.wrappers import Websocket
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from actors.fleet import FleetSubscription, FleetView, iso
-from lockerd.context import ServiceContext
-from lockerd.http.auth import authenticate
-from lockerd.http.context import ctx
-from lockerd.http.errors import ApiError
+from actors.fleet import FleetSubscription, FleetView
+from domain.wiretime import iso
+from lockerd.http.websocket import CLOSE_GOING_AWAY, CLOSE_TRY_AGAIN_LATER, Transport
 
 log = structlog.get_logger("lockerd.dashboard")
 
 SEND_TIMEOUT_SECONDS: Final = 2.0
 CLOSE_TIMEOUT_SECONDS: Final = 3.0
 QUEUE_SIZE: Final = 256
-
-CLOSE_GOING_AWAY: Final = 1001
-CLOSE_TRY_AGAIN_LATER: Final = 1013
-
-STATIC_PACKAGE: Final = "lockerd.http"
-STATIC_FILES: Final = {
-    "dashboard.html": "text/html; charset=utf-8",
-    "dashboard.js": "text/javascript; charset=utf-8",
-    "dashboard.css": "text/css; charset=utf-8",
-}
-CONTENT_SECURITY_POLICY: Final = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:;"
-    " connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
-)
 
 _encode = msgspec.json.Encoder().encode
 
@@ -90,8 +68,7 @@ class DashboardMetrics:
     closed: Counter
 
     @classmethod
-    def register(cls, context: ServiceContext) -> DashboardMetrics:
-        registry = context.metrics.registry
+    def register(cls, registry: CollectorRegistry) -> DashboardMetrics:
         return cls(
             clients=Gauge(
                 "lockerd_dashboard_clients", "Open dashboard websockets", registry=registry
@@ -112,19 +89,6 @@ SLOW_QUEUE: Final[Verdict] = (CLOSE_TRY_AGAIN_LATER, "too slow: update queue ful
 SLOW_SEND: Final[Verdict] = (CLOSE_TRY_AGAIN_LATER, "too slow: send timed out", "slow")
 SHUTDOWN: Final[Verdict] = (CLOSE_GOING_AWAY, "server shutting down", "shutdown")
 ENDED: Final[Verdict] = (CLOSE_GOING_AWAY, "server shutting down", "ended")
-
-
-class Transport(Protocol):
-    """The few websocket operations a session needs (Quart's websocket in production)."""
-
-    async def send(self, message: str) -> None: ...
-
-    async def receive(self) -> object: ...
-
-    async def close(self, code: int, reason: str) -> None: ...
-
-    def abort(self) -> None:
-        """Drop the TCP connection at once, unsent data and all."""
 
 
 class Session:
@@ -257,103 +221,3 @@ class StatusHub:
                 transport.abort()
 
 
-class QuartTransport:
-    """Quart's websocket, plus an abort that reaches through to the TCP socket."""
-
-    def __init__(self, ws: Websocket) -> None:
-        self._ws = ws
-
-    async def send(self, message: str) -> None:
-        await self._ws.send(message)
-
-    async def receive(self) -> object:
-        return await self._ws.receive()
-
-    async def close(self, code: int, reason: str) -> None:
-        with suppress(Exception):  # already closed by the client, or the connection is gone
-            await self._ws.close(code, reason)
-
-    def abort(self) -> None:
-        stream = socket_stream_of(self._ws)
-        if stream is None:
-            log.warning("dashboard_abort_unsupported")
-            return
-        with suppress(OSError):
-            stream.socket.setsockopt(
-                socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
-            )  # reset, do not linger over unsent data
-        stream.socket.close()  # wakes a blocked send with ClosedResourceError
-
-
-def socket_stream_of(ws: Websocket) -> trio.SocketStream | None:
-    """The TCP stream under a Quart websocket served by Hypercorn (trio worker), if found.
-
-    Quart keeps the ASGI ``send`` callable in ``ws._send`` (a partial); Hypercorn's is a bound
-    method of its stream, whose ``send`` is bound to the protocol, and so on down to the
-    ``TCPServer`` that owns the ``trio.SocketStream``. This follows ``__self__.send`` a few
-    hops and gives up (returns None) if the shape is not what Hypercorn 0.18 has.
-    """
-    send: Any = getattr(getattr(ws, "_send", None), "args", (None,))[0]
-    for _ in range(8):
-        owner = getattr(send, "__self__", None)
-        if owner is None:
-            return None
-        stream = getattr(owner, "stream", None)
-        if isinstance(stream, trio.SSLStream):
-            stream = stream.transport_stream
-        if isinstance(stream, trio.SocketStream):
-            return stream
-        send = getattr(owner, "send", None)
-    return None
-
-
-def _hub() -> StatusHub:
-    hub: StatusHub = ctx().extensions["dashboard"]
-    return hub
-
-
-def _static(name: str) -> Response:
-    body = resources.files(STATIC_PACKAGE).joinpath("static", name).read_bytes()
-    response = Response(body, content_type=STATIC_FILES[name])
-    response.headers["Cache-Control"] = "no-cache"
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["Referrer-Policy"] = "no-referrer"
-    response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
-    return response
-
-
-def make_blueprint() -> Blueprint:
-    blueprint = Blueprint("dashboard", __name__)
-
-    @blueprint.get("/dashboard")
-    async def dashboard_page() -> Response:
-        return _static("dashboard.html")
-
-    @blueprint.get("/dashboard/<name>")
-    async def dashboard_asset(name: str) -> Response:
-        if name not in STATIC_FILES or name.endswith(".html"):
-            raise ApiError(404, "no such file")
-        return _static(name)
-
-    @blueprint.websocket("/ws/status")
-    async def status_socket() -> None:
-        principal = await authenticate(websocket.args.get("token") or None)
-        if principal is None:
-            raise ApiError(401, "missing or invalid token")
-        if not principal.is_admin:
-            raise ApiError(403, "the status stream needs the admin role")
-        await websocket.accept()
-        ws: Websocket = cast(Any, websocket)._get_current_object()
-        await _hub().run(QuartTransport(ws))
-
-    return blueprint
-
-
-async def install(context: ServiceContext, nursery: trio.Nursery) -> list[Blueprint]:
-    context.extensions["dashboard"] = StatusHub(
-        fleet=context.fleet,
-        shutdown=context.shutdown,
-        clock=context.clock,
-        metrics=DashboardMetrics.register(context),
-    )
-    return [make_blueprint()]

@@ -14,8 +14,8 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from lockerd.domain.commands import QrClaim
-from lockerd.security import Keyring
+from domain.commands import QrClaim
+from domain.keys import Keyring
 
 PURPOSE = "qr-code"
 MAX_PAYLOAD = 512

@@ -12,17 +12,20 @@ from datetime import datetime, timedelta
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from lockerd.domain import bank as b
-from lockerd.domain import commands as c
-from lockerd.domain import events as e
-from lockerd.domain.snapshot import decode_snapshot, encode_snapshot
-from lockerd.domain.state import BankState
-from tests.unit._bank import (
+from domain import bank as b
+from domain import commands as c
+from domain import events as e
+from domain.snapshot import decode_snapshot, encode_snapshot
+from domain.state import BankState
+from tests.domain._bank import (
     T0,
     TIMEOUT,
     USER,
+    Timed,
     answer,
+    at,
     create_command,
+    decide,
     heartbeat,
     open_cmd,
     secs,
@@ -75,8 +78,13 @@ def steps(n: int) -> st.SearchStrategy[list[Step]]:
         error_code=st.sampled_from([None, "DOOR_JAMMED", "E42"]),
         right_action=st.sampled_from([True, True, True, False]),
     )
-    ops = st.one_of(answers, answers, st.just(TickAt()), st.just(TickAt()),
-                    st.builds(Beat, st.integers(0, 10**6)))
+    ops = st.one_of(
+        answers,
+        answers,
+        st.just(TickAt()),
+        st.just(TickAt()),
+        st.builds(Beat, st.integers(0, 10**6)),
+    )
     delays = st.integers(0, 20_000) | st.sampled_from([0, 1, TIMEOUT * 1000 - 1, TIMEOUT * 1000])
     return st.lists(st.builds(Step, delays, ops), max_size=40)
 
@@ -95,8 +103,8 @@ class Run:
     history: list[e.Event] = field(default_factory=list)
     durable: int = 0
 
-    def do(self, command: c.BankCommand) -> list[e.Event]:
-        events = b.decide(self.state, command)
+    def do(self, timed: Timed) -> list[e.Event]:
+        events = decide(self.state, timed)
         for event in events:
             self.state = b.evolve(self.state, event)
             self.history.append(event)
@@ -114,11 +122,24 @@ def setup(n: int) -> tuple[Run, list[str], datetime]:
         e.CompartmentSpec(id=f"comp-{k}", number=k, slave_id=1, address=k) for k in range(1, n + 1)
     )
     run.do(create_command(specs=specs))
-    run.do(c.Provision(token_hash="token-hash-1", client_id="dev", new_mqtt_user="u",
-                       new_credential_hash="h", now=T0 + secs(1)))
+    run.do(
+        at(
+            c.Provision(
+                token_hash="token-hash-1",
+                client_id="dev",
+                new_mqtt_user="u",
+                new_credential_hash="h",
+            ),
+            T0 + secs(1),
+        )
+    )
     for k in range(1, n + 1):
-        run.do(c.GrantAccess(compartment_id=f"comp-{k}", user_id=USER, expires_at=None,
-                             now=T0 + secs(2)))
+        run.do(
+            at(
+                c.GrantAccess(compartment_id=f"comp-{k}", user_id=USER, expires_at=None),
+                T0 + secs(2),
+            )
+        )
     run.do(heartbeat(T_START, uptime=10))
     txs = []
     for k in range(1, n + 1):
@@ -137,10 +158,11 @@ def play(n: int, plan: list[Step], check: object = None) -> tuple[Run, list[str]
         if isinstance(op, Answer):
             tx = txs[op.tx_index] if op.tx_index < n else "tx-unknown"
             action = "open_compartment" if op.right_action else "apply_config"
-            command: c.BankCommand = answer(tx, now, result=op.result, error_code=op.error_code,
-                                            action=action)
+            command: Timed = answer(
+                tx, now, result=op.result, error_code=op.error_code, action=action
+            )
         elif isinstance(op, TickAt):
-            command = c.Tick(now)
+            command = at(c.Tick(), now)
         else:
             command = heartbeat(now, uptime=op.uptime)
         before = run.state
@@ -172,15 +194,27 @@ def _late(tx_index: int, result: str = "success") -> Step:
 @PROPERTY_SETTINGS
 @given(scenarios())
 @example((1, [Step(TIMEOUT * 1000, TickAt()), _late(0), _late(0, "error"), _late(0)]))
-@example((2, [Step(1000, Answer(1, "error", "E42", True)), Step(TIMEOUT * 1000, TickAt()),
-              _late(0, "error"), _late(1), _late(0), Step(0, TickAt())]))
+@example(
+    (
+        2,
+        [
+            Step(1000, Answer(1, "error", "E42", True)),
+            Step(TIMEOUT * 1000, TickAt()),
+            _late(0, "error"),
+            _late(1),
+            _late(0),
+            Step(0, TickAt()),
+        ],
+    )
+)
 def test_each_transaction_ends_exactly_once_whatever_the_answers_and_ticks(
     scenario: tuple[int, list[Step]],
 ) -> None:
     n, plan = scenario
 
-    def statuses_never_leave_a_terminal_state(before: BankState, after: BankState, _: datetime
-                                              ) -> None:
+    def statuses_never_leave_a_terminal_state(
+        before: BankState, after: BankState, _: datetime
+    ) -> None:
         for tx_id, tx in before.transactions.items():
             if tx.status in TERMINAL_STATUS:
                 assert after.transactions[tx_id].status == tx.status
@@ -205,8 +239,11 @@ def test_each_transaction_ends_exactly_once_whatever_the_answers_and_ticks(
     for tx in txs:
         status = run.state.transactions[tx].status
         if tx in terminal:
-            expected = {e.CompartmentOpened: "success", e.CommandFailed: "error",
-                        e.CommandTimedOut: "timeout"}[terminal[tx]]
+            expected = {
+                e.CompartmentOpened: "success",
+                e.CommandFailed: "error",
+                e.CommandTimedOut: "timeout",
+            }[terminal[tx]]
             assert status == expected
             assert run.state.transactions[tx].has_late_answer == (late.get(tx, 0) == 1)
         else:
@@ -245,8 +282,7 @@ def test_success_or_error_only_for_answers_received_before_expiry(
         if isinstance(event, e.CompartmentOpened | e.CommandFailed):
             tx = run.state.transactions[event.transaction_id]
             assert event.received_at < tx.expires_at, (
-                f"{type(event).__name__} received {event.received_at} after expiry "
-                f"{tx.expires_at}"
+                f"{type(event).__name__} received {event.received_at} after expiry {tx.expires_at}"
             )
 
 
@@ -257,8 +293,7 @@ def stored(event: e.Event) -> e.Event:
 
 
 def live_fields_cleared(state: BankState) -> BankState:
-    return replace(state, presence="unknown", last_seen=None, session_id=None,
-                   uptime_seconds=None)
+    return replace(state, presence="unknown", last_seen=None, session_id=None, uptime_seconds=None)
 
 
 @PROPERTY_SETTINGS
@@ -284,7 +319,8 @@ def test_history_round_trips_through_the_store_and_replays_to_the_same_state(
 
 _text = st.text(min_size=0, max_size=12)
 _times = st.datetimes(
-    min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1),
+    min_value=datetime(2000, 1, 1),
+    max_value=datetime(2100, 1, 1),
     timezones=st.just(T0.tzinfo),  # type: ignore[arg-type]
 )
 _json_scalars = st.none() | st.booleans() | st.integers(-(2**53), 2**53) | _text
@@ -309,14 +345,24 @@ def _strategy_for(cls: type[e.Event]) -> st.SearchStrategy[e.Event]:
             fields[name] = st.dictionaries(_text, _json, max_size=4)
         elif cls is e.LockerBankCreated and name == "compartments":
             fields[name] = st.lists(
-                st.builds(e.CompartmentSpec, id=_text, number=st.integers(1, 99),
-                          slave_id=st.integers(0, 247), address=st.integers(0, 65535)),
+                st.builds(
+                    e.CompartmentSpec,
+                    id=_text,
+                    number=st.integers(1, 99),
+                    slave_id=st.integers(0, 247),
+                    address=st.integers(0, 65535),
+                ),
                 max_size=3,
             ).map(tuple)
         elif cls is e.ConfigApplyRequested and name == "compartments":
             fields[name] = st.lists(
-                st.fixed_dictionaries({"id": st.integers(1, 99), "slaveId": st.integers(0, 247),
-                                       "address": st.integers(0, 65535)}),
+                st.fixed_dictionaries(
+                    {
+                        "id": st.integers(1, 99),
+                        "slaveId": st.integers(0, 247),
+                        "address": st.integers(0, 65535),
+                    }
+                ),
                 max_size=3,
             ).map(tuple)
         else:

@@ -2,15 +2,21 @@
 
 go-auth calls /superuser and /acl for every publish and every delivery (research/goauth.md),
 and the gateway must map a provisioning token to its bank for every register: these lookups are
-dictionary reads here, never a database round trip. The directory is loaded once from the read
-models at start-up and then follows every appended event.
+dictionary reads here, never a database round trip. The directory is filled once from the read
+models at start-up (:meth:`Directory.load`) and then follows every appended event
+(:meth:`Directory.apply`, registered with the bank actors as a stored-event listener).
+
+It is the actors' :class:`~actors.ports.BankCatalog` and the gateway's
+:class:`~gateway.router.TokenDirectory`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from store.base import SqlTx, StoredEvent
+from domain.records import StoredEvent
+from lockerd.banks.queries import StartingPoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,23 +47,38 @@ class Directory:
         self.device_users: dict[str, DeviceCredential] = {}
         self.compartments: dict[str, CompartmentRef] = {}
 
-    def load(self, tx: SqlTx) -> None:
-        """Fill from the read models (runs on the store's thread)."""
-        rows = tx.query(
-            "SELECT id, name, location, heartbeat_interval_seconds, token_hash, used_token_hash,"
-            " mqtt_user, credential_hash FROM banks"
-        )
-        for bank_id, name, location, interval, token, used, user, credential in rows:
-            self.banks[bank_id] = BankInfo(bank_id, name, location, int(interval))
-            for token_hash in (token, used):
+    # --- the questions --------------------------------------------------------------------
+
+    def is_bank(self, bank_id: str) -> bool:
+        return bank_id in self.banks
+
+    def bank_for_token(self, token_hash: str) -> str | None:
+        return self.token_to_bank.get(token_hash)
+
+    # --- keeping up -----------------------------------------------------------------------
+
+    def load(self, start: StartingPoint) -> None:
+        """Fill from the read models as the service starts."""
+        for row in start.banks:
+            self.banks[row.bank_id] = BankInfo(
+                row.bank_id, row.name, row.location, row.heartbeat_interval_seconds
+            )
+            for token_hash in (row.token_hash, row.used_token_hash):
                 if token_hash:
-                    self._add_token(bank_id, token_hash)
-            if user and credential:
-                self.device_users[user] = DeviceCredential(bank_id, credential)
-        for compartment_id, bank_id, number in tx.query(
-            "SELECT id, bank_id, number FROM compartments"
-        ):
-            self.compartments[compartment_id] = CompartmentRef(bank_id, int(number))
+                    self._add_token(row.bank_id, token_hash)
+            if row.mqtt_user and row.credential_hash:
+                self.device_users[row.mqtt_user] = DeviceCredential(
+                    row.bank_id, row.credential_hash
+                )
+        for compartment in start.compartments:
+            self.compartments[compartment.compartment_id] = CompartmentRef(
+                compartment.bank_id, compartment.number
+            )
+
+    def follow(self, bank_id: str, events: Sequence[StoredEvent]) -> None:
+        """The stored-event listener: apply events just appended to ``bank_id``."""
+        for event in events:
+            self.apply(event)
 
     def apply(self, event: StoredEvent) -> None:
         data = event.data
@@ -93,7 +114,3 @@ class Directory:
     def _forget_tokens(self, bank_id: str) -> None:
         for token_hash in self._tokens_of.pop(bank_id, set()):
             self.token_to_bank.pop(token_hash, None)
-
-    def bank_of_device_user(self, username: str) -> str | None:
-        credential = self.device_users.get(username)
-        return None if credential is None else credential.bank_id

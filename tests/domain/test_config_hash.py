@@ -15,12 +15,12 @@ import re
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lockerd.domain import bank as b
-from lockerd.domain import commands as c
-from lockerd.domain import events as e
-from lockerd.domain.config_hash import config_compartments, config_hash
-from lockerd.domain.state import BankState
-from tests.unit._bank import T0, create_command, secs, spec
+from domain import bank as b
+from domain import commands as c
+from domain import events as e
+from domain.config_hash import config_compartments, config_hash
+from domain.state import BankState
+from tests.domain._bank import T0, at, create_command, decide, secs, spec
 
 
 def sha256_hex(text: str) -> str:
@@ -79,10 +79,11 @@ def test_hash_of_unsorted_bank_equals_hash_of_the_sorted_list() -> None:
 
 def test_apply_config_command_of_a_bank_carries_the_contract_hash() -> None:
     specs = (spec(2, slave_id=1, address=1), spec(1, slave_id=1, address=0))
-    state = b.fold(BankState(), b.decide(BankState(), create_command(specs=specs, interval=5)))
-    events = b.decide(state, c.RequestApplyConfig(transaction_id="cfg-1",
-                                                  command_timeout_seconds=30,
-                                                  now=T0 + secs(1)))
+    state = b.fold(BankState(), decide(BankState(), create_command(specs=specs, interval=5)))
+    events = decide(
+        state,
+        at(c.RequestApplyConfig(transaction_id="cfg-1", command_timeout_seconds=30), T0 + secs(1)),
+    )
     request = events[0]
     assert isinstance(request, e.ConfigApplyRequested)
     assert request.config_hash == sha256_hex(SEED_EXAMPLE_TEXT)
@@ -119,5 +120,6 @@ def test_hash_matches_the_definition_for_any_configuration(
     listing = [{"id": n, "slaveId": s, "address": a} for n, s, a in sorted(entries)]
     assert text == json.dumps(
         {"compartments": listing, "heartbeat_interval_seconds": interval},
-        sort_keys=True, separators=(",", ":"),
+        sort_keys=True,
+        separators=(",", ":"),
     )

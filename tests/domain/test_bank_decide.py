@@ -7,16 +7,16 @@ asserts the exact events that one command decides.
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 
-from lockerd.domain import bank as b
-from lockerd.domain import commands as c
-from lockerd.domain import events as e
-from lockerd.domain.config_hash import config_compartments, config_hash
-from lockerd.domain.state import BankState
-from tests.unit._bank import (
+from domain import bank as b
+from domain import commands as c
+from domain import events as e
+from domain.config_hash import config_compartments, config_hash
+from domain.state import BankState
+from tests.domain._bank import (
     BANK_ID,
     CLIENT,
     INTERVAL,
@@ -27,11 +27,14 @@ from tests.unit._bank import (
     TOKEN,
     TOKEN_TTL,
     USER,
+    Timed,
     answer,
     apply,
+    at,
     comp_id,
     create_command,
     created,
+    decide,
     device_event,
     grant,
     heartbeat,
@@ -47,19 +50,21 @@ from tests.unit._bank import (
 # helpers
 
 
-def rejected(state: BankState, command: c.BankCommand) -> c.CommandRejected:
+def rejected(state: BankState, command: Timed) -> c.CommandRejected:
     with pytest.raises(c.CommandRejected) as info:
-        b.decide(state, command)
+        decide(state, command)
     return info.value
 
 
-def provision(token: str, client: str, now, user: str = "mqtt-user-2") -> c.Provision:
-    return c.Provision(
-        token_hash=token,
-        client_id=client,
-        new_mqtt_user=user,
-        new_credential_hash=f"cred-of-{user}",
-        now=now,
+def provision(token: str, client: str, now: datetime, user: str = "mqtt-user-2") -> Timed:
+    return at(
+        c.Provision(
+            token_hash=token,
+            client_id=client,
+            new_mqtt_user=user,
+            new_credential_hash=f"cred-of-{user}",
+        ),
+        now,
     )
 
 
@@ -76,7 +81,7 @@ T_PROV = T0 + secs(60)  # provisioned() time
 
 
 def test_create_emits_bank_created_then_token_issued() -> None:
-    events = b.decide(BankState(), create_command())
+    events = decide(BankState(), create_command())
     assert events == [
         e.LockerBankCreated(
             bank_id=BANK_ID,
@@ -128,7 +133,7 @@ def test_create_accepts_same_address_on_different_slaves_and_vice_versa() -> Non
         spec(2, slave_id=2, address=0),
         spec(3, slave_id=1, address=1),
     )
-    events = b.decide(BankState(), create_command(specs=specs))
+    events = decide(BankState(), create_command(specs=specs))
     assert [type(ev) for ev in events] == [e.LockerBankCreated, e.ProvisioningTokenIssued]
 
 
@@ -139,7 +144,7 @@ def test_create_rejects_heartbeat_interval_outside_1_to_3600(interval: int) -> N
 
 @pytest.mark.parametrize("interval", [1, 3600])
 def test_create_accepts_heartbeat_interval_bounds(interval: int) -> None:
-    events = b.decide(BankState(), create_command(interval=interval))
+    events = decide(BankState(), create_command(interval=interval))
     assert isinstance(events[0], e.LockerBankCreated)
     assert events[0].heartbeat_interval_seconds == interval
 
@@ -151,21 +156,24 @@ def test_create_twice_is_a_conflict() -> None:
 @pytest.mark.parametrize(
     "command",
     [
-        c.IssueProvisioningToken(token_hash="t", expires_at=T0 + TOKEN_TTL, now=T0),
-        c.Provision(
-            token_hash=TOKEN, client_id=CLIENT, new_mqtt_user="u", new_credential_hash="h", now=T0
+        at(c.IssueProvisioningToken(token_hash="t", expires_at=T0 + TOKEN_TTL), T0),
+        at(
+            c.Provision(
+                token_hash=TOKEN, client_id=CLIENT, new_mqtt_user="u", new_credential_hash="h"
+            ),
+            T0,
         ),
-        c.GrantAccess(compartment_id=comp_id(1), user_id=USER, expires_at=None, now=T0),
+        at(c.GrantAccess(compartment_id=comp_id(1), user_id=USER, expires_at=None), T0),
         open_cmd(T0),
         answer("tx-1", T0),
         heartbeat(T0),
-        c.RecordLastWill(session_id=None, now=T0),
-        c.Tick(now=T0),
+        at(c.RecordLastWill(session_id=None), T0),
+        at(c.Tick(), T0),
         device_event("door_state_changed", {"compartment_number": 1, "state": "open"}, T0),
     ],
-    ids=lambda cmd: type(cmd).__name__,
+    ids=lambda timed: type(timed.command).__name__,
 )
-def test_every_command_but_create_on_a_missing_bank_is_not_found(command: c.BankCommand) -> None:
+def test_every_command_but_create_on_a_missing_bank_is_not_found(command: Timed) -> None:
     assert rejected(BankState(), command).code == "not_found"
 
 
@@ -193,7 +201,7 @@ def test_valid_token_provisions_the_bank() -> None:
 
 
 def test_token_expired_exactly_at_its_expiry() -> None:
-    events = b.decide(created(), provision(TOKEN, CLIENT, T0 + TOKEN_TTL))
+    events = decide(created(), provision(TOKEN, CLIENT, T0 + TOKEN_TTL))
     assert events == [
         e.ProvisioningFailed(client_id=CLIENT, reason="token_expired", at=T0 + TOKEN_TTL)
     ]
@@ -201,12 +209,12 @@ def test_token_expired_exactly_at_its_expiry() -> None:
 
 def test_token_still_valid_just_before_its_expiry() -> None:
     now = T0 + TOKEN_TTL - timedelta(microseconds=1)
-    events = b.decide(created(), provision(TOKEN, CLIENT, now))
+    events = decide(created(), provision(TOKEN, CLIENT, now))
     assert [type(ev) for ev in events] == [e.LockerBankProvisioned]
 
 
 def test_unknown_token_fails() -> None:
-    events = b.decide(created(), provision("not-a-token", CLIENT, T_PROV))
+    events = decide(created(), provision("not-a-token", CLIENT, T_PROV))
     assert events == [e.ProvisioningFailed(client_id=CLIENT, reason="token_unknown", at=T_PROV)]
 
 
@@ -224,8 +232,9 @@ def test_reprovision_after_token_rotation_names_the_previous_mqtt_user() -> None
     state = apply(provisioned(), heartbeat(T_ONLINE))
     rotated, issued = step(
         state,
-        c.IssueProvisioningToken(
-            token_hash="token-hash-2", expires_at=T0 + TOKEN_TTL, now=T0 + secs(600)
+        at(
+            c.IssueProvisioningToken(token_hash="token-hash-2", expires_at=T0 + TOKEN_TTL),
+            T0 + secs(600),
         ),
     )
     assert issued[0] == e.LockerBankWentOffline(at=T0 + secs(600), reason="heartbeat_timeout")
@@ -251,11 +260,12 @@ def test_reprovision_after_token_rotation_names_the_previous_mqtt_user() -> None
 def test_rotation_voids_the_unredeemed_previous_token() -> None:
     state = apply(
         created(),
-        c.IssueProvisioningToken(
-            token_hash="token-hash-2", expires_at=T0 + TOKEN_TTL, now=T0 + secs(1)
+        at(
+            c.IssueProvisioningToken(token_hash="token-hash-2", expires_at=T0 + TOKEN_TTL),
+            T0 + secs(1),
         ),
     )
-    events = b.decide(state, provision(TOKEN, CLIENT, T0 + secs(2)))
+    events = decide(state, provision(TOKEN, CLIENT, T0 + secs(2)))
     assert events == [
         e.ProvisioningFailed(client_id=CLIENT, reason="token_unknown", at=T0 + secs(2))
     ]
@@ -269,8 +279,9 @@ def test_rotation_voids_a_used_token_even_for_the_lost_reply_rule() -> None:
     """
     state = apply(
         provisioned(),
-        c.IssueProvisioningToken(
-            token_hash="token-hash-2", expires_at=T0 + TOKEN_TTL, now=T_PROV + secs(60)
+        at(
+            c.IssueProvisioningToken(token_hash="token-hash-2", expires_at=T0 + TOKEN_TTL),
+            T_PROV + secs(60),
         ),
     )
     after, events = step(state, provision(TOKEN, CLIENT, T_PROV + secs(120)))
@@ -296,7 +307,7 @@ def test_lost_reply_same_client_within_grace_is_provisioned_again() -> None:
 
 
 def test_lost_reply_rule_refuses_another_client_id() -> None:
-    events = b.decide(provisioned(), provision(TOKEN, "other-client", T_PROV + secs(1)))
+    events = decide(provisioned(), provision(TOKEN, "other-client", T_PROV + secs(1)))
     assert events == [
         e.ProvisioningFailed(client_id="other-client", reason="token_used", at=T_PROV + secs(1))
     ]
@@ -305,7 +316,7 @@ def test_lost_reply_rule_refuses_another_client_id() -> None:
 def test_lost_reply_rule_ends_once_a_heartbeat_proved_the_credentials_work() -> None:
     state = apply(provisioned(), heartbeat(T_PROV + secs(5)))
     assert state.credentials_seen_in_use
-    events = b.decide(state, provision(TOKEN, CLIENT, T_PROV + secs(10)))
+    events = decide(state, provision(TOKEN, CLIENT, T_PROV + secs(10)))
     assert events == [
         e.ProvisioningFailed(client_id=CLIENT, reason="token_used", at=T_PROV + secs(10))
     ]
@@ -316,9 +327,9 @@ def test_lost_reply_rule_ends_when_the_credentials_are_noted_in_use() -> None:
     certainly arrived, so the token must not be redeemable any more (that would revoke the
     credentials the device is using)."""
     state = apply(
-        provisioned(), c.NoteCredentialsUsed(mqtt_user="mqtt-user-1", now=T_PROV + secs(5))
+        provisioned(), at(c.NoteCredentialsUsed(mqtt_user="mqtt-user-1"), T_PROV + secs(5))
     )
-    events = b.decide(state, provision(TOKEN, CLIENT, T_PROV + secs(10)))
+    events = decide(state, provision(TOKEN, CLIENT, T_PROV + secs(10)))
     assert events == [
         e.ProvisioningFailed(client_id=CLIENT, reason="token_used", at=T_PROV + secs(10))
     ]
@@ -326,7 +337,7 @@ def test_lost_reply_rule_ends_when_the_credentials_are_noted_in_use() -> None:
 
 def test_lost_reply_rule_ends_after_the_grace() -> None:
     now = T_PROV + b.PROVISIONING_REPLY_GRACE
-    events = b.decide(provisioned(), provision(TOKEN, CLIENT, now))
+    events = decide(provisioned(), provision(TOKEN, CLIENT, now))
     assert events == [e.ProvisioningFailed(client_id=CLIENT, reason="token_used", at=now)]
 
 
@@ -344,7 +355,7 @@ def test_provisioning_failure_changes_nothing_but_the_version() -> None:
 def test_grant_access_is_recorded() -> None:
     expiry = T0 + secs(3600)
     state, events = step(
-        created(), c.GrantAccess(compartment_id=comp_id(2), user_id=USER, expires_at=expiry, now=T0)
+        created(), at(c.GrantAccess(compartment_id=comp_id(2), user_id=USER, expires_at=expiry), T0)
     )
     assert events == [
         e.CompartmentAccessGranted(
@@ -358,31 +369,31 @@ def test_grant_access_is_recorded() -> None:
 
 @pytest.mark.parametrize("offset", [0, -1, -3600])
 def test_grant_with_expiry_not_in_the_future_is_invalid(offset: int) -> None:
-    command = c.GrantAccess(
-        compartment_id=comp_id(1), user_id=USER, expires_at=T0 + secs(offset), now=T0
+    command = at(
+        c.GrantAccess(compartment_id=comp_id(1), user_id=USER, expires_at=T0 + secs(offset)), T0
     )
     assert rejected(created(), command).code == "invalid"
 
 
 def test_grant_on_unknown_compartment_is_not_found() -> None:
-    command = c.GrantAccess(compartment_id="nope", user_id=USER, expires_at=None, now=T0)
+    command = at(c.GrantAccess(compartment_id="nope", user_id=USER, expires_at=None), T0)
     assert rejected(created(), command).code == "not_found"
 
 
 def test_revoke_of_unknown_grant_is_not_found() -> None:
     state = grant(created(), 1, USER)
-    assert rejected(state, c.RevokeAccess(comp_id(1), OTHER_USER, T0)).code == "not_found"
-    assert rejected(state, c.RevokeAccess(comp_id(2), USER, T0)).code == "not_found"
+    assert rejected(state, at(c.RevokeAccess(comp_id(1), OTHER_USER), T0)).code == "not_found"
+    assert rejected(state, at(c.RevokeAccess(comp_id(2), USER), T0)).code == "not_found"
 
 
 def test_revoke_removes_the_grant_and_opens_are_refused() -> None:
-    state, events = step(online_bank(), c.RevokeAccess(comp_id(1), USER, T_ONLINE + secs(1)))
+    state, events = step(online_bank(), at(c.RevokeAccess(comp_id(1), USER), T_ONLINE + secs(1)))
     assert events == [
         e.CompartmentAccessRevoked(
             compartment_id=comp_id(1), user_id=USER, revoked_at=T_ONLINE + secs(1)
         )
     ]
-    denied = b.decide(state, open_cmd(T_ONLINE + secs(2)))
+    denied = decide(state, open_cmd(T_ONLINE + secs(2)))
     assert denied == [
         e.CompartmentOpeningDenied(
             user_id=USER, compartment_id=comp_id(1), reason="no_grant", at=T_ONLINE + secs(2)
@@ -420,17 +431,18 @@ def test_open_allowed_requests_the_compartment_with_expiry_now_plus_timeout() ->
 
 
 def test_open_unknown_compartment_is_not_found() -> None:
-    command = c.RequestOpen(
-        compartment_id="nope",
-        user_id=USER,
-        transaction_id="t",
-        command_timeout_seconds=TIMEOUT,
-        now=T_ONLINE,
+    command = at(
+        c.RequestOpen(
+            compartment_id="nope", user_id=USER, transaction_id="t", command_timeout_seconds=TIMEOUT
+        ),
+        T_ONLINE,
     )
     assert rejected(online_bank(), command).code == "not_found"
 
 
-def denial(reason: str, now, user: str = USER, number: int = 1) -> e.CompartmentOpeningDenied:
+def denial(
+    reason: str, now: datetime, user: str = USER, number: int = 1
+) -> e.CompartmentOpeningDenied:
     return e.CompartmentOpeningDenied(
         user_id=user, compartment_id=comp_id(number), reason=reason, at=now
     )
@@ -438,7 +450,7 @@ def denial(reason: str, now, user: str = USER, number: int = 1) -> e.Compartment
 
 def test_open_without_grant_is_refused_no_grant() -> None:
     now = T_ONLINE + secs(1)
-    events = b.decide(online_bank(), open_cmd(now, user=OTHER_USER))
+    events = decide(online_bank(), open_cmd(now, user=OTHER_USER))
     assert events == [denial("no_grant", now, user=OTHER_USER)]
     data = e.event_data(events[0])
     assert (data["user_id"], data["compartment_id"], data["reason"]) == (
@@ -451,62 +463,62 @@ def test_open_without_grant_is_refused_no_grant() -> None:
 def test_open_with_expired_grant_is_refused_no_grant() -> None:
     expiry = T_ONLINE + secs(10)
     state = grant(online_bank(numbers=()), 1, USER, expires_at=expiry, now=T_ONLINE)
-    assert [type(ev) for ev in b.decide(state, open_cmd(expiry - secs(1)))] == [
+    assert [type(ev) for ev in decide(state, open_cmd(expiry - secs(1)))] == [
         e.CompartmentOpeningRequested
     ]
-    assert b.decide(state, open_cmd(expiry)) == [denial("no_grant", expiry)]
+    assert decide(state, open_cmd(expiry)) == [denial("no_grant", expiry)]
 
 
 def test_open_before_first_heartbeat_is_refused_offline() -> None:
     state = grant(provisioned(), 1)
     assert state.presence == "unknown"
-    assert b.decide(state, open_cmd(T_ONLINE)) == [denial("offline", T_ONLINE)]
+    assert decide(state, open_cmd(T_ONLINE)) == [denial("offline", T_ONLINE)]
 
 
 def test_open_after_last_will_is_refused_offline() -> None:
-    state = apply(online_bank(), c.RecordLastWill(session_id="session-1", now=T_ONLINE + secs(1)))
+    state = apply(online_bank(), at(c.RecordLastWill(session_id="session-1"), T_ONLINE + secs(1)))
     now = T_ONLINE + secs(2)
-    assert b.decide(state, open_cmd(now)) == [denial("offline", now)]
+    assert decide(state, open_cmd(now)) == [denial("offline", now)]
 
 
 def test_open_no_grant_wins_over_offline() -> None:
     state = provisioned()  # unknown presence, no grants at all
-    assert b.decide(state, open_cmd(T_ONLINE)) == [denial("no_grant", T_ONLINE)]
+    assert decide(state, open_cmd(T_ONLINE)) == [denial("no_grant", T_ONLINE)]
 
 
 def test_open_while_pending_is_refused_command_pending() -> None:
     state = apply(online_bank(), open_cmd(T_ONLINE + secs(1), tx="tx-1"))
     now = T_ONLINE + secs(2)
-    events = b.decide(state, open_cmd(now, tx="tx-2"))
+    events = decide(state, open_cmd(now, tx="tx-2"))
     assert events == [denial("command_pending", now)]
 
 
 def test_open_no_grant_wins_over_command_pending() -> None:
     state = apply(online_bank(), open_cmd(T_ONLINE + secs(1), tx="tx-1"))
     now = T_ONLINE + secs(2)
-    assert b.decide(state, open_cmd(now, tx="tx-2", user=OTHER_USER)) == [
+    assert decide(state, open_cmd(now, tx="tx-2", user=OTHER_USER)) == [
         denial("no_grant", now, user=OTHER_USER)
     ]
 
 
 def test_open_offline_wins_over_command_pending() -> None:
     state = apply(online_bank(), open_cmd(T_ONLINE + secs(1), tx="tx-1"))
-    state = apply(state, c.RecordLastWill(session_id="session-1", now=T_ONLINE + secs(2)))
+    state = apply(state, at(c.RecordLastWill(session_id="session-1"), T_ONLINE + secs(2)))
     assert state.transactions["tx-1"].status == "pending"
     now = T_ONLINE + secs(3)
-    assert b.decide(state, open_cmd(now, tx="tx-2")) == [denial("offline", now)]
+    assert decide(state, open_cmd(now, tx="tx-2")) == [denial("offline", now)]
 
 
 def test_pending_open_on_another_compartment_does_not_block() -> None:
     state = apply(online_bank(), open_cmd(T_ONLINE + secs(1), number=1, tx="tx-1"))
-    events = b.decide(state, open_cmd(T_ONLINE + secs(2), number=2, tx="tx-2"))
+    events = decide(state, open_cmd(T_ONLINE + secs(2), number=2, tx="tx-2"))
     assert [type(ev) for ev in events] == [e.CompartmentOpeningRequested]
 
 
 def test_open_allowed_again_once_the_previous_command_finished() -> None:
     state = apply(online_bank(), open_cmd(T_ONLINE + secs(1), tx="tx-1"))
     state = apply(state, answer("tx-1", T_ONLINE + secs(2)))
-    events = b.decide(state, open_cmd(T_ONLINE + secs(3), tx="tx-2"))
+    events = decide(state, open_cmd(T_ONLINE + secs(3), tx="tx-2"))
     assert [type(ev) for ev in events] == [e.CompartmentOpeningRequested]
 
 
@@ -515,11 +527,11 @@ def test_open_refused_when_heartbeat_deadline_passed_even_without_a_tick() -> No
     deadline must not depend on whether the timer's Tick happened to be processed first."""
     deadline = T_ONLINE + secs(3 * INTERVAL)
     state = online_bank()
-    assert b.decide(state, c.Tick(deadline)) == [
+    assert decide(state, at(c.Tick(), deadline)) == [
         e.LockerBankWentOffline(at=deadline, reason="heartbeat_timeout")
     ]
     now = deadline + secs(5)
-    events = b.decide(state, open_cmd(now))
+    events = decide(state, open_cmd(now))
     assert not any(isinstance(ev, e.CompartmentOpeningRequested) for ev in events)
     assert denial("offline", now) in events
 
@@ -530,7 +542,7 @@ def test_open_not_blocked_by_a_command_whose_expiry_has_passed() -> None:
     state = apply(online_bank(), open_cmd(T_ONLINE + secs(1), tx="tx-1"))
     state = apply(state, heartbeat(T_ONLINE + secs(25)))  # stay online
     now = T_ONLINE + secs(1 + TIMEOUT + 1)
-    events = b.decide(state, open_cmd(now, tx="tx-2"))
+    events = decide(state, open_cmd(now, tx="tx-2"))
     assert e.CompartmentOpeningRequested in [type(ev) for ev in events]
     assert denial("command_pending", now) not in events
 
@@ -591,7 +603,7 @@ def test_second_answer_for_a_finished_transaction_changes_nothing(
     opened: BankState, first: str, second: str
 ) -> None:
     state = apply(opened, answer("tx-1", T_REQ + secs(2), result=first, error_code="E"))
-    again = b.decide(state, answer("tx-1", T_REQ + secs(3), result=second, error_code="E"))
+    again = decide(state, answer("tx-1", T_REQ + secs(3), result=second, error_code="E"))
     assert again == []
 
 
@@ -606,7 +618,7 @@ def test_answer_with_mismatched_action_is_rejected_invalid(opened: BankState) ->
 
 
 def test_late_answer_after_timeout_is_recorded_once(opened: BankState) -> None:
-    state, timed_out = step(opened, c.Tick(T_EXP))
+    state, timed_out = step(opened, at(c.Tick(), T_EXP))
     assert timed_out == [
         e.CommandTimedOut(transaction_id="tx-1", action="open_compartment", timed_out_at=T_EXP)
     ]
@@ -619,8 +631,8 @@ def test_late_answer_after_timeout_is_recorded_once(opened: BankState) -> None:
     ]
     tx = state.transactions["tx-1"]
     assert (tx.status, tx.has_late_answer, tx.completed_at) == ("timeout", True, T_EXP)
-    assert b.decide(state, answer("tx-1", late_at + secs(1))) == []
-    assert b.decide(state, answer("tx-1", late_at + secs(2), result="error")) == []
+    assert decide(state, answer("tx-1", late_at + secs(1))) == []
+    assert decide(state, answer("tx-1", late_at + secs(2), result="error")) == []
 
 
 def test_answer_after_expiry_without_a_tick_is_a_timeout_with_a_late_answer(
@@ -638,8 +650,9 @@ def test_answer_after_expiry_without_a_tick_is_a_timeout_with_a_late_answer(
 def test_apply_config_success_records_the_applied_hash() -> None:
     state = apply(
         online_bank(),
-        c.RequestApplyConfig(
-            transaction_id="cfg-1", command_timeout_seconds=TIMEOUT, now=T_ONLINE + secs(1)
+        at(
+            c.RequestApplyConfig(transaction_id="cfg-1", command_timeout_seconds=TIMEOUT),
+            T_ONLINE + secs(1),
         ),
     )
     expected_hash = state.config_hash
@@ -670,16 +683,18 @@ def test_apply_config_success_records_the_applied_hash() -> None:
 def test_apply_config_while_one_is_pending_is_a_conflict() -> None:
     state = apply(
         online_bank(),
-        c.RequestApplyConfig(
-            transaction_id="cfg-1", command_timeout_seconds=TIMEOUT, now=T_ONLINE + secs(1)
+        at(
+            c.RequestApplyConfig(transaction_id="cfg-1", command_timeout_seconds=TIMEOUT),
+            T_ONLINE + secs(1),
         ),
     )
-    again = c.RequestApplyConfig(
-        transaction_id="cfg-2", command_timeout_seconds=TIMEOUT, now=T_ONLINE + secs(2)
+    again = at(
+        c.RequestApplyConfig(transaction_id="cfg-2", command_timeout_seconds=TIMEOUT),
+        T_ONLINE + secs(2),
     )
     assert rejected(state, again).code == "conflict"
-    state = apply(state, c.Tick(T_ONLINE + secs(1 + TIMEOUT)))
-    assert [type(ev) for ev in b.decide(state, again)] == [e.ConfigApplyRequested]
+    state = apply(state, at(c.Tick(), T_ONLINE + secs(1 + TIMEOUT)))
+    assert [type(ev) for ev in decide(state, again)] == [e.ConfigApplyRequested]
 
 
 def test_apply_config_request_carries_sorted_compartments_and_contract_hash() -> None:
@@ -690,10 +705,13 @@ def test_apply_config_request_carries_sorted_compartments_and_contract_hash() ->
     )
     state = apply(BankState(), create_command(specs=specs, interval=5))
     now = T0 + secs(1)
-    events = b.decide(
+    events = decide(
         state,
-        c.RequestApplyConfig(
-            transaction_id="cfg-1", command_timeout_seconds=TIMEOUT, now=now, requested_by="admin-1"
+        at(
+            c.RequestApplyConfig(
+                transaction_id="cfg-1", command_timeout_seconds=TIMEOUT, requested_by="admin-1"
+            ),
+            now,
         ),
     )
     compartments = (
@@ -720,18 +738,20 @@ def test_apply_config_request_carries_sorted_compartments_and_contract_hash() ->
 
 
 def test_tick_before_expiry_changes_nothing(opened: BankState) -> None:
-    assert b.decide(opened, c.Tick(T_EXP - timedelta(microseconds=1))) == []
+    assert decide(opened, at(c.Tick(), T_EXP - timedelta(microseconds=1))) == []
 
 
 def test_tick_at_expiry_times_the_command_out_once(opened: BankState) -> None:
-    state, events = step(opened, c.Tick(T_EXP))
+    state, events = step(opened, at(c.Tick(), T_EXP))
     assert events == [
         e.CommandTimedOut(transaction_id="tx-1", action="open_compartment", timed_out_at=T_EXP)
     ]
     assert_carries_transaction_id(events[0], "tx-1")
     assert state.transactions["tx-1"].status == "timeout"
     assert [
-        ev for ev in b.decide(state, c.Tick(T_EXP + secs(1))) if isinstance(ev, e.CommandTimedOut)
+        ev
+        for ev in decide(state, at(c.Tick(), T_EXP + secs(1)))
+        if isinstance(ev, e.CommandTimedOut)
     ] == []
 
 
@@ -739,7 +759,7 @@ def test_tick_times_out_several_commands_oldest_first() -> None:
     state = apply(online_bank(), open_cmd(T_ONLINE + secs(2), number=2, tx="tx-b"))
     state = apply(state, open_cmd(T_ONLINE + secs(1), number=1, tx="tx-a"))
     state = apply(state, heartbeat(T_ONLINE + secs(20)))
-    events = b.decide(state, c.Tick(T_ONLINE + secs(2 + TIMEOUT)))
+    events = decide(state, at(c.Tick(), T_ONLINE + secs(2 + TIMEOUT)))
     assert [ev.transaction_id for ev in events if isinstance(ev, e.CommandTimedOut)] == [
         "tx-a",
         "tx-b",
@@ -750,32 +770,32 @@ def test_heartbeat_timeout_fires_at_three_intervals_after_receive_time() -> None
     state = online_bank()
     deadline = T_ONLINE + secs(3 * INTERVAL)
     assert state.heartbeat_deadline() == deadline
-    assert b.decide(state, c.Tick(deadline - timedelta(microseconds=1))) == []
-    state, events = step(state, c.Tick(deadline))
+    assert decide(state, at(c.Tick(), deadline - timedelta(microseconds=1))) == []
+    state, events = step(state, at(c.Tick(), deadline))
     assert events == [e.LockerBankWentOffline(at=deadline, reason="heartbeat_timeout")]
     assert state.presence == "offline"
-    assert b.decide(state, c.Tick(deadline + secs(100))) == []
+    assert decide(state, at(c.Tick(), deadline + secs(100))) == []
 
 
 def test_heartbeat_timeout_uses_the_banks_own_interval() -> None:
     state = apply(BankState(), create_command(interval=4))
     state = apply(state, heartbeat(T0 + secs(1)))
-    assert b.decide(state, c.Tick(T0 + secs(12.999))) == []
-    assert b.decide(state, c.Tick(T0 + secs(13))) == [
+    assert decide(state, at(c.Tick(), T0 + secs(12.999))) == []
+    assert decide(state, at(c.Tick(), T0 + secs(13))) == [
         e.LockerBankWentOffline(at=T0 + secs(13), reason="heartbeat_timeout")
     ]
 
 
 def test_each_heartbeat_pushes_the_deadline() -> None:
     state = apply(online_bank(), heartbeat(T_ONLINE + secs(25)))
-    assert b.decide(state, c.Tick(T_ONLINE + secs(30))) == []
-    assert b.decide(state, c.Tick(T_ONLINE + secs(55))) == [
+    assert decide(state, at(c.Tick(), T_ONLINE + secs(30))) == []
+    assert decide(state, at(c.Tick(), T_ONLINE + secs(55))) == [
         e.LockerBankWentOffline(at=T_ONLINE + secs(55), reason="heartbeat_timeout")
     ]
 
 
 def test_no_heartbeat_timeout_before_the_first_heartbeat() -> None:
-    assert b.decide(provisioned(), c.Tick(T0 + secs(10_000))) == []
+    assert decide(provisioned(), at(c.Tick(), T0 + secs(10_000))) == []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -811,7 +831,7 @@ def test_later_heartbeat_is_only_a_heartbeat() -> None:
 
 
 def test_uptime_drop_is_a_reboot() -> None:
-    events = b.decide(online_bank(), heartbeat(T_ONLINE + secs(10), uptime=3))
+    events = decide(online_bank(), heartbeat(T_ONLINE + secs(10), uptime=3))
     assert events == [
         e.HeartbeatReceived(
             received_at=T_ONLINE + secs(10), uptime_seconds=3, session_id="session-1"
@@ -822,13 +842,13 @@ def test_uptime_drop_is_a_reboot() -> None:
 
 @pytest.mark.parametrize("uptime", [100, 101, None])
 def test_no_reboot_without_an_uptime_drop(uptime: int | None) -> None:
-    events = b.decide(online_bank(), heartbeat(T_ONLINE + secs(10), uptime=uptime))
+    events = decide(online_bank(), heartbeat(T_ONLINE + secs(10), uptime=uptime))
     assert not any(isinstance(ev, e.DeviceRebooted) for ev in events)
 
 
 def test_heartbeat_after_going_offline_brings_it_online_again() -> None:
-    state = apply(online_bank(), c.RecordLastWill(session_id="session-1", now=T_ONLINE + secs(1)))
-    events = b.decide(state, heartbeat(T_ONLINE + secs(5), uptime=2, session="session-2"))
+    state = apply(online_bank(), at(c.RecordLastWill(session_id="session-1"), T_ONLINE + secs(1)))
+    events = decide(state, heartbeat(T_ONLINE + secs(5), uptime=2, session="session-2"))
     assert events == [
         e.HeartbeatReceived(
             received_at=T_ONLINE + secs(5), uptime_seconds=2, session_id="session-2"
@@ -842,12 +862,13 @@ def _with_unapplied_config() -> BankState:
     """Online bank whose apply_config timed out, then went offline: config not applied."""
     state = apply(
         online_bank(),
-        c.RequestApplyConfig(
-            transaction_id="cfg-1", command_timeout_seconds=TIMEOUT, now=T_ONLINE + secs(1)
+        at(
+            c.RequestApplyConfig(transaction_id="cfg-1", command_timeout_seconds=TIMEOUT),
+            T_ONLINE + secs(1),
         ),
     )
-    state = apply(state, c.Tick(T_ONLINE + secs(1 + TIMEOUT)))
-    state = apply(state, c.RecordLastWill(session_id=None, now=T_ONLINE + secs(40)))
+    state = apply(state, at(c.Tick(), T_ONLINE + secs(1 + TIMEOUT)))
+    state = apply(state, at(c.RecordLastWill(session_id=None), T_ONLINE + secs(40)))
     assert state.presence == "offline"
     assert state.config_hash is not None
     assert state.applied_config_hash is None
@@ -858,7 +879,7 @@ def _with_unapplied_config() -> BankState:
 def test_coming_online_with_unapplied_config_resends_apply_config() -> None:
     state = _with_unapplied_config()
     now = T_ONLINE + secs(60)
-    events = b.decide(state, heartbeat(now, uptime=200, spare="spare-cfg"))
+    events = decide(state, heartbeat(now, uptime=200, spare="spare-cfg"))
     assert [type(ev) for ev in events] == [
         e.HeartbeatReceived,
         e.LockerBankCameOnline,
@@ -877,20 +898,22 @@ def test_coming_online_with_unapplied_config_resends_apply_config() -> None:
 def test_no_config_resend_while_an_apply_config_is_pending() -> None:
     state = apply(
         online_bank(),
-        c.RequestApplyConfig(
-            transaction_id="cfg-1", command_timeout_seconds=TIMEOUT, now=T_ONLINE + secs(1)
+        at(
+            c.RequestApplyConfig(transaction_id="cfg-1", command_timeout_seconds=TIMEOUT),
+            T_ONLINE + secs(1),
         ),
     )
-    state = apply(state, c.RecordLastWill(session_id=None, now=T_ONLINE + secs(2)))
-    events = b.decide(state, heartbeat(T_ONLINE + secs(3), uptime=200))
+    state = apply(state, at(c.RecordLastWill(session_id=None), T_ONLINE + secs(2)))
+    events = decide(state, heartbeat(T_ONLINE + secs(3), uptime=200))
     assert [type(ev) for ev in events] == [e.HeartbeatReceived, e.LockerBankCameOnline]
 
 
 def test_no_config_resend_when_applied_hash_matches() -> None:
     state = apply(
         online_bank(),
-        c.RequestApplyConfig(
-            transaction_id="cfg-1", command_timeout_seconds=TIMEOUT, now=T_ONLINE + secs(1)
+        at(
+            c.RequestApplyConfig(transaction_id="cfg-1", command_timeout_seconds=TIMEOUT),
+            T_ONLINE + secs(1),
         ),
     )
     state = apply(
@@ -902,8 +925,8 @@ def test_no_config_resend_when_applied_hash_matches() -> None:
             applied_config_hash=state.config_hash,
         ),
     )
-    state = apply(state, c.RecordLastWill(session_id=None, now=T_ONLINE + secs(3)))
-    events = b.decide(state, heartbeat(T_ONLINE + secs(4), uptime=200))
+    state = apply(state, at(c.RecordLastWill(session_id=None), T_ONLINE + secs(3)))
+    events = decide(state, heartbeat(T_ONLINE + secs(4), uptime=200))
     assert [type(ev) for ev in events] == [e.HeartbeatReceived, e.LockerBankCameOnline]
 
 
@@ -911,10 +934,10 @@ def test_no_config_resend_while_staying_online() -> None:
     state = _with_unapplied_config()
     state = apply(state, heartbeat(T_ONLINE + secs(60), uptime=200, spare="spare-cfg"))
     state = apply(state, heartbeat(T_ONLINE + secs(85), uptime=225))
-    state = apply(state, c.Tick(T_ONLINE + secs(60 + TIMEOUT)))  # resend times out too
+    state = apply(state, at(c.Tick(), T_ONLINE + secs(60 + TIMEOUT)))  # resend times out too
     assert state.presence == "online"
     assert state.transactions["spare-cfg"].status == "timeout"
-    events = b.decide(state, heartbeat(T_ONLINE + secs(95), uptime=235))
+    events = decide(state, heartbeat(T_ONLINE + secs(95), uptime=235))
     assert [type(ev) for ev in events] == [e.HeartbeatReceived]
 
 
@@ -927,7 +950,7 @@ def test_last_will_of_current_or_unnamed_session_takes_the_bank_offline(
     will_session: str | None,
 ) -> None:
     now = T_ONLINE + secs(1)
-    state, events = step(online_bank(), c.RecordLastWill(session_id=will_session, now=now))
+    state, events = step(online_bank(), at(c.RecordLastWill(session_id=will_session), now))
     assert events == [e.LockerBankWentOffline(at=now, reason="last_will")]
     assert state.presence == "offline"
     assert state.heartbeat_deadline() is None
@@ -935,24 +958,24 @@ def test_last_will_of_current_or_unnamed_session_takes_the_bank_offline(
 
 def test_last_will_of_another_session_is_ignored() -> None:
     state = online_bank()
-    assert b.decide(state, c.RecordLastWill(session_id="old-session", now=T_ONLINE + secs(1))) == []
+    assert decide(state, at(c.RecordLastWill(session_id="old-session"), T_ONLINE + secs(1))) == []
 
 
 def test_last_will_of_the_previous_session_after_a_reconnect_is_ignored() -> None:
     state = apply(online_bank(), heartbeat(T_ONLINE + secs(5), session="session-2"))
-    assert b.decide(state, c.RecordLastWill(session_id="session-1", now=T_ONLINE + secs(6))) == []
+    assert decide(state, at(c.RecordLastWill(session_id="session-1"), T_ONLINE + secs(6))) == []
 
 
 def test_last_will_when_already_offline_changes_nothing() -> None:
-    state = apply(online_bank(), c.RecordLastWill(session_id="session-1", now=T_ONLINE + secs(1)))
-    assert b.decide(state, c.RecordLastWill(session_id="session-1", now=T_ONLINE + secs(2))) == []
+    state = apply(online_bank(), at(c.RecordLastWill(session_id="session-1"), T_ONLINE + secs(1)))
+    assert decide(state, at(c.RecordLastWill(session_id="session-1"), T_ONLINE + secs(2))) == []
 
 
 # ---------------------------------------------------------------------------------------------
 # device events
 
 
-def door(number: object, state: object, now, event_id: str | None = None) -> c.RecordDeviceEvent:
+def door(number: object, state: object, now: datetime, event_id: str | None = None) -> Timed:
     return device_event(
         "door_state_changed", {"compartment_number": number, "state": state}, now, event_id=event_id
     )
@@ -992,37 +1015,37 @@ def test_door_opening_without_a_pending_open_raises_an_alert() -> None:
 
 
 def test_door_opening_while_its_open_is_pending_raises_no_alert(opened: BankState) -> None:
-    events = b.decide(opened, door(1, "open", T_REQ + secs(1)))
+    events = decide(opened, door(1, "open", T_REQ + secs(1)))
     assert [type(ev) for ev in events] == [e.DoorStateChanged]
 
 
 def test_door_opening_just_after_a_successful_open_raises_no_alert(opened: BankState) -> None:
     state = apply(opened, answer("tx-1", T_REQ + secs(1)))
-    events = b.decide(state, door(1, "open", T_REQ + secs(3)))
+    events = decide(state, door(1, "open", T_REQ + secs(3)))
     assert [type(ev) for ev in events] == [e.DoorStateChanged]
 
 
 def test_door_opening_of_another_compartment_than_the_pending_one_raises_an_alert(
     opened: BankState,
 ) -> None:
-    events = b.decide(opened, door(2, "open", T_REQ + secs(1)))
+    events = decide(opened, door(2, "open", T_REQ + secs(1)))
     assert [type(ev) for ev in events] == [e.DoorStateChanged, e.UncommandedDoorOpening]
 
 
 def test_door_closing_raises_no_alert() -> None:
-    events = b.decide(online_bank(), door(1, "closed", T_ONLINE + secs(1)))
+    events = decide(online_bank(), door(1, "closed", T_ONLINE + secs(1)))
     assert [type(ev) for ev in events] == [e.DoorStateChanged]
 
 
 def test_duplicate_event_id_changes_nothing() -> None:
     state = apply(online_bank(), door(1, "closed", T_ONLINE + secs(1), event_id="evt-1"))
-    assert b.decide(state, door(1, "closed", T_ONLINE + secs(2), event_id="evt-1")) == []
-    assert b.decide(state, door(1, "open", T_ONLINE + secs(2), event_id="evt-1")) == []
+    assert decide(state, door(1, "closed", T_ONLINE + secs(2), event_id="evt-1")) == []
+    assert decide(state, door(1, "open", T_ONLINE + secs(2), event_id="evt-1")) == []
 
 
 def test_events_without_event_id_are_never_deduplicated() -> None:
     state = apply(online_bank(), door(1, "closed", T_ONLINE + secs(1)))
-    events = b.decide(state, door(1, "closed", T_ONLINE + secs(2)))
+    events = decide(state, door(1, "closed", T_ONLINE + secs(2)))
     assert [type(ev) for ev in events] == [e.DoorStateChanged]
 
 
@@ -1040,7 +1063,7 @@ def test_unknown_device_event_type_is_recorded() -> None:
             at=now,
         )
     ]
-    assert b.decide(state, command) == []
+    assert decide(state, command) == []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1059,15 +1082,19 @@ def claim(
 
 
 def scan(
-    qr: c.QrClaim | None, now, event_id: str = "evt-qr-1", spare: str = "qr-tx-1"
-) -> c.RecordDeviceEvent:
+    qr: c.QrClaim | None, now: datetime, event_id: str = "evt-qr-1", spare: str = "qr-tx-1"
+) -> Timed:
     return device_event(
         "qr_scanned", {"qr_payload": "opaque"}, now, event_id=event_id, qr_claim=qr, spare=spare
     )
 
 
 def qr_denial(
-    reason: str, now, event_id: str = "evt-qr-1", user: str = USER, compartment: str = comp_id(1)
+    reason: str,
+    now: datetime,
+    event_id: str = "evt-qr-1",
+    user: str = USER,
+    compartment: str = comp_id(1),
 ) -> e.CompartmentOpeningDenied:
     return e.CompartmentOpeningDenied(
         user_id=user, compartment_id=compartment, reason=reason, at=now, via="qr", event_id=event_id
@@ -1096,7 +1123,7 @@ def test_qr_happy_path_requests_the_open_via_qr() -> None:
 
 def test_qr_unverifiable_payload_is_denied_qr_invalid() -> None:
     now = T_ONLINE + secs(1)
-    assert b.decide(online_bank(), scan(None, now)) == [
+    assert decide(online_bank(), scan(None, now)) == [
         qr_denial("qr_invalid", now, user="", compartment="")
     ]
 
@@ -1104,21 +1131,21 @@ def test_qr_unverifiable_payload_is_denied_qr_invalid() -> None:
 def test_qr_expired_claim_is_denied() -> None:
     qr = claim(expires_in=10)
     now = qr.expires_at
-    assert b.decide(online_bank(), scan(qr, now)) == [qr_denial("qr_expired", now)]
+    assert decide(online_bank(), scan(qr, now)) == [qr_denial("qr_expired", now)]
 
 
 def test_qr_second_scan_of_the_same_code_is_denied_qr_used() -> None:
     state = apply(online_bank(), scan(claim(), T_ONLINE + secs(1)))
     state = apply(state, answer("qr-tx-1", T_ONLINE + secs(2)))
     now = T_ONLINE + secs(3)
-    events = b.decide(state, scan(claim(), now, event_id="evt-qr-2", spare="qr-tx-2"))
+    events = decide(state, scan(claim(), now, event_id="evt-qr-2", spare="qr-tx-2"))
     assert events == [qr_denial("qr_used", now, event_id="evt-qr-2")]
 
 
 def test_qr_redelivered_scan_event_is_a_duplicate() -> None:
     command = scan(claim(), T_ONLINE + secs(1))
     state = apply(online_bank(), command)
-    assert b.decide(state, command) == []
+    assert decide(state, command) == []
 
 
 def test_qr_for_a_compartment_of_another_bank_is_denied() -> None:
@@ -1126,34 +1153,34 @@ def test_qr_for_a_compartment_of_another_bank_is_denied() -> None:
         user_id=USER, compartment_id="comp-of-other-bank", expires_at=T_ONLINE + secs(60), nonce="n"
     )
     now = T_ONLINE + secs(1)
-    assert b.decide(online_bank(), scan(qr, now)) == [
+    assert decide(online_bank(), scan(qr, now)) == [
         qr_denial("qr_wrong_bank", now, compartment="comp-of-other-bank")
     ]
 
 
 def test_qr_without_grant_is_denied_no_grant() -> None:
     now = T_ONLINE + secs(1)
-    assert b.decide(online_bank(), scan(claim(user=OTHER_USER), now)) == [
+    assert decide(online_bank(), scan(claim(user=OTHER_USER), now)) == [
         qr_denial("no_grant", now, user=OTHER_USER)
     ]
 
 
 def test_qr_while_offline_is_denied_offline() -> None:
-    state = apply(online_bank(), c.RecordLastWill(session_id=None, now=T_ONLINE + secs(1)))
+    state = apply(online_bank(), at(c.RecordLastWill(session_id=None), T_ONLINE + secs(1)))
     now = T_ONLINE + secs(2)
-    assert b.decide(state, scan(claim(), now)) == [qr_denial("offline", now)]
+    assert decide(state, scan(claim(), now)) == [qr_denial("offline", now)]
 
 
 def test_qr_while_an_open_is_pending_is_denied_command_pending(opened: BankState) -> None:
     now = T_REQ + secs(1)
-    assert b.decide(opened, scan(claim(1), now)) == [qr_denial("command_pending", now)]
+    assert decide(opened, scan(claim(1), now)) == [qr_denial("command_pending", now)]
 
 
 def test_qr_denied_scan_does_not_consume_the_code() -> None:
-    offline = apply(online_bank(), c.RecordLastWill(session_id=None, now=T_ONLINE + secs(1)))
+    offline = apply(online_bank(), at(c.RecordLastWill(session_id=None), T_ONLINE + secs(1)))
     state = apply(offline, scan(claim(), T_ONLINE + secs(2)))
     state = apply(state, heartbeat(T_ONLINE + secs(3)))
-    events = b.decide(state, scan(claim(), T_ONLINE + secs(4), event_id="evt-qr-2"))
+    events = decide(state, scan(claim(), T_ONLINE + secs(4), event_id="evt-qr-2"))
     assert [type(ev) for ev in events] == [e.CompartmentOpeningRequested]
 
 
@@ -1165,24 +1192,25 @@ def test_every_command_event_carries_its_transaction_id_in_data() -> None:
     state = online_bank()
     history: list[e.Event] = []
 
-    def run(command: c.BankCommand) -> None:
+    def run(command: Timed) -> None:
         nonlocal state
         state, events = step(state, command)
         history.extend(events)
 
     run(open_cmd(T_ONLINE + secs(1), number=1, tx="tx-ok"))
-    run(c.MarkDispatched(transaction_id="tx-ok", now=T_ONLINE + secs(1)))
+    run(at(c.MarkDispatched(transaction_id="tx-ok"), T_ONLINE + secs(1)))
     run(answer("tx-ok", T_ONLINE + secs(2)))
     run(open_cmd(T_ONLINE + secs(1), number=2, tx="tx-err"))
     run(answer("tx-err", T_ONLINE + secs(2), result="error", error_code="E1"))
     run(open_cmd(T_ONLINE + secs(3), number=3, tx="tx-late"))
     run(heartbeat(T_ONLINE + secs(20)))
     run(heartbeat(T_ONLINE + secs(30)))
-    run(c.Tick(T_ONLINE + secs(3 + TIMEOUT)))
+    run(at(c.Tick(), T_ONLINE + secs(3 + TIMEOUT)))
     run(answer("tx-late", T_ONLINE + secs(40)))
     run(
-        c.RequestApplyConfig(
-            transaction_id="tx-cfg", command_timeout_seconds=TIMEOUT, now=T_ONLINE + secs(41)
+        at(
+            c.RequestApplyConfig(transaction_id="tx-cfg", command_timeout_seconds=TIMEOUT),
+            T_ONLINE + secs(41),
         )
     )
     run(answer("tx-cfg", T_ONLINE + secs(42), action="apply_config", applied_config_hash="abc"))
@@ -1206,7 +1234,7 @@ def test_every_command_event_carries_its_transaction_id_in_data() -> None:
 
 
 def test_refused_open_data_carries_user_compartment_and_reason() -> None:
-    events = b.decide(grant(provisioned(), 1), open_cmd(T_ONLINE))
+    events = decide(grant(provisioned(), 1), open_cmd(T_ONLINE))
     assert len(events) == 1
     data = e.event_data(events[0])
     assert e.event_type(events[0]) == "CompartmentOpeningDenied"
@@ -1228,7 +1256,7 @@ def test_config_hash_of_the_created_bank_uses_the_contract_key_names() -> None:
 # replay from the store
 
 
-def _replayed(commands: list[c.BankCommand]) -> tuple[BankState, BankState]:
+def _replayed(commands: list[Timed]) -> tuple[BankState, BankState]:
     """(live state, state rebuilt by folding only the stored (durable) events)."""
     live, stored = BankState(), []
     for command in commands:
@@ -1244,12 +1272,11 @@ def test_replayed_bank_is_not_online_forever() -> None:
     live, rebuilt = _replayed(
         [
             create_command(),
-            c.Provision(
-                token_hash=TOKEN,
-                client_id=CLIENT,
-                new_mqtt_user="u",
-                new_credential_hash="h",
-                now=T_PROV,
+            at(
+                c.Provision(
+                    token_hash=TOKEN, client_id=CLIENT, new_mqtt_user="u", new_credential_hash="h"
+                ),
+                T_PROV,
             ),
             heartbeat(T_ONLINE),
         ]
@@ -1258,7 +1285,7 @@ def test_replayed_bank_is_not_online_forever() -> None:
     assert rebuilt.version == live.version
     later = T_ONLINE + secs(3 * INTERVAL + 3600)
     if rebuilt.presence == "online":
-        assert b.decide(rebuilt, c.Tick(later)) == [
+        assert decide(rebuilt, at(c.Tick(), later)) == [
             e.LockerBankWentOffline(at=later, reason="heartbeat_timeout")
         ]
     else:
@@ -1269,20 +1296,19 @@ def test_replayed_state_equals_live_state_but_for_presence() -> None:
     live, rebuilt = _replayed(
         [
             create_command(),
-            c.Provision(
-                token_hash=TOKEN,
-                client_id=CLIENT,
-                new_mqtt_user="u",
-                new_credential_hash="h",
-                now=T_PROV,
+            at(
+                c.Provision(
+                    token_hash=TOKEN, client_id=CLIENT, new_mqtt_user="u", new_credential_hash="h"
+                ),
+                T_PROV,
             ),
-            c.GrantAccess(compartment_id=comp_id(1), user_id=USER, expires_at=None, now=T_PROV),
+            at(c.GrantAccess(compartment_id=comp_id(1), user_id=USER, expires_at=None), T_PROV),
             heartbeat(T_ONLINE),
             open_cmd(T_ONLINE + secs(1), tx="tx-1"),
             answer("tx-1", T_ONLINE + secs(2)),
             door(1, "open", T_ONLINE + secs(3), event_id="evt-1"),
             open_cmd(T_ONLINE + secs(4), number=1, tx="tx-2"),
-            c.Tick(T_ONLINE + secs(4 + TIMEOUT)),
+            at(c.Tick(), T_ONLINE + secs(4 + TIMEOUT)),
         ]
     )
 

@@ -15,25 +15,23 @@ thread.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from collections.abc import Mapping
+from typing import Protocol
 from urllib.parse import parse_qsl
 
 import msgspec
 import structlog
-import trio
-from quart import Blueprint, Response, request
+from prometheus_client import Counter
 
-from lockerd import acl
+from domain import commands as c
+from domain.keys import Keyring, constant_time_equals
+from gateway import acl
+from lockerd.banks.directory import DeviceCredential
 from lockerd.config import Settings
-from lockerd.context import ServiceContext
-from lockerd.domain import commands as c
-from lockerd.security import constant_time_equals
+from lockerd.telemetry.agents import AgentDirectory
 
 log = structlog.get_logger("lockerd.mosq")
 
-ALLOW_BODY = b'{"ok":true}'
-DENY_BODY = b'{"ok":false}'
 MAX_FIELD_CHARS = 70_000  # an MQTT topic is at most 65,535 bytes
 _FIELDS = frozenset({"username", "password", "clientid", "client_id", "topic", "acc"})
 # compared against when the username is unknown, so a miss costs what a hit costs
@@ -129,30 +127,37 @@ def parse_body(content_type: str, body: bytes) -> CheckRequest:
     return parse_form(body)
 
 
-class AgentCredentials(Protocol):
-    """What the metrics feature registers as ``context.extensions["agents"]`` (duck-typed)."""
+class Notifier(Protocol):
+    """Tells a bank's actor something without waiting (the bank registry)."""
 
-    def credential(self, username: str) -> tuple[str, str, str] | None: ...
+    def tell_nowait(self, bank_id: str, command: c.BankCommand) -> bool: ...
 
 
 class BrokerAuth:
     """The three checks, over the running service's in-memory state."""
 
-    def __init__(self, context: ServiceContext) -> None:
-        self.context = context
-        metrics = context.metrics.goauth_checks
+    def __init__(
+        self,
+        settings: Settings,
+        keyring: Keyring,
+        devices: Mapping[str, DeviceCredential],
+        agents: AgentDirectory,
+        banks: Notifier,
+        checks: Counter,
+    ) -> None:
+        self.settings = settings
+        self.keyring = keyring
+        self.devices = devices
+        self.agents = agents
+        self.banks = banks
         self._counters = {
-            (endpoint, result): metrics.labels(endpoint, result)
+            (endpoint, result): checks.labels(endpoint, result)
             for endpoint in ("auth", "superuser", "acl")
             for result in ("allow", "deny")
         }
         self._noted_in_use: set[str] = set()
 
     # ---------------------------------------------------------------- helpers
-
-    @property
-    def settings(self) -> Settings:
-        return self.context.settings
 
     def secret_ok(self, given: str | None) -> bool:
         """Constant-time; an unset LOCKERD_MOSQ_SECRET denies everything."""
@@ -164,26 +169,12 @@ class BrokerAuth:
     def count(self, endpoint: str, allowed: bool) -> None:
         self._counters[(endpoint, "allow" if allowed else "deny")].inc()
 
-    def _agents(self) -> AgentCredentials | None:
-        agents = self.context.extensions.get("agents")
-        if agents is None or not callable(getattr(agents, "credential", None)):
+    def _agent(self, username: str) -> tuple[str, str, str] | None:
+        try:
+            return self.agents.credential(username)
+        except Exception as exc:  # a broken registry must deny, not 500
+            log.warning("agent_lookup_failed", error=repr(exc))
             return None
-        found: AgentCredentials = agents
-        return found
-
-    def _agent_lookup(self) -> Callable[[str], tuple[str, str, str] | None] | None:
-        agents = self._agents()
-        if agents is None:
-            return None
-
-        def lookup(username: str) -> tuple[str, str, str] | None:
-            try:
-                return agents.credential(username)
-            except Exception as exc:  # a broken registry must deny, not 500
-                log.warning("agent_lookup_failed", error=repr(exc))
-                return None
-
-        return lookup
 
     def is_backend_user(self, username: str | None) -> bool:
         return constant_time_equals(username, self.settings.mqtt.username)
@@ -204,15 +195,14 @@ class BrokerAuth:
             return bool(settings.provisioning_password) and constant_time_equals(
                 password, settings.provisioning_password
             )
-        keyring = self.context.keyring
-        device = self.context.directory.device_users.get(username)
+        keyring = self.keyring
+        device = self.devices.get(username)
         if device is not None:
             if not keyring.verify("device-password", password, device.credential_hash):
                 return False
             self._note_in_use(username, device.bank_id)
             return True
-        lookup = self._agent_lookup()
-        agent = lookup(username) if lookup is not None else None
+        agent = self._agent(username)
         if agent is not None:
             return keyring.verify("agent-password", password, agent[2])
         keyring.verify("device-password", password, _DUMMY_HASH)
@@ -230,8 +220,8 @@ class BrokerAuth:
             body.client,
             backend_user=settings.mqtt.username,
             provisioning_user=settings.provisioning_user,
-            devices=self.context.directory.device_users,
-            agent=self._agent_lookup(),
+            devices=self.devices,
+            agent=self._agent,
         )
         return acl.allowed(
             identity, body.topic, body.acc, accept_status=settings.accept_status_topic
@@ -242,59 +232,8 @@ class BrokerAuth:
         arrived: the lost-reply rule must no longer let the token be redeemed again."""
         if username in self._noted_in_use:
             return
-        command = c.NoteCredentialsUsed(mqtt_user=username, now=self.context.clock())
-        if self.context.registry.tell_nowait(bank_id, command):
+        command = c.NoteCredentialsUsed(mqtt_user=username)
+        if self.banks.tell_nowait(bank_id, command):
             if len(self._noted_in_use) >= 100_000:
                 self._noted_in_use.clear()
             self._noted_in_use.add(username)
-
-
-def _answer(allowed: bool) -> Response:
-    return Response(
-        ALLOW_BODY if allowed else DENY_BODY,
-        status=200 if allowed else 403,
-        content_type="application/json",
-    )
-
-
-def build_blueprint(auth: BrokerAuth) -> Blueprint:
-    blueprint = Blueprint("mosq", __name__)
-
-    def endpoint(name: str, check: Callable[[CheckRequest], bool]) -> Callable[[], Awaitable[Any]]:
-        async def handle() -> Response:
-            allowed = False
-            try:
-                if auth.secret_ok(request.args.get("mosq_secret")):
-                    body = await request.get_data(cache=False)
-                    assert isinstance(body, bytes)
-                    allowed = check(parse_body(request.content_type or "", body))
-            except Malformed as exc:
-                log.info("goauth_malformed", endpoint=name, reason=str(exc))
-            except Exception as exc:  # go-auth must get a deny, never a 5xx
-                log.warning("goauth_check_failed", endpoint=name, error=repr(exc))
-                allowed = False
-            auth.count(name, allowed)
-            return _answer(allowed)
-
-        handle.__name__ = f"mosq_{name}"
-        return handle
-
-    blueprint.add_url_rule(
-        "/api/mosq/auth", view_func=endpoint("auth", auth.authenticate), methods=["POST"]
-    )
-    blueprint.add_url_rule(
-        "/api/mosq/superuser", view_func=endpoint("superuser", auth.superuser), methods=["POST"]
-    )
-    blueprint.add_url_rule(
-        "/api/mosq/acl", view_func=endpoint("acl", auth.check_acl), methods=["POST"]
-    )
-    return blueprint
-
-
-async def install(context: ServiceContext, nursery: trio.Nursery) -> list[Blueprint]:
-    auth = BrokerAuth(context)
-    context.extensions["broker_auth"] = auth
-    return [build_blueprint(auth)]
-
-
-__all__ = ["BrokerAuth", "CheckRequest", "Malformed", "build_blueprint", "install"]

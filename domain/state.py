@@ -12,7 +12,7 @@ from typing import Literal
 
 from pyrsistent import PMap, pmap
 
-from lockerd.domain.events import Action, DoorState, Presence
+from domain.events import Action, DoorState, Presence
 
 TxStatus = Literal["pending", "success", "error", "timeout"]
 

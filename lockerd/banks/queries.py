@@ -1,0 +1,281 @@
+"""Every read of the banks' read models, and the one plain table beside them (``bank_last_seen``).
+
+The tables are created and kept by :mod:`lockerd.banks.projections`; this module is the only
+other place that names them. Each function returns a synchronous function for
+:meth:`store.base.Tables.read` / ``write``, which runs it on the store's thread in one
+transaction. Portable SQL (SQLite and PostgreSQL): ``?`` placeholders.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from domain.wiretime import iso_from_stored
+from store.base import SqlTx
+
+LAST_SEEN_DDL: tuple[str, ...] = (
+    """CREATE TABLE IF NOT EXISTS bank_last_seen (
+        bank_id TEXT PRIMARY KEY,
+        last_seen TEXT NOT NULL
+    )""",
+)
+
+
+def create_plain_tables(tx: SqlTx) -> None:
+    """Tables of this capability that are not projections (a rebuild leaves them alone)."""
+    for ddl in LAST_SEEN_DDL:
+        tx.execute(ddl)
+
+
+# --- banks, as the admin API shows them ----------------------------------------------------
+
+_BANK_COLUMNS = (
+    "b.id, b.name, b.location, b.provisioned_at, b.config_hash, b.applied_config_hash, s.last_seen"
+)
+
+
+def banks(bank_id: str | None = None) -> Callable[[SqlTx], list[dict[str, Any]]]:
+    """Every bank (or the one with ``bank_id``) with its compartments, oldest first.
+
+    ``presence`` is ``unknown`` here: it is live knowledge, filled in from the fleet view.
+    Timestamps are in the wire form.
+    """
+
+    def read(tx: SqlTx) -> list[dict[str, Any]]:
+        where, params = ("WHERE b.id = ?", (bank_id,)) if bank_id else ("", ())
+        rows = tx.query(
+            f"SELECT {_BANK_COLUMNS} FROM banks b LEFT JOIN bank_last_seen s ON s.bank_id = b.id"
+            f" {where} ORDER BY b.created_at, b.id",
+            params,
+        )
+        compartment_where = "WHERE bank_id = ?" if bank_id else ""
+        compartment_rows = tx.query(
+            "SELECT bank_id, id, number, slave_id, address, door_state FROM compartments"
+            f" {compartment_where} ORDER BY bank_id, number",
+            params,
+        )
+        by_bank: dict[str, list[dict[str, Any]]] = {}
+        for owner, cid, number, slave_id, address, door in compartment_rows:
+            by_bank.setdefault(owner, []).append(
+                {
+                    "id": cid,
+                    "number": number,
+                    "slave_id": slave_id,
+                    "address": address,
+                    "door_state": door,
+                }
+            )
+        return [
+            {
+                "id": bid,
+                "name": name,
+                "location": location,
+                "provisioned_at": iso_from_stored(provisioned_at),
+                "presence": "unknown",
+                "last_seen": iso_from_stored(last_seen),
+                "config_hash": config_hash,
+                "applied_config_hash": applied,
+                "compartments": by_bank.get(bid, []),
+            }
+            for bid, name, location, provisioned_at, config_hash, applied, last_seen in rows
+        ]
+
+    return read
+
+
+# --- what the in-memory directory and the fleet view start from ----------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BankRow:
+    bank_id: str
+    name: str
+    location: str | None
+    heartbeat_interval_seconds: int
+    token_hash: str | None
+    used_token_hash: str | None
+    mqtt_user: str | None
+    credential_hash: str | None
+    last_seen: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class CompartmentRow:
+    compartment_id: str
+    bank_id: str
+    number: int
+
+
+@dataclass(frozen=True, slots=True)
+class StartingPoint:
+    """What a starting service loads: banks, compartments, earliest pending expiry per bank."""
+
+    banks: list[BankRow]
+    compartments: list[CompartmentRow]
+    pending_expiry: list[tuple[str, datetime]]
+
+
+def starting_point(tx: SqlTx) -> StartingPoint:
+    banks_rows = tx.query(
+        "SELECT b.id, b.name, b.location, b.heartbeat_interval_seconds, b.token_hash,"
+        " b.used_token_hash, b.mqtt_user, b.credential_hash, s.last_seen"
+        " FROM banks b LEFT JOIN bank_last_seen s ON s.bank_id = b.id"
+    )
+    compartments = tx.query("SELECT id, bank_id, number FROM compartments")
+    pending = tx.query(
+        "SELECT bank_id, MIN(expires_at) FROM transactions WHERE status = 'pending'"
+        " GROUP BY bank_id"
+    )
+    return StartingPoint(
+        banks=[
+            BankRow(
+                bank_id,
+                name,
+                location,
+                int(interval),
+                token,
+                used,
+                user,
+                credential,
+                datetime.fromisoformat(last_seen) if last_seen else None,
+            )
+            for bank_id, name, location, interval, token, used, user, credential, last_seen in (
+                banks_rows
+            )
+        ],
+        compartments=[
+            CompartmentRow(cid, bank_id, int(number)) for cid, bank_id, number in compartments
+        ],
+        pending_expiry=[(bank_id, datetime.fromisoformat(expiry)) for bank_id, expiry in pending],
+    )
+
+
+def save_last_seen(rows: Sequence[tuple[str, datetime]]) -> Callable[[SqlTx], None]:
+    """Upsert ``(bank id, last seen)`` pairs."""
+    values = [(bank_id, moment.isoformat()) for bank_id, moment in rows]
+
+    def write(tx: SqlTx) -> None:
+        tx.executemany(
+            "INSERT INTO bank_last_seen (bank_id, last_seen) VALUES (?, ?)"
+            " ON CONFLICT (bank_id) DO UPDATE SET last_seen = excluded.last_seen",
+            values,
+        )
+
+    return write
+
+
+# --- grants and compartments, as the app sees them -----------------------------------------
+
+
+def granted_compartments(user_id: str) -> Callable[[SqlTx], list[tuple[Any, ...]]]:
+    """(compartment id, number, bank id, bank name, door state, grant expiry) per grant."""
+
+    def read(tx: SqlTx) -> list[tuple[Any, ...]]:
+        return tx.query(
+            "SELECT c.id, c.number, c.bank_id, b.name, c.door_state, g.expires_at"
+            " FROM grants g JOIN compartments c ON c.id = g.compartment_id"
+            " JOIN banks b ON b.id = c.bank_id WHERE g.user_id = ?"
+            " ORDER BY b.name, c.bank_id, c.number",
+            (user_id,),
+        )
+
+    return read
+
+
+def grant_expiry(compartment_id: str, user_id: str) -> Callable[[SqlTx], tuple[bool, Any]]:
+    """(whether a grant exists, its expiry or None)."""
+
+    def read(tx: SqlTx) -> tuple[bool, Any]:
+        rows = tx.query(
+            "SELECT expires_at FROM grants WHERE compartment_id = ? AND user_id = ?",
+            (compartment_id, user_id),
+        )
+        return (True, rows[0][0]) if rows else (False, None)
+
+    return read
+
+
+# --- transactions ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TransactionView:
+    """A transaction as ``GET /api/transactions/{id}`` shows it, plus who asked."""
+
+    transaction_id: str
+    action: str
+    status: str
+    error_code: str | None
+    message: str | None
+    requested_at: str | None
+    completed_at: str | None
+    user_id: str | None
+    late_answer: dict[str, Any] | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "transaction_id": self.transaction_id,
+            "action": self.action,
+            "status": self.status,
+            "error_code": self.error_code,
+            "message": self.message,
+            "requested_at": self.requested_at,
+            "completed_at": self.completed_at,
+            "late_answer": self.late_answer,
+        }
+
+
+_TRANSACTION_COLUMNS = (
+    "transaction_id, action, status, error_code, message, requested_at, completed_at, user_id,"
+    " late_result, late_error_code, late_received_at"
+)
+
+
+def transaction(transaction_id: str) -> Callable[[SqlTx], TransactionView | None]:
+    def read(tx: SqlTx) -> TransactionView | None:
+        rows = tx.query(
+            f"SELECT {_TRANSACTION_COLUMNS} FROM transactions WHERE transaction_id = ?",
+            (transaction_id,),
+        )
+        if not rows:
+            return None
+        (tid, action, status, error_code, message, requested_at, completed_at, user_id,
+         late_result, late_error_code, late_received_at) = rows[0]  # fmt: skip
+        late = None
+        if late_result is not None:
+            late = {
+                "result": late_result,
+                "error_code": late_error_code,
+                "received_at": iso_from_stored(late_received_at),
+            }
+        return TransactionView(
+            transaction_id=tid,
+            action=action,
+            status=status,
+            error_code=error_code,
+            message=message,
+            requested_at=iso_from_stored(requested_at),
+            completed_at=iso_from_stored(completed_at),
+            user_id=user_id,
+            late_answer=late,
+        )
+
+    return read
+
+
+__all__ = [
+    "BankRow",
+    "CompartmentRow",
+    "StartingPoint",
+    "TransactionView",
+    "banks",
+    "create_plain_tables",
+    "grant_expiry",
+    "granted_compartments",
+    "save_last_seen",
+    "starting_point",
+    "transaction",
+]

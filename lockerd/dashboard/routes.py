@@ -1,0 +1,61 @@
+"""``GET /dashboard`` (the page and its assets) and the ``/ws/status`` websocket."""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any, Final, cast
+
+from quart import Blueprint, Response, websocket
+from quart.wrappers import Websocket
+
+from lockerd.http.auth import authenticate
+from lockerd.http.context import ctx
+from lockerd.http.errors import ApiError
+from lockerd.http.websocket import QuartTransport
+
+STATIC_PACKAGE: Final = "lockerd.dashboard"
+STATIC_FILES: Final = {
+    "dashboard.html": "text/html; charset=utf-8",
+    "dashboard.js": "text/javascript; charset=utf-8",
+    "dashboard.css": "text/css; charset=utf-8",
+}
+CONTENT_SECURITY_POLICY: Final = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:;"
+    " connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+
+blueprint = Blueprint("dashboard", __name__)
+
+
+def static_file(name: str) -> Response:
+    body = resources.files(STATIC_PACKAGE).joinpath("static", name).read_bytes()
+    response = Response(body, content_type=STATIC_FILES[name])
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+    return response
+
+
+@blueprint.get("/dashboard")
+async def dashboard_page() -> Response:
+    return static_file("dashboard.html")
+
+
+@blueprint.get("/dashboard/<name>")
+async def dashboard_asset(name: str) -> Response:
+    if name not in STATIC_FILES or name.endswith(".html"):
+        raise ApiError(404, "no such file")
+    return static_file(name)
+
+
+@blueprint.websocket("/ws/status")
+async def status_socket() -> None:
+    principal = await authenticate(websocket.args.get("token") or None)
+    if principal is None:
+        raise ApiError(401, "missing or invalid token")
+    if not principal.is_admin:
+        raise ApiError(403, "the status stream needs the admin role")
+    await websocket.accept()
+    ws: Websocket = cast(Any, websocket)._get_current_object()
+    await ctx().status_hub.run(QuartTransport(ws))

@@ -1,0 +1,42 @@
+"""Asking a bank actor from a request handler, with every failure mapped to an API error.
+
+The one place where the registry's failures become HTTP answers, so that every route reports
+them the same way: an unknown bank is a 404, a bank that cannot answer (crashed on this
+request, past its restart budget, or too slow) a 503 that says so, and a command the bank's
+``decide`` refused a 404/400/409 by its rejection code.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from actors.bank import Outcome
+from actors.registry import BankUnavailable, UnknownBank
+from domain import commands as c
+from lockerd.http.context import ctx
+from lockerd.http.errors import ApiError
+from lockerd.http.ids import parse_id
+
+REJECTION_STATUS = {"not_found": 404, "invalid": 400, "conflict": 409}
+
+
+async def ask_bank(bank_id: str, command: c.BankCommand, *, allow_new: bool = False) -> Outcome:
+    """The bank's outcome for ``command``; raises :class:`ApiError` unless it was accepted."""
+    try:
+        outcome = await ctx().registry.ask(bank_id, command, allow_new=allow_new)
+    except UnknownBank:
+        raise ApiError(404, "no such locker bank") from None
+    except (BankUnavailable, trio.TooSlowError) as exc:
+        raise ApiError(503, f"locker bank unavailable, try again later ({exc})") from None
+    rejection = outcome.rejected
+    if rejection is not None:
+        raise ApiError(REJECTION_STATUS.get(rejection.code, 409), rejection.message)
+    return outcome
+
+
+def bank_of_compartment(compartment_id: str) -> str:
+    """The bank holding the compartment with this (path) id; 404 if there is none."""
+    ref = ctx().directory.compartments.get(parse_id(compartment_id, "compartment"))
+    if ref is None:
+        raise ApiError(404, "no such compartment")
+    return ref.bank_id

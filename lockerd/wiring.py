@@ -1,0 +1,52 @@
+"""The parts of one running lockerd, typed: what the composition root builds and hands out.
+
+:class:`Service` is built once by :func:`lockerd.service.running_service` and never changed
+afterwards (no part is added or patched on later); request handlers reach it through
+:func:`lockerd.http.context.ctx`, the CLI and tests get it from ``running_service``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+import trio
+
+from actors.fleet import FleetView
+from actors.registry import BankRegistry
+from domain.keys import Keyring
+from gateway.mqtt import MqttClient
+from gateway.router import Gateway
+from lockerd.banks.directory import Directory
+from lockerd.brokerauth.checks import BrokerAuth
+from lockerd.config import Settings
+from lockerd.dashboard.hub import StatusHub
+from lockerd.metrics import Metrics
+from lockerd.telemetry.agents import AgentDirectory
+from lockerd.telemetry.pipeline import MetricsPipeline
+from lockerd.users.sessions import SessionService
+from store.base import EventStore, Tables
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Service:
+    settings: Settings
+    http_url: str
+    store: EventStore
+    tables: Tables
+    keyring: Keyring
+    directory: Directory
+    fleet: FleetView
+    registry: BankRegistry
+    metrics: Metrics
+    sessions: SessionService
+    agents: AgentDirectory
+    pipeline: MetricsPipeline
+    status_hub: StatusHub
+    broker_auth: BrokerAuth
+    mqtt: MqttClient
+    gateway: Gateway
+    clock: Callable[[], datetime]
+    #: set when the service is asked to stop (SIGTERM); long-lived streams close on it
+    shutdown: trio.Event
