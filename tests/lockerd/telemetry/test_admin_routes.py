@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from lockerd.telemetry.agents import AgentDirectory
-from tests.integration.test_metrics_bridge import (
+from tests.lockerd.telemetry.test_mqtt_bridge import (
     BACKENDS,
     new_agent,
     new_tenant,
