@@ -8,14 +8,15 @@ import sys
 from collections.abc import Sequence
 
 from lockerd.commands import SUBCOMMANDS
-from lockerd.logging import configure_logging
+from lockerd.config import ConfigError
+from lockerd.logging import FORMATS, configure_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lockerd", description="Backend for smart locker banks")
     parser.add_argument(
         "--log-format",
-        choices=["json", "console"],
+        choices=FORMATS,
         default=None,
         help="log format (default: LOCKERD_LOG_FORMAT or json)",
     )
@@ -31,10 +32,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure_logging(
-        args.log_format or os.environ.get("LOCKERD_LOG_FORMAT", "json"),
-        args.log_level or os.environ.get("LOCKERD_LOG_LEVEL", "info"),
-    )
+    try:
+        configure_logging(
+            args.log_format or os.environ.get("LOCKERD_LOG_FORMAT") or "json",
+            args.log_level or os.environ.get("LOCKERD_LOG_LEVEL") or "info",
+        )
+    except ConfigError as exc:
+        print(f"lockerd: configuration error: {exc}", file=sys.stderr)
+        return 2
     result: int = args.handler(args)
     return result
 

@@ -54,6 +54,27 @@ async def _serve_until_signal(settings: Settings) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Serve until SIGTERM/SIGINT (exit 0); a start-up failure is one line on stderr (exit 1)."""
+    from lockerd.service import StartupError
+    from store.base import StoreUnavailable
+
     settings = settings_or_exit(args)
-    trio.run(_serve_until_signal, settings)
+    problem: str | None = None
+    try:
+        trio.run(_serve_until_signal, settings)
+    except* StartupError as group:
+        problem = str(_first(group))
+    except* StoreUnavailable as group:
+        problem = f"LOCKERD_DATABASE: {_first(group)}"
+    if problem is not None:
+        one_line = " ".join(problem.split())
+        print(f"lockerd: cannot start: {one_line}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -160,6 +161,8 @@ def test_bad_configuration_stops_startup_with_one_clear_line(tmp_path: Path) -> 
         ("LOCKERD_DATABASE", "mysql://x"),
         ("LOCKERD_ACCEPT_STATUS_TOPIC", "maybe"),
         ("LOCKERD_PROVISIONING_TOKEN_TTL", "1.5"),
+        ("LOCKERD_LOG_LEVEL", "loud"),
+        ("LOCKERD_LOG_FORMAT", "text"),
     ],
 )
 def test_each_bad_variable_is_named(variable: str, value: str, tmp_path: Path) -> None:
@@ -174,3 +177,65 @@ def test_each_bad_variable_is_named(variable: str, value: str, tmp_path: Path) -
     assert result.returncode == 2
     assert variable in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_port_in_use_is_one_line_and_a_failure(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "lockerd.cli", "serve"],
+            env={
+                **os.environ,
+                "LOCKERD_HTTP": f"127.0.0.1:{port}",
+                "LOCKERD_DATABASE": f"sqlite:///{tmp_path / 'l.db'}",
+                "LOCKERD_MQTT_URL": f"mqtt://127.0.0.1:{free_port()}",
+            },
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=tmp_path,
+        )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines == [f"lockerd: cannot start: LOCKERD_HTTP: 127.0.0.1:{port} is already in use"]
+
+
+async def test_every_line_is_json_stdlib_loggers_included(tmp_path: Path) -> None:
+    """The MQTT adapter logs through the standard library; its lines are JSON like the rest."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "LOCKERD_HTTP": f"127.0.0.1:{port}",
+        "LOCKERD_DATABASE": f"sqlite:///{tmp_path / 'l.db'}",
+        # nothing listens there: the adapter logs its failed connects (stdlib logging)
+        "LOCKERD_MQTT_URL": f"mqtt://127.0.0.1:{free_port()}",
+        "LOCKERD_LOG_FORMAT": "json",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lockerd.cli", "serve"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=2.0) as client:
+
+            async def answers() -> bool:
+                try:
+                    return (await client.get("/healthz")).status_code == 503
+                except httpx.TransportError:
+                    return False
+
+            await eventually(answers, within=15.0)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = await trio.to_thread.run_sync(process.communicate, None, 15)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    records = [json.loads(line) for line in stderr.splitlines() if line.strip()]
+    assert any(record.get("logger") == "gateway.mqtt" for record in records), records
+    assert all({"event", "level", "timestamp"} <= record.keys() for record in records)
