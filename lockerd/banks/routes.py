@@ -1,4 +1,8 @@
-"""Admin routes for locker banks: create, list, read, history, token rotation, apply-config."""
+"""Admin routes for locker banks: create, list, read, history, token rotation, apply-config.
+
+The response models below document the answers in /openapi.json only: the handlers build their
+answers themselves (documentation, not validation).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from quart import Blueprint
 
 from domain import commands as c
 from domain import events as e
+from domain.events import DoorState, Presence
 from domain.keys import new_token
 from domain.wiretime import iso
 from lockerd.banks import queries
@@ -19,6 +24,7 @@ from lockerd.http.auth import admin_first, require_admin
 from lockerd.http.context import ctx
 from lockerd.http.errors import ApiError
 from lockerd.http.ids import parse_id
+from lockerd.http.openapi import IsoTime, documented
 from lockerd.http.validation import json_body
 
 blueprint = Blueprint("admin_banks", __name__)
@@ -37,10 +43,75 @@ class CreateBankIn(msgspec.Struct, forbid_unknown_fields=True):
     heartbeat_interval_seconds: Annotated[int, msgspec.Meta(ge=1, le=3600)] = 10
 
 
+class NewCompartmentOut(msgspec.Struct):
+    """A compartment of a newly created locker bank."""
+
+    id: str
+    number: int
+    slave_id: int
+    address: int
+
+
+class CreatedBankOut(msgspec.Struct):
+    """The created locker bank and its first provisioning token (shown once)."""
+
+    id: str
+    name: str
+    provisioning_token: str
+    compartments: Annotated[list[NewCompartmentOut], msgspec.Meta(description="ordered by number")]
+
+
+class BankCompartmentOut(msgspec.Struct):
+    """A compartment of a locker bank, as admins see it."""
+
+    id: str
+    number: int
+    slave_id: int
+    address: int
+    door_state: DoorState
+
+
+class BankOut(msgspec.Struct):
+    """A locker bank, as admins see it."""
+
+    id: str
+    name: str
+    location: str | None
+    provisioned_at: IsoTime | None
+    presence: Presence
+    last_seen: IsoTime | None
+    config_hash: str | None
+    applied_config_hash: str | None
+    compartments: Annotated[list[BankCompartmentOut], msgspec.Meta(description="ordered by number")]
+
+
+class BankEventOut(msgspec.Struct):
+    """One event of a locker bank's history."""
+
+    position: Annotated[int, msgspec.Meta(description="the event's place in the bank's stream")]
+    type: str
+    recorded_at: IsoTime
+    data: dict[str, Any]
+
+
+class ProvisioningTokenOut(msgspec.Struct):
+    """A new provisioning token (shown once); the older ones are void."""
+
+    provisioning_token: str
+
+
+class ApplyConfigOut(msgspec.Struct):
+    """The apply_config command has been accepted; follow it at /api/transactions/{id}."""
+
+    transaction_id: str
+
+
 @blueprint.post("/api/admin/locker-banks")
+@documented((CreatedBankOut, 201), 400, 401, 403, 413, 503)
 @admin_first
 @json_body(CreateBankIn)
 async def create_bank(data: CreateBankIn) -> tuple[dict[str, Any], int]:
+    """Create a locker bank with its compartments."""
     service = ctx()
     bank_id = str(uuid.uuid4())
     token = new_token()
@@ -82,14 +153,18 @@ def _with_live_status(bank: dict[str, Any]) -> dict[str, Any]:
 
 
 @blueprint.get("/api/admin/locker-banks")
+@documented((list[BankOut], 200), 401, 403)
 async def list_banks() -> list[dict[str, Any]]:
+    """Every locker bank, oldest first."""
     await require_admin()
     banks = await ctx().tables.read(queries.banks())
     return [_with_live_status(bank) for bank in banks]
 
 
 @blueprint.get("/api/admin/locker-banks/<bank_id>")
+@documented((BankOut, 200), 401, 403, 404)
 async def get_bank(bank_id: str) -> dict[str, Any]:
+    """One locker bank."""
     await require_admin()
     banks = await ctx().tables.read(queries.banks(parse_id(bank_id, "locker bank")))
     if not banks:
@@ -98,7 +173,9 @@ async def get_bank(bank_id: str) -> dict[str, Any]:
 
 
 @blueprint.get("/api/admin/locker-banks/<bank_id>/events")
+@documented((list[BankEventOut], 200), 401, 403, 404)
 async def bank_events(bank_id: str) -> list[dict[str, Any]]:
+    """A locker bank's history, oldest first."""
     await require_admin()
     bank_id = parse_id(bank_id, "locker bank")
     if bank_id not in ctx().directory.banks:
@@ -116,7 +193,9 @@ async def bank_events(bank_id: str) -> list[dict[str, Any]]:
 
 
 @blueprint.post("/api/admin/locker-banks/<bank_id>/provisioning-token")
+@documented((ProvisioningTokenOut, 200), 401, 403, 404, 503)
 async def rotate_token(bank_id: str) -> dict[str, Any]:
+    """Issue a new provisioning token; the older ones are void."""
     await require_admin()
     service = ctx()
     bank_id = parse_id(bank_id, "locker bank")
@@ -133,7 +212,16 @@ async def rotate_token(bank_id: str) -> dict[str, Any]:
 
 
 @blueprint.post("/api/admin/locker-banks/<bank_id>/apply-config")
+@documented(
+    (ApplyConfigOut, 202),
+    401,
+    403,
+    404,
+    (409, "An apply_config command for this bank is still pending."),
+    503,
+)
 async def apply_config(bank_id: str) -> tuple[dict[str, Any], int]:
+    """Push the bank's configuration to the device."""
     principal = await require_admin()
     service = ctx()
     bank_id = parse_id(bank_id, "locker bank")

@@ -3,17 +3,25 @@
 200 to allow, 403 to deny (go-auth's ``status`` response mode; the tiny ``{"ok":…}`` body also
 satisfies its ``json`` mode). Anything malformed is a 403, never a 5xx: go-auth treats a 5xx
 as a backend error, which disconnects the client.
+
+The models below document the routes in /openapi.json only: bodies are parsed by
+:func:`~lockerd.brokerauth.checks.parse_body` (JSON as documented, or the same fields
+form-encoded), the query string is read as it comes, and the answers are built here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Annotated, Final, Literal
 
+import msgspec
 import structlog
 from quart import Blueprint, Response, request
+from quart_schema import document_querystring, document_request, document_response
 
 from lockerd.brokerauth.checks import BrokerAuth, CheckRequest, Malformed, parse_body
 from lockerd.http.context import ctx
+from lockerd.http.openapi import ResponseSpec, documented
 
 log = structlog.get_logger("lockerd.mosq")
 
@@ -21,6 +29,59 @@ ALLOW_BODY = b'{"ok":true}'
 DENY_BODY = b'{"ok":false}'
 
 blueprint = Blueprint("mosq", __name__)
+
+
+class MosqQuery(msgspec.Struct):
+    """The query string go-auth sends (documentation only)."""
+
+    mosq_secret: Annotated[
+        str, msgspec.Meta(description="LOCKERD_MOSQ_SECRET; wrong or missing: 403")
+    ]
+
+
+ClientId = Annotated[str, msgspec.Meta(description="the MQTT client id")]
+ClientIdAlias = Annotated[str, msgspec.Meta(description="alias of clientid (amqtt)")]
+
+
+class AuthCheckIn(msgspec.Struct):
+    """A CONNECT's credentials, as go-auth sends them."""
+
+    username: str
+    password: str
+    clientid: ClientId | msgspec.UnsetType = msgspec.UNSET
+    client_id: ClientIdAlias | msgspec.UnsetType = msgspec.UNSET
+
+
+class SuperuserCheckIn(msgspec.Struct):
+    """Whether a user is a superuser, as go-auth asks it."""
+
+    username: str
+
+
+class AclCheckIn(msgspec.Struct):
+    """One publish, subscription or delivery, as go-auth asks about it."""
+
+    username: str
+    topic: Annotated[str, msgspec.Meta(description="the topic, or the filter as subscribed")]
+    acc: Annotated[
+        Literal[1, 2, 4],
+        msgspec.Meta(description="1 read (delivery), 2 write (publish, last will), 4 subscribe"),
+    ]
+    clientid: ClientId | msgspec.UnsetType = msgspec.UNSET
+    client_id: ClientIdAlias | msgspec.UnsetType = msgspec.UNSET
+
+
+class CheckOut(msgspec.Struct):
+    """go-auth reads the status; the body also satisfies its ``json`` response mode."""
+
+    ok: bool
+
+
+ALLOWED: Final = ResponseSpec('Allowed: `{"ok":true}`.', {"application/json": CheckOut})
+DENIED: Final = ResponseSpec(
+    'Denied: `{"ok":false}` (also for a wrong or missing mosq_secret, or a malformed body).',
+    {"application/json": CheckOut},
+)
 
 
 def _answer(allowed: bool) -> Response:
@@ -49,15 +110,39 @@ async def _check(name: str, check: Callable[[BrokerAuth, CheckRequest], bool]) -
 
 
 @blueprint.post("/api/mosq/auth")
+@documented((ALLOWED, 200))
+@document_response(DENIED, 403)
+@document_request(AuthCheckIn)
+@document_querystring(MosqQuery)
 async def mosq_auth() -> Response:
+    """May this client connect with these credentials?
+
+    The body is JSON as documented, or the same fields form-encoded.
+    """
     return await _check("auth", BrokerAuth.authenticate)
 
 
 @blueprint.post("/api/mosq/superuser")
+@documented((ALLOWED, 200))
+@document_response(DENIED, 403)
+@document_request(SuperuserCheckIn)
+@document_querystring(MosqQuery)
 async def mosq_superuser() -> Response:
+    """Is this user a superuser (the backend's own broker user)?
+
+    The body is JSON as documented, or the same fields form-encoded.
+    """
     return await _check("superuser", BrokerAuth.superuser)
 
 
 @blueprint.post("/api/mosq/acl")
+@documented((ALLOWED, 200))
+@document_response(DENIED, 403)
+@document_request(AclCheckIn)
+@document_querystring(MosqQuery)
 async def mosq_acl() -> Response:
+    """May this client publish, subscribe to or receive on this topic?
+
+    The body is JSON as documented, or the same fields form-encoded.
+    """
     return await _check("acl", BrokerAuth.check_acl)

@@ -10,6 +10,7 @@ from quart_schema import QuartSchema
 from quart_trio import QuartTrio
 
 from lockerd.http.errors import install_error_handlers
+from lockerd.http.openapi import MsgspecOpenAPIProvider
 
 if TYPE_CHECKING:
     from lockerd.wiring import Service
@@ -37,6 +38,7 @@ def create_app(service: Service, blueprints: Iterable[Blueprint]) -> LockerdApp:
         redoc_ui_path=None,
         scalar_ui_path=None,
         conversion_preference="msgspec",
+        openapi_provider_class=MsgspecOpenAPIProvider,
     )
     install_error_handlers(app)
     for blueprint in blueprints:

@@ -1,13 +1,15 @@
 """Contract-shaped errors: ``{"error": "<code>", "message": "<human text>"}``.
 
 Every failure a client can cause maps to a 4xx with a clear message; an unexpected exception is
-logged and answered with a 500 that reveals nothing, and is a bug to fix.
+logged and answered with a 500 that reveals nothing, and is a bug to fix. :class:`ErrorOut`
+documents the body in /openapi.json (see :mod:`lockerd.http.openapi`).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
 import structlog
 from quart import Quart, Response, jsonify
 from quart_schema import RequestSchemaValidationError
@@ -51,6 +53,8 @@ def _describe_validation(error: RequestSchemaValidationError) -> str:
 
 
 def install_error_handlers(app: Quart) -> None:
+    """Answer every failure as :class:`ErrorOut`."""
+
     @app.errorhandler(ApiError)
     async def api_error(error: ApiError) -> Response:
         return error_response(error.status, error.code, error.message, **error.extra)
@@ -74,3 +78,27 @@ def install_error_handlers(app: Quart) -> None:
     async def unexpected(error: Exception) -> Response:
         log.error("unhandled_exception", exc_info=error)
         return error_response(500, "internal_error", "internal error")
+
+
+
+class ErrorOut(msgspec.Struct):
+    """A contract-shaped error."""
+
+    error: Annotated[
+        str, msgspec.Meta(description="machine code: invalid_input, unauthorized, not_found, …")
+    ]
+    message: Annotated[str, msgspec.Meta(description="human-readable text")]
+    retry_after: (
+        Annotated[int, msgspec.Meta(description="seconds until trying again may succeed (429)")]
+        | msgspec.UnsetType
+    ) = msgspec.UNSET
+    reason: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                description="why a locker bank refused an open: no_grant, offline,"
+                " command_pending, …"
+            ),
+        ]
+        | msgspec.UnsetType
+    ) = msgspec.UNSET

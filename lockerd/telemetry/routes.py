@@ -13,6 +13,8 @@ Agents (HTTP Basic with the agent's ``mqtt_user``/``mqtt_password``):
 * ``POST /api/metrics`` ``{"metric","value","timestamp"?,"dedupe_id"?}`` -> 202
   ``{"status":"stored"|"duplicate"}``; the point has been written (or recognised as a repeat
   of its ``dedupe_id``) when the answer comes.
+
+The ``...Out`` models document the answers in /openapi.json only (the handlers build them).
 """
 
 from __future__ import annotations
@@ -20,16 +22,17 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 from quart import Blueprint, Response, request
-from quart_schema import document_request
+from quart_schema import document_querystring, document_request
 
 from lockerd.http.auth import require_admin
 from lockerd.http.context import ctx
 from lockerd.http.errors import ApiError, error_response
 from lockerd.http.ids import parse_id
+from lockerd.http.openapi import IsoTime, ResponseSpec, documented
 from lockerd.http.validation import decode_body
 from lockerd.telemetry.agents import Agent
 from lockerd.telemetry.pipeline import PipelineUnavailable
@@ -51,6 +54,77 @@ class AgentIn(msgspec.Struct, forbid_unknown_fields=True):
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 
 
+class MetricsQuery(msgspec.Struct):
+    """The query string of ``GET /api/admin/tenants/{id}/metrics`` (documentation only)."""
+
+    agent_id: (
+        Annotated[str, msgspec.Meta(description="only this agent's points")] | msgspec.UnsetType
+    ) = msgspec.UNSET
+    metric: Annotated[str, msgspec.Meta(description="only this metric")] | msgspec.UnsetType = (
+        msgspec.UNSET
+    )
+    since: (
+        Annotated[str, msgspec.Meta(description="ISO 8601; points at or after it")]
+        | msgspec.UnsetType
+    ) = msgspec.UNSET
+    limit: Annotated[
+        int, msgspec.Meta(ge=1, le=MAX_LIMIT, description="at most this many points")
+    ] = DEFAULT_LIMIT
+    format: Literal["json", "csv"] = "json"
+
+
+class CreatedTenantOut(msgspec.Struct):
+    """The created tenant."""
+
+    id: str
+
+
+class TenantAgentOut(msgspec.Struct):
+    """A metrics agent of a tenant."""
+
+    agent_id: str
+    name: str
+    mqtt_user: str
+
+
+class TenantOut(msgspec.Struct):
+    """A tenant and its metrics agents."""
+
+    id: str
+    name: str
+    agents: list[TenantAgentOut]
+
+
+class CreatedAgentOut(msgspec.Struct):
+    """The created agent and its credentials (the password is shown once)."""
+
+    agent_id: str
+    mqtt_user: str
+    mqtt_password: str
+
+
+class PointOut(msgspec.Struct):
+    """A stored metric point."""
+
+    agent_id: str
+    metric: str
+    value: float
+    timestamp: IsoTime
+
+
+class IngestOut(msgspec.Struct):
+    """The point has been written, or recognised as a repeat of its ``dedupe_id``."""
+
+    status: Literal["stored", "duplicate"]
+
+
+POINTS: Final = ResponseSpec(
+    "The points, oldest first: JSON, or CSV (header agent_id,metric,value,timestamp) with"
+    " format=csv.",
+    {"application/json": list[PointOut], "text/csv": None},
+)
+
+
 async def body_bytes() -> bytes:
     raw = await request.get_data(cache=True)
     return raw if isinstance(raw, bytes) else raw.encode()
@@ -67,8 +141,10 @@ def known_tenant(tenant_id: str) -> str:
 
 
 @blueprint.post("/api/admin/tenants")
+@documented((CreatedTenantOut, 201), 400, 401, 403, 413)
 @document_request(TenantIn)
 async def create_tenant() -> tuple[dict[str, Any], int]:
+    """Create a tenant."""
     await require_admin()
     data = decode_body(TenantIn, await body_bytes())
     service = ctx()
@@ -77,7 +153,9 @@ async def create_tenant() -> tuple[dict[str, Any], int]:
 
 
 @blueprint.get("/api/admin/tenants")
+@documented((list[TenantOut], 200), 401, 403)
 async def list_tenants() -> list[dict[str, Any]]:
+    """Every tenant with its metrics agents."""
     await require_admin()
     directory = ctx().agents
     by_tenant: dict[str, list[dict[str, Any]]] = {}
@@ -92,8 +170,10 @@ async def list_tenants() -> list[dict[str, Any]]:
 
 
 @blueprint.post("/api/admin/tenants/<tenant_id>/agents")
+@documented((CreatedAgentOut, 201), 400, 401, 403, (404, "No such tenant."), 413)
 @document_request(AgentIn)
 async def create_agent(tenant_id: str) -> tuple[dict[str, Any], int]:
+    """Create a metrics agent of a tenant, with its broker credentials."""
     await require_admin()
     tenant_id = known_tenant(tenant_id)
     data = decode_body(AgentIn, await body_bytes())
@@ -126,7 +206,16 @@ def _limit(text: str) -> int:
 
 
 @blueprint.get("/api/admin/tenants/<tenant_id>/metrics")
+@documented(
+    (POINTS, 200),
+    (400, "A bad format, since or limit."),
+    401,
+    403,
+    (404, "No such tenant."),
+)
+@document_querystring(MetricsQuery)
 async def query_metrics(tenant_id: str) -> Any:
+    """A tenant's stored metric points."""
     await require_admin()
     tenant_id = known_tenant(tenant_id)
     args = request.args
@@ -174,8 +263,16 @@ def authenticated_agent() -> Agent | None:
 
 
 @blueprint.post("/api/metrics")
+@documented(
+    (IngestOut, 202),
+    400,
+    (401, "HTTP Basic credentials of a metrics agent are required (WWW-Authenticate: Basic)."),
+    413,
+    (503, "The metric store is unavailable; nothing was stored."),
+)
 @document_request(HttpMetricIn)
 async def ingest_metric() -> Any:
+    """Store one metric point (HTTP Basic with an agent's mqtt_user/mqtt_password)."""
     agent = authenticated_agent()
     if agent is None:
         response = error_response(

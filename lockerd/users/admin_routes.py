@@ -1,4 +1,7 @@
-"""Admin routes for people: create users, grant and revoke access to compartments."""
+"""Admin routes for people: create users, grant and revoke access to compartments.
+
+The response models document the answers in /openapi.json only (the handlers build them).
+"""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from lockerd.http.auth import admin_first, require_admin
 from lockerd.http.context import ctx
 from lockerd.http.errors import ApiError
 from lockerd.http.ids import parse_id
+from lockerd.http.openapi import IsoTime, documented
 from lockerd.http.validation import json_body
 from lockerd.users.sessions import EmailTaken
 
@@ -40,10 +44,33 @@ class GrantIn(msgspec.Struct, forbid_unknown_fields=True):
     ) = None
 
 
+class CreatedUserOut(msgspec.Struct):
+    """The created user."""
+
+    id: str
+
+
+class GrantOut(msgspec.Struct):
+    """The grant as recorded."""
+
+    compartment_id: str
+    user_id: str
+    expires_at: Annotated[IsoTime | None, msgspec.Meta(description="null: no expiry")]
+
+
 @blueprint.post("/api/admin/users")
+@documented(
+    (CreatedUserOut, 201),
+    400,
+    401,
+    403,
+    (409, "A user with this email already exists."),
+    413,
+)
 @admin_first
 @json_body(CreateUserIn)
 async def create_user(data: CreateUserIn) -> tuple[dict[str, Any], int]:
+    """Create a user (role user or admin)."""
     email = data.email.strip()
     if not EMAIL.match(email):
         raise ApiError(400, "email must be an e-mail address like name@example.org")
@@ -58,9 +85,19 @@ async def create_user(data: CreateUserIn) -> tuple[dict[str, Any], int]:
 
 
 @blueprint.post("/api/admin/compartments/<compartment_id>/grants")
+@documented(
+    (GrantOut, 201),
+    (400, "Invalid input (also an expires_at that is not in the future)."),
+    401,
+    403,
+    (404, "No such compartment or user."),
+    413,
+    503,
+)
 @admin_first
 @json_body(GrantIn)
 async def grant(compartment_id: str, data: GrantIn) -> tuple[dict[str, Any], int]:
+    """Let a user open a compartment (until expires_at, if given)."""
     bank_id = bank_of_compartment(compartment_id)
     compartment_id = parse_id(compartment_id, "compartment")
     user_id = parse_id(data.user_id, "user")
@@ -83,7 +120,9 @@ async def grant(compartment_id: str, data: GrantIn) -> tuple[dict[str, Any], int
 
 
 @blueprint.delete("/api/admin/compartments/<compartment_id>/grants/<user_id>")
+@documented(204, 401, 403, (404, "No such compartment, or no such grant."), 503)
 async def revoke(compartment_id: str, user_id: str) -> tuple[str, int]:
+    """End a user's grant for a compartment."""
     await require_admin()
     bank_id = bank_of_compartment(compartment_id)
     await ask_bank(
