@@ -118,7 +118,7 @@ class BankActor:
         if snapshot is not None:
             try:
                 state = decode_snapshot(snapshot.state)
-            except (ValueError, KeyError, TypeError) as exc:
+            except ValueError as exc:
                 log.warning("snapshot_ignored", bank_id=self.bank_id, error=repr(exc))
                 state = BankState()
         tail = await self.s.store.read_stream(self.bank_id, after_version=state.version)
@@ -197,7 +197,7 @@ class BankActor:
                     await self._dispatch_command(event.transaction_id, now)
                 case e.LockerBankProvisioned():
                     await self._reply_provisioned(event, envelope.secret or "")
-                case e.ProvisioningFailed():
+                case e.ProvisioningFailed() | e.RegistrationRefused():
                     await self.s.dispatcher.submit(
                         Delivery(ProvisioningRefused(event.client_id, event.reason))
                     )

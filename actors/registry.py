@@ -126,6 +126,23 @@ class BankRegistry:
             raise BankUnavailable(f"bank {bank_id}: {outcome.crashed}")
         return outcome
 
+    async def ask_if_available(
+        self,
+        bank_id: str,
+        command: c.BankCommand,
+        *,
+        kind: str | None = None,
+        secret: str | None = None,
+    ) -> Outcome | None:
+        """:meth:`ask`, with None instead of :class:`BankUnavailable` or ``trio.TooSlowError``.
+
+        Still raises :class:`UnknownBank` (the caller should have checked :meth:`is_known`).
+        """
+        try:
+            return await self.ask(bank_id, command, kind=kind, secret=secret)
+        except (BankUnavailable, trio.TooSlowError):
+            return None
+
     async def tell(self, bank_id: str, command: c.BankCommand, *, kind: str | None = None) -> None:
         """Send without waiting for the outcome; waits for mailbox room (backpressure)."""
         entry = self._entry(bank_id)

@@ -23,6 +23,9 @@ from domain.state import DEDUP_WINDOW, MAX_REMEMBERED, BankState, Compartment, T
 # A device that lost its provisioning reply may redeem the same token with the same client id
 # again within this window, until its issued credentials have been seen in use.
 PROVISIONING_REPLY_GRACE = timedelta(minutes=15)
+# At most one ProvisioningFailed per bank per this interval is stored; the refusals in between
+# are answered all the same (contract §2).
+PROVISIONING_FAILURE_RECORD_INTERVAL = timedelta(minutes=1)
 
 
 def decide(state: BankState, command: c.BankCommand, now: datetime) -> list[e.Event]:
@@ -142,6 +145,9 @@ def _create(state: BankState, command: c.CreateBank, now: datetime) -> list[e.Ev
 
 def _provision(state: BankState, command: c.Provision, now: datetime) -> list[e.Event]:
     def failed(reason: str) -> list[e.Event]:
+        last = state.last_provisioning_failure_at
+        if last is not None and now - last < PROVISIONING_FAILURE_RECORD_INTERVAL:
+            return [e.RegistrationRefused(client_id=command.client_id, reason=reason, at=now)]
         return [e.ProvisioningFailed(client_id=command.client_id, reason=reason, at=now)]
 
     if command.token_hash == state.token_hash:
@@ -632,7 +638,9 @@ def _apply(s: BankState, event: e.Event) -> BankState:
             return _seen(s, event.event_id, event.at)
         case e.CompartmentOpeningDenied():
             return _seen(s, event.event_id, event.at)
-        case e.ProvisioningFailed() | e.ProvisioningReplyFailed() | e.DeviceRebooted():
+        case e.ProvisioningFailed():
+            return replace(s, last_provisioning_failure_at=event.at)
+        case e.ProvisioningReplyFailed() | e.DeviceRebooted() | e.RegistrationRefused():
             return s
     raise AssertionError(f"unhandled event {event!r}")  # pragma: no cover
 

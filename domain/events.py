@@ -2,8 +2,9 @@
 
 Each event is a tagged msgspec Struct: the tag is the event's ``type`` in the store and in the
 history API, the fields are its ``data``. Every event that concerns a command carries
-``transaction_id``. ``HeartbeatReceived`` is the one *ephemeral* event: it is folded into the
-actor's state but never stored, so 10,000 banks beating every 10 s do not flood the store.
+``transaction_id``. *Ephemeral* events are folded into the actor's state (or acted on) but never
+stored: ``HeartbeatReceived``, so 10,000 banks beating every 10 s do not flood the store, and
+``RegistrationRefused``, so failed registrations cannot grow a history without bound.
 """
 
 from __future__ import annotations
@@ -54,6 +55,16 @@ class LockerBankProvisioned(Event, frozen=True, kw_only=True):
 
 
 class ProvisioningFailed(Event, frozen=True, kw_only=True):
+    client_id: str
+    reason: str
+    at: datetime
+
+
+class RegistrationRefused(Event, frozen=True, kw_only=True):
+    """Ephemeral: a failed registration within a minute of the bank's last
+    ``ProvisioningFailed``; answered like one, but never stored, so that unauthenticated
+    input cannot grow a bank's history without bound (contract §2)."""
+
     client_id: str
     reason: str
     at: datetime
@@ -208,6 +219,7 @@ AnyEvent = (
     | ProvisioningTokenIssued
     | LockerBankProvisioned
     | ProvisioningFailed
+    | RegistrationRefused
     | ProvisioningReplyFailed
     | CompartmentAccessGranted
     | CompartmentAccessRevoked
@@ -230,7 +242,7 @@ AnyEvent = (
     | DeviceEventRecorded
 )
 
-EPHEMERAL: frozenset[type[Event]] = frozenset({HeartbeatReceived})
+EPHEMERAL: frozenset[type[Event]] = frozenset({HeartbeatReceived, RegistrationRefused})
 
 
 def is_durable(event: Event) -> bool:

@@ -20,6 +20,7 @@ _DATETIME_FIELDS = {
     "requested_at",
     "expires_at",
     "completed_at",
+    "last_provisioning_failure_at",
 }
 
 
@@ -43,9 +44,17 @@ def _dt(value: str | None) -> datetime | None:
 
 
 def decode_snapshot(raw: bytes) -> BankState:
-    """Rebuild a state; raises ``ValueError`` for a snapshot of an unknown format."""
+    """Rebuild a state; raises ``ValueError`` for a snapshot that cannot be read (unknown
+    format, not JSON, wrong shape), so the caller can fall back to replaying the stream."""
+    try:
+        return _decode(raw)
+    except (msgspec.DecodeError, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"unreadable snapshot: {exc!r}") from exc
+
+
+def _decode(raw: bytes) -> BankState:
     document = msgspec.json.decode(raw)
-    if document.get("format") != SNAPSHOT_FORMAT:
+    if not isinstance(document, dict) or document.get("format") != SNAPSHOT_FORMAT:
         raise ValueError("unknown snapshot format")
     body: dict[str, Any] = document["state"]
     for key in _DATETIME_FIELDS & body.keys():

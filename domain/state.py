@@ -65,6 +65,7 @@ class BankState:
     mqtt_user: str | None = None
     credential_hash: str | None = None
     credentials_seen_in_use: bool = False
+    last_provisioning_failure_at: datetime | None = None
     # access: compartment id -> user id -> expiry (None: no expiry)
     grants: PMap[str, PMap[str, datetime | None]] = field(default_factory=pmap)
     # commands

@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
+from domain import jsonguard
+
 MAX_PAYLOAD_BYTES = 16 * 1024
 T = TypeVar("T")
 
@@ -28,9 +30,13 @@ class RegisterPayload(msgspec.Struct, forbid_unknown_fields=False):
     client_id: str
 
 
+# whole seconds since the device started; 2**53 keeps it exact in every JSON reader
+Uptime = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
+
+
 class HeartbeatData(msgspec.Struct):
     timestamp: UtcTimestamp | None = None
-    uptime_seconds: int | None = None
+    uptime_seconds: Uptime | None = None
 
 
 class StatePayload(msgspec.Struct):
@@ -62,24 +68,25 @@ class DevicePayload(msgspec.Struct, kw_only=True):
     event_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)] | None = None
 
 
-class MetricPayload(msgspec.Struct):
-    value: float | int
-    timestamp: UtcTimestamp | None = None
-    dedupe_id: str | None = None
-
-
 _decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {
     cls: msgspec.json.Decoder(cls)
-    for cls in (RegisterPayload, StatePayload, ResponsePayload, DevicePayload, MetricPayload)
+    for cls in (RegisterPayload, StatePayload, ResponsePayload, DevicePayload)
 }
 
 
 def decode(cls: type[T], payload: bytes) -> T:
-    """Decode ``payload`` as ``cls`` or raise :class:`PayloadError` with a readable reason."""
+    """Decode ``payload`` as ``cls`` or raise :class:`PayloadError` with a readable reason.
+
+    Besides the type, every payload must pass :mod:`domain.jsonguard` (valid UTF-8, no NUL in
+    any string, at most 32 levels of nesting), so no actor or store ever sees such a value.
+    """
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise PayloadError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
     try:
+        jsonguard.check(payload)
         result: T = _decoders[cls].decode(payload)
+    except jsonguard.UnsafeJson as exc:
+        raise PayloadError(f"invalid payload: {exc}") from None
     except msgspec.ValidationError as exc:
         raise PayloadError(f"invalid payload: {exc}") from None
     except msgspec.DecodeError as exc:

@@ -55,16 +55,16 @@ class BankInbox(Protocol):
         """Queue ``command`` for the bank, waiting for mailbox room (backpressure)."""
         ...
 
-    async def ask(
+    async def ask_if_available(
         self,
         bank_id: str,
         command: c.BankCommand,
         *,
         kind: str | None = None,
         secret: str | None = None,
-        allow_new: bool = False,
-    ) -> BankAnswer:
-        """Send and wait for the outcome; raises when the bank cannot answer."""
+    ) -> BankAnswer | None:
+        """Send and wait for the outcome; None when the bank cannot answer (failed, crashed on
+        this message, or too slow), which the inbox has counted already."""
         ...
 
 
@@ -169,7 +169,7 @@ class Gateway:
         try:
             parsed = topics.parse_topic(message.topic, accept_status=self.accept_status_topic)
         except topics.TopicError as exc:
-            self._drop(None, "malformed_topic", message.topic, str(exc))
+            self._drop(exc.kind, "malformed_topic", message.topic[:200], str(exc))
             return
         try:
             if parsed.kind == "register":
@@ -183,6 +183,10 @@ class Gateway:
                     )
             elif not self.banks.is_known(parsed.key):
                 self._drop(parsed.kind, "unknown_bank", message.topic, "no such locker bank")
+            elif parsed.kind == "state" and message.retain:
+                # the broker replaying the last retained state (e.g. as we subscribe after a
+                # restart) says nothing about the device now: never a sign of life (§2)
+                self._drop("state", "retained", message.topic, "retained state is not liveness")
             else:
                 command = self._bank_command(parsed, message.payload)
                 await self.banks.tell(parsed.key, command, kind=parsed.kind)
@@ -268,11 +272,13 @@ class Gateway:
             new_mqtt_user=f"dev-{uuid.uuid4().hex}",
             new_credential_hash=self.keyring.hash("device-password", password),
         )
-        try:
-            answer = await self.banks.ask(bank_id, command, kind="register", secret=password)
-        except Exception as exc:  # BankUnavailable, or trio.TooSlowError from a slow mailbox
+        answer = await self.banks.ask_if_available(
+            bank_id, command, kind="register", secret=password
+        )
+        if answer is None:
             # counted where it happened (a failed bank, or still queued in a slow mailbox)
-            log.warning("bank_unavailable", kind="register", bank_id=bank_id, error=repr(exc))
+            log.warning("bank_unavailable", kind="register", bank_id=bank_id)
             return
-        if any(isinstance(ev, e.ProvisioningFailed) for ev in answer.events):
+        refused = (e.ProvisioningFailed, e.RegistrationRefused)
+        if any(isinstance(ev, refused) for ev in answer.events):
             self.registration_failures.record(client_id)

@@ -44,36 +44,54 @@ class ParsedTopic:
 
 
 class TopicError(ValueError):
-    """The topic is not one of the contract's inbound topics."""
+    """The topic is not one of the contract's inbound topics.
+
+    ``kind`` is the topic family it looks like (``locker/x/state`` is a malformed ``state``
+    topic), or ``unknown``, so that every inbound message is counted under one kind.
+    """
+
+    def __init__(self, kind: TopicKind | Literal["unknown"], message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+_LEAF_KINDS: dict[str, TopicKind] = {
+    "state": "state",
+    "response": "response",
+    "event": "event",
+    "status": "response",
+}
 
 
 def parse_topic(topic: str, *, accept_status: bool = True) -> ParsedTopic:
+    """The kind and keys of an inbound topic; raises :class:`TopicError` for anything else."""
     parts = topic.split("/")
     if parts[0] == "locker" and len(parts) == 3:
         if parts[1] == "register":
             if not is_plain_level(parts[2]):
-                raise TopicError("empty or invalid provisioning token level")
+                raise TopicError("register", "empty or invalid provisioning token level")
             return ParsedTopic("register", parts[2])
         bank_id, leaf = parts[1], parts[2]
+        kind = _LEAF_KINDS.get(leaf)
+        if kind is None:
+            raise TopicError("unknown", f"unknown locker topic leaf {leaf[:64]!r}")
         if not is_uuid(bank_id):
-            raise TopicError("bank id is not a lowercase UUID")
-        if leaf in ("state", "response", "event"):
-            return ParsedTopic(leaf, bank_id)  # type: ignore[arg-type]
+            raise TopicError(kind, "bank id is not a lowercase UUID")
         if leaf == "status":
             if not accept_status:
-                raise TopicError("deprecated /status topic is no longer accepted")
+                raise TopicError(kind, "deprecated /status topic is no longer accepted")
             return ParsedTopic("response", bank_id, deprecated_status=True)
-        raise TopicError(f"unknown locker topic leaf {leaf!r}")
+        return ParsedTopic(kind, bank_id)
     if parts[0] == "metrics":
         if len(parts) != 4:
-            raise TopicError("metrics topics are metrics/{tenant}/{agent}/{metric}")
+            raise TopicError("metric", "metrics topics are metrics/{tenant}/{agent}/{metric}")
         tenant, agent, metric = parts[1], parts[2], parts[3]
         if not all(is_plain_level(level) for level in (tenant, agent, metric)):
-            raise TopicError("metrics topic has an empty level")
+            raise TopicError("metric", "metrics topic has an empty level")
         if not is_uuid(tenant):
-            raise TopicError("tenant id is not a UUID")
+            raise TopicError("metric", "tenant id is not a UUID")
         return ParsedTopic("metric", tenant, agent_id=agent, metric=metric)
-    raise TopicError("not a lockerd topic")
+    raise TopicError("unknown", "not a lockerd topic")
 
 
 def command_topic(bank_id: str) -> str:

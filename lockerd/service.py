@@ -251,8 +251,11 @@ async def running_service(
                 root.start_child("timers", timers.run)
                 root.start_child("last-seen", lambda: flush_last_seen(store, fleet))
                 root.start_child("metrics-pipeline", pipeline.run)
-                for bank_id, expiry in start.pending_expiry:
-                    timers.schedule(bank_id, expiry)
+                for bank_id in start.banks_with_pending_commands:
+                    # wake every bank with a pending command now: its actor resumes its
+                    # outbox (publishes what was recorded but never sent) and schedules
+                    # its own deadlines
+                    timers.schedule(bank_id, clock())
                 await nursery.start(serve_http, create_app(service, blueprints), listener)
                 async with running(mqtt), trio.open_nursery() as edge:
                     Supervisor(edge, name="edge", escalate=True).start_child(

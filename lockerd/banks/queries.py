@@ -111,11 +111,11 @@ class CompartmentRow:
 
 @dataclass(frozen=True, slots=True)
 class StartingPoint:
-    """What a starting service loads: banks, compartments, earliest pending expiry per bank."""
+    """What a starting service loads: banks, compartments, the banks with pending commands."""
 
     banks: list[BankRow]
     compartments: list[CompartmentRow]
-    pending_expiry: list[tuple[str, datetime]]
+    banks_with_pending_commands: list[str]
 
 
 def starting_point(tx: SqlTx) -> StartingPoint:
@@ -126,8 +126,7 @@ def starting_point(tx: SqlTx) -> StartingPoint:
     )
     compartments = tx.query("SELECT id, bank_id, number FROM compartments")
     pending = tx.query(
-        "SELECT bank_id, MIN(expires_at) FROM transactions WHERE status = 'pending'"
-        " GROUP BY bank_id"
+        "SELECT DISTINCT bank_id FROM transactions WHERE status = 'pending' ORDER BY bank_id"
     )
     return StartingPoint(
         banks=[
@@ -149,7 +148,7 @@ def starting_point(tx: SqlTx) -> StartingPoint:
         compartments=[
             CompartmentRow(cid, bank_id, int(number)) for cid, bank_id, number in compartments
         ],
-        pending_expiry=[(bank_id, datetime.fromisoformat(expiry)) for bank_id, expiry in pending],
+        banks_with_pending_commands=[bank_id for (bank_id,) in pending],
     )
 
 

@@ -344,7 +344,25 @@ def test_lost_reply_rule_ends_after_the_grace() -> None:
 def test_provisioning_failure_changes_nothing_but_the_version() -> None:
     state = provisioned()
     after = apply(state, provision("bogus", CLIENT, T_PROV + secs(1)))
-    assert replace(after, version=state.version) == state
+    assert replace(after, version=state.version, last_provisioning_failure_at=None) == state
+    assert after.version == state.version + 1
+    assert after.last_provisioning_failure_at == T_PROV + secs(1)
+
+
+def test_at_most_one_provisioning_failure_per_minute_is_recorded() -> None:
+    first = T_PROV + secs(1)
+    state, events = step(provisioned(), provision("bogus", CLIENT, first))
+    assert events == [e.ProvisioningFailed(client_id=CLIENT, reason="token_unknown", at=first)]
+    for offset in (2, 30, 60.999):
+        moment = T_PROV + secs(offset)
+        later, events = step(state, provision(TOKEN, "other", moment))
+        # refused all the same, but ephemeral: nothing more in the history
+        assert events == [e.RegistrationRefused(client_id="other", reason="token_used", at=moment)]
+        assert later.version == state.version
+        state = later
+    moment = T_PROV + secs(61)
+    after, events = step(state, provision("bogus", CLIENT, moment))
+    assert events == [e.ProvisioningFailed(client_id=CLIENT, reason="token_unknown", at=moment)]
     assert after.version == state.version + 1
 
 

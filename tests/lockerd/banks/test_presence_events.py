@@ -146,17 +146,21 @@ async def test_flood_of_malformed_device_messages_changes_nothing(
         assert app.context.registry.entries[bank].child.restarts == 0
 
 
-async def test_presence_is_unknown_after_restart_until_retained_state(
+async def test_a_retained_heartbeat_after_restart_is_not_a_sign_of_life(
     mosquitto: MosquittoBroker, tmp_path: Path
 ) -> None:
+    """The broker replays the retained heartbeat as lockerd subscribes again (contract §2):
+    counted as handled, but the bank stays ``unknown`` until the device really beats."""
     db = tmp_path / "l.db"
     async with running_app(mosquitto.url, db) as app:
         bank = (await app.create_bank(heartbeat_interval_seconds=3600))["id"]
-        other = (await app.create_bank(heartbeat_interval_seconds=3600))["id"]
         async with device(mosquitto.url, bank, last_will=False) as dev:
             await dev.heartbeat(retain=True)
             await app.until_presence(bank, "online")
     async with running_app(mosquitto.url, db) as app:
-        # the retained heartbeat comes back with the subscription
-        await app.until_presence(bank, "online")
-        assert (await app.bank(other))["presence"] == "unknown"
+        await app.until_inbound("state", 1)
+        assert app.inbound("state", "dropped") == 1
+        assert (await app.bank(bank))["presence"] == "unknown"
+        async with device(mosquitto.url, bank, last_will=False) as dev:
+            await dev.heartbeat()
+            await app.until_presence(bank, "online")

@@ -39,7 +39,7 @@ BACKEND_USER = "lockerd-backend"
 BACKEND_PASSWORD = "backend-password"
 PROVISIONING_USER = "provisioning_client"
 PROVISIONING_PASSWORD = "provisioning-password"
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @asynccontextmanager

@@ -202,6 +202,16 @@ def test_a_port_in_use_is_one_line_and_a_failure(tmp_path: Path) -> None:
     assert lines == [f"lockerd: cannot start: LOCKERD_HTTP: 127.0.0.1:{port} is already in use"]
 
 
+def spawn_serve(env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "lockerd.cli", "serve"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 async def test_every_line_is_json_stdlib_loggers_included(tmp_path: Path) -> None:
     """The MQTT adapter logs through the standard library; its lines are JSON like the rest."""
     port = free_port()
@@ -213,13 +223,7 @@ async def test_every_line_is_json_stdlib_loggers_included(tmp_path: Path) -> Non
         "LOCKERD_MQTT_URL": f"mqtt://127.0.0.1:{free_port()}",
         "LOCKERD_LOG_FORMAT": "json",
     }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "lockerd.cli", "serve"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = spawn_serve(env)
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=2.0) as client:
 

@@ -27,7 +27,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from tests.support.mosquitto import MosquittoBroker
 from tests.support.service import ADMIN_TOKEN, RunningLockerd, lockerd, test_settings
 
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[3] / "test-artifacts"
 INSTALL_HINT = (
     "the browser test needs Debian's Chromium and its driver: "
     "apt-get install -y chromium chromium-driver (scripts/test.sh installs them)"

@@ -302,7 +302,7 @@ def test_device_config_hash_matches_the_backend() -> None:
 
 
 def test_firmware_doc_worked_example_is_what_the_code_computes() -> None:
-    doc = (Path(__file__).resolve().parents[2] / "docs" / "firmware.md").read_text()
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "firmware.md").read_text()
     wire = [
         {"id": 1, "slaveId": 1, "address": 0},
         {"id": 2, "slaveId": 1, "address": 1},
