@@ -260,7 +260,6 @@ def event_data(event: Event) -> dict[str, Any]:
     return data
 
 
-_DECODER: msgspec.json.Decoder[Any] = msgspec.json.Decoder(AnyEvent)
 _CLASSES: dict[str, type[Event]] = {cls.__name__: cls for cls in AnyEvent.__args__}
 
 
@@ -271,7 +270,3 @@ def event_from_stored(type_name: str, data: dict[str, Any]) -> Event:
     result: Event = msgspec.convert({**data, "type": type_name}, AnyEvent)
     return result
 
-
-def decode_event_json(raw: bytes) -> Event:
-    result: Event = _DECODER.decode(raw)
-    return result

@@ -81,7 +81,7 @@ from store.migrations.postgres import (
     MIGRATIONS,
     MIGRATIONS_TABLE_DDL,
 )
-from store.threaded import Job, Kind, ThreadedEventStore
+from store.threaded import Job, ThreadedEventStore
 from store.threaded import unavailable as _unavailable
 
 __all__ = [
@@ -422,6 +422,7 @@ class PostgresEventStore(ThreadedEventStore[_PgTx]):
     _event_columns = _EVENT_COLUMNS
     _max_batch = MAX_BATCH
     _rebuild_page = REBUILD_PAGE
+    _schema_version_sql = "SELECT COALESCE(MAX(version), 0) FROM schema_migrations"
 
     def __init__(
         self,
@@ -445,16 +446,6 @@ class PostgresEventStore(ThreadedEventStore[_PgTx]):
         self._watchdog = _Watchdog(statement_timeout + client_grace)
         self._tx: _PgTx | None = None
         self.connects = 0
-
-    # ------------------------------------------------------------------ public API (Trio side)
-
-    async def schema_version(self) -> int:
-        """The highest migration recorded in ``schema_migrations``."""
-
-        def job(tx: _PgTx) -> int:
-            return int(tx.run("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")[0][0])
-
-        return (await self._run(Kind.READ, job)).unwrap()
 
     # ------------------------------------------------------------------ hooks
 

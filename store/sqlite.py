@@ -44,7 +44,7 @@ from typing import Any, Final
 import trio
 
 from store.base import ConcurrencyError, Projection, StoredEvent, StoreUnavailable
-from store.threaded import Job, Kind, ThreadedEventStore
+from store.threaded import Job, ThreadedEventStore
 from store.threaded import unavailable as _unavailable
 
 __all__ = ["MAX_BATCH", "SCHEMA_VERSION", "THREAD_NAME", "SqliteEventStore", "open_sqlite_store"]
@@ -162,6 +162,7 @@ class SqliteEventStore(ThreadedEventStore[_SqliteTx]):
     _event_columns = _EVENT_COLUMNS
     _max_batch = MAX_BATCH
     _rebuild_page = REBUILD_PAGE
+    _schema_version_sql = "PRAGMA user_version"
 
     def __init__(
         self,
@@ -172,16 +173,6 @@ class SqliteEventStore(ThreadedEventStore[_SqliteTx]):
         super().__init__(projections, trio_token, thread_name=THREAD_NAME)
         self._path = path
         self._tx: _SqliteTx | None = None
-
-    # ------------------------------------------------------------------ public API (Trio side)
-
-    async def schema_version(self) -> int:
-        """The schema version this database is at (``PRAGMA user_version``)."""
-
-        def job(tx: _SqliteTx) -> int:
-            return int(tx.query("PRAGMA user_version")[0][0])
-
-        return (await self._run(Kind.READ, job)).unwrap()
 
     # ------------------------------------------------------------------ hooks
 

@@ -163,6 +163,8 @@ class ThreadedEventStore(Generic[TxT]):
     _max_batch: ClassVar[int]
     #: Events fetched per page when projections are rebuilt.
     _rebuild_page: ClassVar[int]
+    #: One row, one column: the version of the backend's own schema after migration.
+    _schema_version_sql: ClassVar[str]
 
     def __init__(
         self,
@@ -352,6 +354,14 @@ class ThreadedEventStore(Generic[TxT]):
         instance can append (and project) meanwhile.
         """
         return (await self._run(Kind.WRITE, self._t_rebuild, locks_events=True)).unwrap()
+
+    async def schema_version(self) -> int:
+        """The version of the backend's own schema (events, snapshots) after migration."""
+
+        def job(tx: TxT) -> int:
+            return int(tx.query(self._schema_version_sql)[0][0])
+
+        return (await self._run(Kind.READ, job)).unwrap()
 
     async def ping(self) -> None:
         """Raise :class:`StoreUnavailable` if the backend does not answer."""

@@ -12,7 +12,7 @@ form-encoded), the query string is read as it comes, and the answers are built h
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Final, Literal
+from typing import Annotated, Any, Final, Literal, TypeVar
 
 import msgspec
 import structlog
@@ -92,6 +92,21 @@ def _answer(allowed: bool) -> Response:
     )
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _documented_check(body: type) -> Callable[[F], F]:
+    """The answers every go-auth check has: 200 allow, 403 deny, the secret in the query."""
+
+    def decorator(func: F) -> F:
+        func = document_querystring(MosqQuery)(func)
+        func = document_request(body)(func)
+        func = document_response(DENIED, 403)(func)
+        return documented((ALLOWED, 200))(func)
+
+    return decorator
+
+
 async def _check(name: str, check: Callable[[BrokerAuth, CheckRequest], bool]) -> Response:
     auth = ctx().broker_auth
     allowed = False
@@ -110,10 +125,7 @@ async def _check(name: str, check: Callable[[BrokerAuth, CheckRequest], bool]) -
 
 
 @blueprint.post("/api/mosq/auth")
-@documented((ALLOWED, 200))
-@document_response(DENIED, 403)
-@document_request(AuthCheckIn)
-@document_querystring(MosqQuery)
+@_documented_check(AuthCheckIn)
 async def mosq_auth() -> Response:
     """May this client connect with these credentials?
 
@@ -123,10 +135,7 @@ async def mosq_auth() -> Response:
 
 
 @blueprint.post("/api/mosq/superuser")
-@documented((ALLOWED, 200))
-@document_response(DENIED, 403)
-@document_request(SuperuserCheckIn)
-@document_querystring(MosqQuery)
+@_documented_check(SuperuserCheckIn)
 async def mosq_superuser() -> Response:
     """Is this user a superuser (the backend's own broker user)?
 
@@ -136,10 +145,7 @@ async def mosq_superuser() -> Response:
 
 
 @blueprint.post("/api/mosq/acl")
-@documented((ALLOWED, 200))
-@document_response(DENIED, 403)
-@document_request(AclCheckIn)
-@document_querystring(MosqQuery)
+@_documented_check(AclCheckIn)
 async def mosq_acl() -> Response:
     """May this client publish, subscribe to or receive on this topic?
 
