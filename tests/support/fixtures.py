@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import dataclasses
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 
+from tests.support.goauth_broker import GoAuthBroker, GoAuthConfig, GoAuthPluginBuildError
 from tests.support.mosquitto import MosquittoBroker, MosquittoNotInstalled
 
 BrokerFactory = Callable[..., MosquittoBroker]
+
+
+class GoAuthBrokerFactory(Protocol):
+    def __call__(
+        self,
+        config: GoAuthConfig | None = None,
+        *,
+        extra_config: Sequence[str] = (),
+        **config_fields: Any,
+    ) -> GoAuthBroker: ...
 
 
 @pytest.fixture
@@ -40,3 +52,37 @@ def mosquitto_factory(tmp_path: Path) -> Iterator[BrokerFactory]:
 def mosquitto(mosquitto_factory: BrokerFactory) -> MosquittoBroker:
     """A started private mosquitto on a free loopback port, stopped after the test."""
     return mosquitto_factory()
+
+
+@pytest.fixture
+def goauth_broker_factory(tmp_path: Path) -> Iterator[GoAuthBrokerFactory]:
+    """Start Mosquitto brokers whose only authority is the go-auth stand-in plugin.
+
+    ``goauth_broker_factory(http_port=backend_port, secret="s", cache=True, ...)``: keyword
+    arguments are GoAuthConfig fields (or pass a GoAuthConfig first and override fields);
+    ``extra_config`` lines are appended to mosquitto.conf (e.g. ``"log_type all"``). The plugin
+    is compiled once per session; a missing compiler, header or mosquitto fails the test (it is
+    never skipped). Every broker is started before it is returned and stopped at teardown.
+    """
+    brokers: list[GoAuthBroker] = []
+
+    def make(
+        config: GoAuthConfig | None = None,
+        *,
+        extra_config: Sequence[str] = (),
+        **config_fields: Any,
+    ) -> GoAuthBroker:
+        chosen = dataclasses.replace(config or GoAuthConfig(), **config_fields)
+        try:
+            broker = GoAuthBroker(
+                tmp_path / f"goauth-broker-{len(brokers)}", chosen, extra_config=extra_config
+            )
+        except (MosquittoNotInstalled, GoAuthPluginBuildError) as exc:
+            pytest.fail(str(exc), pytrace=False)
+        brokers.append(broker)
+        broker.start()
+        return broker
+
+    yield make
+    for broker in reversed(brokers):
+        broker.close()
