@@ -5,6 +5,8 @@ Bad configuration stops start-up with one clear line naming the variable (contra
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
@@ -26,6 +28,9 @@ class MqttUrl:
     password: str | None
 
 
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     http_host: str
@@ -41,6 +46,10 @@ class Settings:
     accept_status_topic: bool
     secret_key: str | None
     mqtt_client_id: str
+    trusted_proxies: tuple[IpNetwork, ...] = ()
+    alert_webhook_url: str | None = None
+    node_id: str = "lockerd"
+    broker_auth_cache_seconds: int = 0
 
 
 # variable -> (CLI flag, default)
@@ -57,6 +66,10 @@ VARIABLES: dict[str, tuple[str, str | None]] = {
     "LOCKERD_ACCEPT_STATUS_TOPIC": ("--accept-status-topic", "true"),
     "LOCKERD_SECRET_KEY": ("--secret-key", None),
     "LOCKERD_MQTT_CLIENT_ID": ("--mqtt-client-id", "lockerd-backend"),
+    "LOCKERD_TRUSTED_PROXIES": ("--trusted-proxies", None),
+    "LOCKERD_ALERT_WEBHOOK_URL": ("--alert-webhook-url", None),
+    "LOCKERD_NODE_ID": ("--node-id", None),
+    "LOCKERD_BROKER_AUTH_CACHE_SECONDS": ("--broker-auth-cache-seconds", "0"),
 }
 
 
@@ -74,6 +87,46 @@ def parse_duration(variable: str, text: str) -> int:
     if not stripped.isdigit() or int(stripped) <= 0:
         raise ConfigError(variable, f"expected a positive whole number of seconds, got {text!r}")
     return int(stripped)
+
+
+def parse_seconds_or_zero(variable: str, text: str) -> int:
+    stripped = text.strip()
+    if not stripped.isdigit():
+        raise ConfigError(variable, f"expected a whole number of seconds (0 or more), got {text!r}")
+    return int(stripped)
+
+
+def parse_networks(variable: str, text: str | None) -> tuple[IpNetwork, ...]:
+    """Comma-separated IP addresses or CIDR networks; empty or unset: none."""
+    if not text:
+        return ()
+    networks = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ConfigError(variable, f"{item!r} is not an IP address or CIDR network") from None
+    return tuple(networks)
+
+
+def parse_http_url(variable: str, text: str | None) -> str | None:
+    if not text:
+        return None
+    parts = urlsplit(text.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(variable, f"expected an http:// or https:// URL, got {text!r}")
+    return text.strip()
+
+
+def parse_node_id(variable: str, text: str | None) -> str:
+    """A node's name: printable, no spaces, at most 64 characters; default the hostname."""
+    value = (text or socket.gethostname() or "lockerd").strip()
+    if not value or len(value) > 64 or not value.isprintable() or " " in value:
+        raise ConfigError(variable, f"expected a name of 1-64 printable characters, got {value!r}")
+    return value
 
 
 def parse_host_port(variable: str, text: str) -> tuple[str, int]:
@@ -142,4 +195,12 @@ def load_settings(env: Mapping[str, str], overrides: Mapping[str, str | None]) -
         ),
         secret_key=get("LOCKERD_SECRET_KEY"),
         mqtt_client_id=required("LOCKERD_MQTT_CLIENT_ID"),
+        trusted_proxies=parse_networks("LOCKERD_TRUSTED_PROXIES", get("LOCKERD_TRUSTED_PROXIES")),
+        alert_webhook_url=parse_http_url(
+            "LOCKERD_ALERT_WEBHOOK_URL", get("LOCKERD_ALERT_WEBHOOK_URL")
+        ),
+        node_id=parse_node_id("LOCKERD_NODE_ID", get("LOCKERD_NODE_ID")),
+        broker_auth_cache_seconds=parse_seconds_or_zero(
+            "LOCKERD_BROKER_AUTH_CACHE_SECONDS", required("LOCKERD_BROKER_AUTH_CACHE_SECONDS")
+        ),
     )
