@@ -24,6 +24,7 @@ import structlog
 from prometheus_client import Counter
 
 from domain import commands as c
+from domain import jsonguard
 from domain.keys import Keyring, constant_time_equals
 from gateway import acl
 from lockerd.banks.directory import DeviceCredential
@@ -62,8 +63,9 @@ _json_decoder = msgspec.json.Decoder(CheckRequest)
 
 def parse_json(body: bytes) -> CheckRequest:
     try:
+        jsonguard.check_raw(body)  # UTF-8 and depth; NUL is checked field by field below
         parsed = _json_decoder.decode(body)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+    except (jsonguard.UnsafeJson, msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise Malformed(str(exc)) from None
     _check_consistent(parsed)
     return parsed
@@ -113,6 +115,9 @@ def _check_consistent(parsed: CheckRequest) -> None:
     for value in (parsed.username, parsed.password, parsed.client, parsed.topic):
         if value is not None and len(value) > MAX_FIELD_CHARS:
             raise Malformed("field too long")
+        if value is not None and "\x00" in value:
+            # no user, client id or topic holds NUL (MQTT forbids it in topics and ids)
+            raise Malformed("a field contains NUL (U+0000)")
 
 
 def parse_body(content_type: str, body: bytes) -> CheckRequest:

@@ -22,6 +22,7 @@ from quart_schema import document_querystring, document_request, document_respon
 from lockerd.brokerauth.checks import BrokerAuth, CheckRequest, Malformed, parse_body
 from lockerd.http.context import ctx
 from lockerd.http.openapi import ResponseSpec, documented
+from lockerd.http.validation import own_input_rules
 
 log = structlog.get_logger("lockerd.mosq")
 
@@ -99,6 +100,8 @@ def _documented_check(body: type) -> Callable[[F], F]:
     """The answers every go-auth check has: 200 allow, 403 deny, the secret in the query."""
 
     def decorator(func: F) -> F:
+        # go-auth's bodies come JSON or form-encoded, and anything malformed is a deny
+        func = own_input_rules(func)
         func = document_querystring(MosqQuery)(func)
         func = document_request(body)(func)
         func = document_response(DENIED, 403)(func)

@@ -11,6 +11,7 @@ from quart_trio import QuartTrio
 
 from lockerd.http.errors import install_error_handlers
 from lockerd.http.openapi import MsgspecOpenAPIProvider
+from lockerd.http.validation import install_request_guards
 
 if TYPE_CHECKING:
     from lockerd.wiring import Service
@@ -41,6 +42,7 @@ def create_app(service: Service, blueprints: Iterable[Blueprint]) -> LockerdApp:
         openapi_provider_class=MsgspecOpenAPIProvider,
     )
     install_error_handlers(app)
+    install_request_guards(app)
     for blueprint in blueprints:
         app.register_blueprint(blueprint)
     return app

@@ -2,8 +2,9 @@
 
 The one place where the registry's failures become HTTP answers, so that every route reports
 them the same way: an unknown bank is a 404, a bank that cannot answer (crashed on this
-request, past its restart budget, or too slow) a 503 that says so, and a command the bank's
-``decide`` refused a 404/400/409 by its rejection code.
+request, past its restart budget, or too slow) a 503 that says so without any error text (the
+log and, for a failed bank, the dashboard have the detail), and a command the bank's ``decide``
+refused (or whose events the store refused: ``invalid``) a 404/400/409 by its rejection code.
 """
 
 from __future__ import annotations
@@ -26,8 +27,11 @@ async def ask_bank(bank_id: str, command: c.BankCommand, *, allow_new: bool = Fa
         outcome = await ctx().registry.ask(bank_id, command, allow_new=allow_new)
     except UnknownBank:
         raise ApiError(404, "no such locker bank") from None
-    except (BankUnavailable, trio.TooSlowError) as exc:
-        raise ApiError(503, f"locker bank unavailable, try again later ({exc})") from None
+    except BankUnavailable as exc:
+        # the registry's message is written for clients: it never carries an error's text
+        raise ApiError(503, str(exc)) from None
+    except trio.TooSlowError:
+        raise ApiError(503, "the locker bank did not answer in time; try again later") from None
     rejection = outcome.rejected
     if rejection is not None:
         raise ApiError(REJECTION_STATUS.get(rejection.code, 409), rejection.message)

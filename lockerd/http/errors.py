@@ -3,6 +3,12 @@
 Every failure a client can cause maps to a 4xx with a clear message; an unexpected exception is
 logged and answered with a 500 that reveals nothing, and is a bug to fix. :class:`ErrorOut`
 documents the body in /openapi.json (see :mod:`lockerd.http.openapi`).
+
+No store error text ever reaches a client: a store that is down is a 503 with a generic
+message (the detail goes to the log), and a value the database refused (PostgreSQL's
+``DataError``: NUL in text, a number out of range) is a 400 that names no database detail. The
+boundary (:mod:`lockerd.http.validation`) refuses such values before they get that far; the
+second mapping is the safety net, logged as an error because it means a validation is missing.
 """
 
 from __future__ import annotations
@@ -10,10 +16,13 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import msgspec
+import psycopg
 import structlog
 from quart import Quart, Response, jsonify
 from quart_schema import RequestSchemaValidationError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
+
+from store.base import StoreUnavailable
 
 log = structlog.get_logger("lockerd.http")
 
@@ -29,6 +38,9 @@ STATUS_CODES = {
     429: "too_many_requests",
     503: "unavailable",
 }
+
+
+STORE_UNAVAILABLE = "the store is unavailable; try again later"
 
 
 class ApiError(Exception):
@@ -72,13 +84,27 @@ def install_error_handlers(app: Quart) -> None:
     async def http_error(error: HTTPException) -> Response:
         status = error.code or 500
         code = STATUS_CODES.get(status, "error")
-        return error_response(status, code, error.description or code)
+        response = error_response(status, code, error.description or code)
+        if isinstance(error, MethodNotAllowed) and error.valid_methods:
+            # RFC 9110 §15.5.6: a 405 says which methods the resource has
+            response.headers["Allow"] = ", ".join(sorted(error.valid_methods))
+        return response
+
+    @app.errorhandler(StoreUnavailable)
+    async def store_unavailable(error: StoreUnavailable) -> Response:
+        log.warning("store_unavailable", error=str(error))
+        return error_response(503, "unavailable", STORE_UNAVAILABLE)
+
+    @app.errorhandler(psycopg.DataError)
+    async def value_refused_by_the_store(error: psycopg.DataError) -> Response:
+        # the boundary should have refused this value: a missing validation, logged loudly
+        log.error("store_refused_input", error=repr(error))
+        return error_response(400, "invalid_input", "a value in the request cannot be stored")
 
     @app.errorhandler(Exception)
     async def unexpected(error: Exception) -> Response:
         log.error("unhandled_exception", exc_info=error)
         return error_response(500, "internal_error", "internal error")
-
 
 
 class ErrorOut(msgspec.Struct):

@@ -23,6 +23,7 @@ from quart_schema.typing import Model
 from quart_schema.validation import QUART_SCHEMA_REQUEST_ATTRIBUTE, QUART_SCHEMA_RESPONSE_ATTRIBUTE
 
 from lockerd.http.errors import ErrorOut
+from lockerd.http.validation import keeps_own_input_rules
 
 IsoTime = Annotated[str, msgspec.Meta(description="ISO 8601 in UTC, e.g. 2026-03-01T12:00:00.000Z")]
 
@@ -38,12 +39,14 @@ class ResponseSpec:
 
 # what each error status means on any route; a route may say more (``documented``)
 ERROR_MEANINGS: Final = {
-    400: "Invalid input; the message says what is wrong.",
+    400: "Invalid input; the message says what is wrong (also: NUL or invalid UTF-8 anywhere,"
+    " JSON nested deeper than 32 levels).",
     401: "No or bad credentials.",
     403: "Valid credentials, but not allowed.",
     404: "No such resource.",
     409: "State conflict (e.g. the locker bank is not online).",
     413: "Body too large.",
+    415: "The body is not sent as `application/json` (optionally `charset=utf-8`).",
     429: "Too many attempts: retry after `retry_after` seconds.",
     503: "Temporarily unavailable: try again later.",
 }
@@ -65,6 +68,10 @@ def documented(
     status answered with :class:`ErrorOut`, or ``(status, description)`` where the route's
     meaning is more specific than :data:`ERROR_MEANINGS`. Place it above the route's other
     decorators (below ``@blueprint.<method>``).
+
+    A route with a JSON request body (``json_body`` or ``document_request`` below this
+    decorator) also documents 400 and 415, which :func:`lockerd.http.validation.decode_body`
+    answers on every such route, unless it keeps its own input rules (``own_input_rules``).
     """
     if isinstance(success, int):
         answers: list[tuple[object, int]] = [
@@ -77,6 +84,16 @@ def documented(
         answers.append((error_spec(status, description), status))
 
     def decorator(func: F) -> F:
+        request = getattr(func, QUART_SCHEMA_REQUEST_ATTRIBUTE, None)
+        if (
+            request is not None
+            and request[1] == DataSource.JSON
+            and not keeps_own_input_rules(func)
+        ):
+            listed = {status for _, status in answers}
+            answers.extend(
+                (error_spec(status), status) for status in (400, 415) if status not in listed
+            )
         for model, status in answers:
             func = document_response(cast(Model, model), status)(func)
         return func

@@ -21,9 +21,15 @@ Shape
 * **After the commit** MQTT points are counted as processed (or dropped ``duplicate``), HTTP
   callers get their outcome, and stored points go to subscribers. A subscriber whose bounded
   buffer is full is dropped (its channel closes) rather than slowing ingestion.
-* **Nothing half-stored**: a batch is one savepoint of the store's transaction; if it fails,
-  none of its points is stored, the MQTT ones are dropped ``store_unavailable`` and the HTTP
-  callers get the failure (503).
+* **Nothing half-stored, nobody else's loss**: a batch is one savepoint of the store's
+  transaction. If the store is down (``StoreUnavailable``), none of its points is stored, the
+  MQTT ones are dropped ``store_unavailable`` and the HTTP callers get the failure (503). If the
+  write failed for another reason, it is the fault of some point in it (a value the database
+  refuses): the batch is split in halves and each half written again, down to single points, so
+  only the points the store refuses fail (MQTT: dropped ``store_rejected``; HTTP: 400) and every
+  other point of the batch, another tenant's included, is stored. A bad point costs about
+  ``2 log2(batch)`` extra writes; the boundary refuses such values first
+  (:mod:`lockerd.telemetry.points`), so this is the safety net.
 """
 
 from __future__ import annotations
@@ -49,11 +55,13 @@ from lockerd.telemetry.points import (
     make_point,
 )
 from lockerd.telemetry.schema import to_us
-from store.base import SqlTx, Tables
+from store.base import SqlTx, StoreUnavailable, Tables
 
 log = structlog.get_logger("lockerd.telemetry")
 
-Outcome = Literal["stored", "duplicate", "failed"]
+Outcome = Literal["stored", "duplicate", "failed", "refused"]
+"""A point's fate: stored; a repeat of its ``dedupe_id``; not written because the store is down
+(``failed``); or refused by the store itself (``refused``: a value it cannot hold)."""
 
 DEFAULT_CAPACITY: Final = 10_000
 DEFAULT_MAX_BATCH: Final = 2_000
@@ -114,6 +122,7 @@ class _Reply:
 
 
 Item = tuple[MetricPoint, _Reply | None]
+Unwritten = Literal["failed", "refused"]
 
 
 @dataclass(slots=True)
@@ -267,12 +276,18 @@ class MetricsPipeline:
         return await self.submit(point)
 
     async def submit(self, point: MetricPoint) -> Outcome:
-        """Queue an already valid point and wait for its outcome ("stored" or "duplicate")."""
+        """Queue an already valid point and wait for its outcome ("stored" or "duplicate").
+
+        Raises :class:`PipelineUnavailable` when the store is down and :class:`Rejected`
+        (``store_rejected``) when the store refused the point itself.
+        """
         reply = _Reply()
         await self._send.send((point, reply))
         await reply.done.wait()
         if reply.outcome == "failed":
             raise PipelineUnavailable("the metric store is unavailable; nothing was stored")
+        if reply.outcome == "refused":
+            raise Rejected("store_rejected", "the point holds a value that cannot be stored")
         return reply.outcome
 
     # ---------------------------------------------------------------- subscribers
@@ -364,59 +379,46 @@ class MetricsPipeline:
                 added.add(key)
             fresh.append(item)
 
-        plain: list[Row] = []
-        deduped: list[Row] = []
-        deduped_items: list[Item] = []
+        pairs: list[tuple[Item, Row]] = []
         seq = self._seq
         for item in fresh:
             point = item[0]
             row: Row = (seq, point.tenant_id, point.agent_id, point.metric, point.value,
                         point.ts_us, point.dedupe_id)
             seq += 1
-            if point.dedupe_id is None:
-                plain.append(row)
-            else:
-                deduped.append(row)
-                deduped_items.append(item)
+            pairs.append((item, row))
         self._seq = seq
 
-        def write(tx: SqlTx) -> list[int]:
-            return _write_rows(tx, plain, deduped)
+        conflicted: set[int] = set()
+        unwritten: dict[int, Unwritten] = {}
+        if pairs:
+            conflicted, unwritten = await self._write_isolating(pairs)
 
-        conflicts: list[int] = []
-        error: Exception | None = None
-        if fresh:
-            try:
-                conflicts = await self.store.write(write)
-            except Exception as exc:  # StoreUnavailable, or a bug: fail this batch only
-                error = exc
-        if error is not None:
-            for added_key in added:
-                recent.pop(added_key, None)
-            log.error("metric_batch_failed", points=len(batch), error=repr(error))
-            for item in fresh:
-                self._finish(item, "failed")
-            for item, batch_key in repeats:
-                # a repeat of a point of this very batch shares its fate
-                self._finish(item, "failed" if batch_key is not None else "duplicate")
-            self.stats.batches += 1
-            self._changed()
-            return
-
-        conflicted = {id(deduped_items[i]) for i in conflicts}
         stored: list[MetricPoint] = []
         mqtt_stored = 0
+        fate: dict[tuple[str, str], Unwritten] = {}
         for item in fresh:
+            point = item[0]
+            lost = unwritten.get(id(item))
+            if lost is not None:
+                if point.dedupe_id is not None:
+                    key = (point.agent_id, point.dedupe_id)
+                    recent.pop(key, None)  # not stored: a retry must not count as a repeat
+                    fate[key] = lost
+                self._finish(item, lost)
+                continue
             if id(item) in conflicted:
                 self._finish(item, "duplicate")
                 continue
-            stored.append(item[0])
+            stored.append(point)
             if item[1] is None:
                 mqtt_stored += 1
             else:
                 item[1].resolve("stored")
-        for item, _ in repeats:
-            self._finish(item, "duplicate")
+        for item, batch_key in repeats:
+            # a repeat of a point of this very batch shares its fate
+            shared = fate.get(batch_key) if batch_key is not None else None
+            self._finish(item, shared or "duplicate")
         http_stored = len(stored) - mqtt_stored
         if mqtt_stored:
             self._mqtt_processed.inc(mqtt_stored)
@@ -434,7 +436,57 @@ class MetricsPipeline:
         self._publish(stored)
         self._changed()
 
-    def _finish(self, item: Item, outcome: Literal["duplicate", "failed"]) -> None:
+    async def _write_isolating(
+        self, pairs: list[tuple[Item, Row]]
+    ) -> tuple[set[int], dict[int, Unwritten]]:
+        """Write the rows; a failure that is not the store being down fails only its cause.
+
+        Returns the ids of the items whose ``dedupe_id`` the unique index refused (repeats) and
+        the ids of the items that were not written, each ``failed`` (the store is down: nothing
+        of the batch is written) or ``refused`` (the store cannot hold this point). A write that
+        fails for another reason is split in halves, each written again, until the points the
+        store refuses are alone (see the module doc).
+        """
+        conflicted: set[int] = set()
+        unwritten: dict[int, Unwritten] = {}
+
+        async def write(part: list[tuple[Item, Row]]) -> None:
+            plain = [row for _, row in part if row[6] is None]
+            deduped = [(item, row) for item, row in part if row[6] is not None]
+            deduped_rows = [row for _, row in deduped]
+
+            def job(tx: SqlTx) -> list[int]:
+                return _write_rows(tx, plain, deduped_rows)
+
+            try:
+                conflicts = await self.store.write(job)
+            except StoreUnavailable as exc:
+                log.error("metric_batch_failed", points=len(part), error=str(exc))
+                unwritten.update((id(item), "failed") for item, _ in part)
+                return
+            except Exception as exc:  # the fault of some point in it (or a bug: logged)
+                if len(part) == 1:
+                    point = part[0][0][0]
+                    log.error(
+                        "metric_point_refused_by_store",
+                        tenant_id=point.tenant_id,
+                        agent_id=point.agent_id,
+                        metric=point.metric[:64],
+                        error=repr(exc),
+                    )
+                    unwritten[id(part[0][0])] = "refused"
+                    return
+                log.warning("metric_batch_split", points=len(part), error=repr(exc))
+                middle = len(part) // 2
+                await write(part[:middle])
+                await write(part[middle:])
+                return
+            conflicted.update(id(deduped[index][0]) for index in conflicts)
+
+        await write(pairs)
+        return conflicted, unwritten
+
+    def _finish(self, item: Item, outcome: Literal["duplicate", "failed", "refused"]) -> None:
         """A point that was not stored: tell its HTTP caller, or count and log the MQTT drop."""
         point, reply = item
         source = point.source
@@ -442,11 +494,15 @@ class MetricsPipeline:
             self.stats.duplicates += 1
         else:
             self.stats.failed += 1
-        self._points.labels(source, outcome).inc()
+        self._points.labels(source, "duplicate" if outcome == "duplicate" else "failed").inc()
         if reply is not None:
             reply.resolve(outcome)
             return
-        reason = "duplicate" if outcome == "duplicate" else "store_unavailable"
+        reason = {
+            "duplicate": "duplicate",
+            "failed": "store_unavailable",
+            "refused": "store_rejected",
+        }[outcome]
         self.metrics.message_dropped("metric", reason)
         log.warning(
             "metric_dropped",

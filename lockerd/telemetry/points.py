@@ -6,10 +6,13 @@ agent come from the Basic credentials, the body adds ``"metric"``). Whatever is 
 :class:`Rejected` with a machine ``reason`` (the Prometheus label and the log field) and a
 human ``message`` (the log detail and the HTTP 400 text).
 
-Bodies are decoded with typed msgspec Structs (one C pass validates the types; ``true`` is not a
-number there, and a number out of float range is refused); timestamps are parsed with
-``datetime.fromisoformat``, which reads ISO 8601 forms beyond RFC 3339 (``20260101T000000Z``,
-a date alone). A timestamp without a zone is taken as UTC.
+Every payload first passes :mod:`domain.jsonguard`, the rules of both boundaries (valid UTF-8,
+no NUL in any string: PostgreSQL text cannot hold it, at most 32 levels of nesting), so the
+store never sees a value it cannot hold. Bodies are decoded with typed msgspec Structs (one C
+pass validates the types; ``true`` is not a number there, and a number out of float range is
+refused); timestamps are parsed with ``datetime.fromisoformat``, which reads ISO 8601 forms
+beyond RFC 3339 (``20260101T000000Z``), and must carry a UTC offset (``Z`` or ``+hh:mm``):
+contract §2, a timestamp without one makes the message malformed (a date alone has none).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Final, TypeVar
 
 import msgspec
 
+from domain import jsonguard
 from lockerd.telemetry.schema import iso_us, to_us
 
 MAX_PAYLOAD_BYTES: Final = 16 * 1024
@@ -44,6 +48,7 @@ REASONS: Final = (
     "agent_tenant_mismatch",
     "duplicate",
     "store_unavailable",
+    "store_rejected",
 )
 
 
@@ -124,7 +129,10 @@ def _decode(decoder: msgspec.json.Decoder[T], payload: bytes) -> T:
             "payload_too_large", f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}"
         )
     try:
+        jsonguard.check(payload)
         return decoder.decode(payload)
+    except jsonguard.UnsafeJson as exc:
+        raise Rejected("malformed_payload", f"invalid payload: {exc}") from None
     except msgspec.ValidationError as exc:
         raise Rejected(_classify(exc), f"invalid payload: {exc}") from None
     except msgspec.DecodeError as exc:
@@ -193,11 +201,20 @@ def check_value(value: float | int) -> float:
 
 
 def parse_timestamp(text: str) -> int:
-    """ISO 8601 text to microseconds since the epoch; no zone means UTC."""
+    """ISO 8601 text with a UTC offset to microseconds since the epoch.
+
+    Raises :class:`Rejected` (``invalid_timestamp``) for anything else, a timestamp without an
+    offset included: it names no moment the server could compare with its own clock.
+    """
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
         raise Rejected("invalid_timestamp", f"timestamp {text[:64]!r} is not ISO 8601") from None
+    if moment.utcoffset() is None:
+        raise Rejected(
+            "invalid_timestamp",
+            f"timestamp {text[:64]!r} has no UTC offset (end it with Z or +hh:mm)",
+        )
     return to_us(moment)
 
 
@@ -218,9 +235,9 @@ def check_dedupe_id(dedupe_id: str | None) -> str | None:
     if dedupe_id is None:
         return None
     if not dedupe_id or len(dedupe_id) > MAX_DEDUPE_ID:
-        raise Rejected(
-            "invalid_dedupe_id", f"dedupe_id must have 1 to {MAX_DEDUPE_ID} characters"
-        )
+        raise Rejected("invalid_dedupe_id", f"dedupe_id must have 1 to {MAX_DEDUPE_ID} characters")
+    if "\x00" in dedupe_id:
+        raise Rejected("invalid_dedupe_id", "dedupe_id contains NUL (U+0000)")
     return dedupe_id
 
 

@@ -33,7 +33,7 @@ from lockerd.http.context import ctx
 from lockerd.http.errors import ApiError, error_response
 from lockerd.http.ids import parse_id
 from lockerd.http.openapi import IsoTime, ResponseSpec, documented
-from lockerd.http.validation import decode_body
+from lockerd.http.validation import decode_body, require_json_media_type
 from lockerd.telemetry.agents import Agent
 from lockerd.telemetry.pipeline import PipelineUnavailable
 from lockerd.telemetry.points import HttpMetricIn, Rejected, parse_timestamp
@@ -280,8 +280,10 @@ async def ingest_metric() -> Any:
         )
         response.headers["WWW-Authenticate"] = BASIC_REALM
         return response
+    body = await body_bytes()
+    require_json_media_type(body)
     try:
-        outcome = await ctx().pipeline.submit_http(agent, await body_bytes())
+        outcome = await ctx().pipeline.submit_http(agent, body)
     except Rejected as exc:
         raise ApiError(400, exc.message) from None
     except PipelineUnavailable as exc:

@@ -27,6 +27,7 @@ from lockerd.telemetry.pipeline import MetricsPipeline, PipelineStats, PipelineU
 from lockerd.telemetry.points import MetricPoint, Rejected
 from lockerd.telemetry.schema import create_tables, max_seq, to_us
 from store import EventStore, SqlTx, open_store
+from store.base import StoreUnavailable
 from tests.support import postgres
 
 T = TypeVar("T")
@@ -35,7 +36,8 @@ DEADLINE = 20
 
 
 class FlakyStore:
-    """The real store, whose ``write`` can be made to fail AFTER the function has run."""
+    """The real store, whose ``write`` can be made to fail AFTER the function has run, as a
+    store that is down does (``StoreUnavailable``)."""
 
     def __init__(self, inner: EventStore) -> None:
         self.inner = inner
@@ -47,7 +49,7 @@ class FlakyStore:
 
         def half_then_fail(tx: SqlTx) -> T:
             fn(tx)  # the inserts happen, then the savepoint must undo them
-            raise RuntimeError("disk on fire")
+            raise StoreUnavailable("disk on fire")
 
         return await self.inner.write(half_then_fail)
 
@@ -386,6 +388,51 @@ async def test_a_failed_batch_stores_nothing_and_releases_its_dedupe_ids(rig: Ri
     ) == "stored"
     await rig.wait(lambda s: s.stored == 2)
     assert sorted(r[3] for r in await rig.rows()) == [1.0, 5.0]
+
+
+def unstorable(
+    rig: Rig, value: float, *, dedupe_id: str | None = None, source: str = "mqtt"
+) -> MetricPoint:
+    """A point past the boundary's checks that no store can hold: its time does not fit in a
+    BIGINT (SQLite: OverflowError on binding; PostgreSQL: bigint out of range, a DataError)."""
+    return MetricPoint(
+        tenant_id=rig.tenant, agent_id=rig.agent.agent_id, metric="temp", value=value,
+        ts_us=2**70, dedupe_id=dedupe_id, source=source,
+    )
+
+
+async def test_a_point_the_store_refuses_fails_alone(rig: Rig) -> None:
+    """Issue 14 finding 2: one bad point used to lose its whole batch (51 valid points of
+    another tenant with it). The batch is split until the bad point is alone."""
+    other_tenant = rig.other_agent.tenant_id
+    async with writer_held(rig.store):
+        for n in range(25):
+            await rig.pipeline.mqtt_sink(*rig.topic(), body(n, dedupe_id=f"a{n}"))
+        await rig.pipeline._send.send((unstorable(rig, -1.0, dedupe_id="bad"), None))
+        for n in range(26):
+            await rig.pipeline.mqtt_sink(
+                other_tenant, rig.other_agent.agent_id, "temp", body(100 + n)
+            )
+        await rig.pipeline._send.send((unstorable(rig, -2.0), None))
+        await trio.testing.wait_all_tasks_blocked()
+    await rig.wait(lambda s: s.stored + s.failed == 53)
+    assert rig.pipeline.stats.stored == 51
+    assert rig.pipeline.stats.failed == 2
+    rows = await rig.rows()
+    assert sorted(r[3] for r in rows) == [float(n) for n in (*range(25), *range(100, 126))]
+    assert rig.dropped("store_rejected") == 2
+    assert rig.dropped("store_unavailable") == 0
+    assert rig.processed() == 51
+    # the refused point's dedupe id was not stored: a corrected retry is stored, not a repeat
+    await rig.pipeline.mqtt_sink(*rig.topic(), body(7.5, dedupe_id="bad"))
+    await rig.wait(lambda s: s.stored == 52)
+
+
+async def test_an_http_point_the_store_refuses_is_a_rejection(rig: Rig) -> None:
+    with pytest.raises(Rejected) as caught:
+        await rig.pipeline.submit(unstorable(rig, 1.0, source="http"))
+    assert caught.value.reason == "store_rejected"
+    assert await rig.rows() == []
 
 
 async def test_http_rejections_raise_and_store_nothing(rig: Rig) -> None:

@@ -64,6 +64,12 @@ def test_minimal_and_full_payloads_decode() -> None:
         (b'{"value": 1e999}', "invalid_value"),
         (b'{"value": 1, "timestamp": 5}', "invalid_timestamp"),
         (b'{"value": 1, "dedupe_id": 7}', "invalid_dedupe_id"),
+        # issue 14: values no store can hold are refused at the boundary (domain.jsonguard)
+        (b'{"value": 1, "dedupe_id": "d\\u0000"}', "malformed_payload"),
+        (b'{"value": 1, "extra": {"x": ["\\u0000"]}}', "malformed_payload"),
+        (b'{"value": 1, "dedupe_id": "\xff"}', "malformed_payload"),
+        (b'{"value": 1, "extra": ' + b"[" * 33 + b"]" * 33 + b"}", "malformed_payload"),
+        (b"[" * 1000 + b"]" * 1000, "malformed_payload"),
     ],
 )
 def test_bad_mqtt_payloads_name_their_reason(payload: bytes, reason: str) -> None:
@@ -75,6 +81,7 @@ def test_http_body_reasons() -> None:
     assert reason_of(b'{"value": 1}', http=True) == "invalid_metric"
     assert reason_of(b'{"metric": 5, "value": 1}', http=True) == "invalid_metric"
     assert reason_of(b'{"metric": "m", "value": false}', http=True) == "invalid_value"
+    assert reason_of(b'{"metric": "m\\u0000", "value": 1}', http=True) == "malformed_payload"
 
 
 def test_payload_size_limit() -> None:
@@ -103,10 +110,8 @@ def test_non_finite_or_non_numbers_are_refused(value: float) -> None:
     [
         ("2026-11-24T11:00:00Z", datetime(2026, 11, 24, 11, tzinfo=UTC)),
         ("2026-11-24T13:00:00+02:00", datetime(2026, 11, 24, 11, tzinfo=UTC)),
-        ("2026-11-24T11:00:00", datetime(2026, 11, 24, 11, tzinfo=UTC)),  # no zone: UTC
         ("2026-11-24T11:00:00.123456Z", datetime(2026, 11, 24, 11, 0, 0, 123456, tzinfo=UTC)),
         ("20261124T110000Z", datetime(2026, 11, 24, 11, tzinfo=UTC)),  # ISO 8601 basic format
-        ("2026-11-24", datetime(2026, 11, 24, tzinfo=UTC)),
         ("1969-07-20T20:17:40Z", datetime(1969, 7, 20, 20, 17, 40, tzinfo=UTC)),
     ],
 )
@@ -118,8 +123,20 @@ def test_missing_timestamp_is_receive_time() -> None:
     assert check_timestamp(None, NOW_US) == NOW_US
 
 
-@pytest.mark.parametrize("text", ["yesterday", "2026-13-01T00:00:00Z", "", "1700000000"])
-def test_unparseable_timestamps(text: str) -> None:
+@pytest.mark.parametrize(
+    "text",
+    [
+        "yesterday",
+        "2026-13-01T00:00:00Z",
+        "",
+        "1700000000",
+        # contract §2: a timestamp without a UTC offset makes the message malformed
+        "2026-11-24T11:00:00",
+        "2026-11-24",
+        "20261124T110000",
+    ],
+)
+def test_unparseable_or_offsetless_timestamps(text: str) -> None:
     with pytest.raises(Rejected) as caught:
         check_timestamp(text, NOW_US)
     assert caught.value.reason == "invalid_timestamp"
@@ -155,7 +172,7 @@ def test_dedupe_id_length() -> None:
         )
 
     assert point("x" * 128)
-    for bad in ("", "x" * 129):
+    for bad in ("", "x" * 129, "a\x00b"):
         with pytest.raises(Rejected) as caught:
             point(bad)
         assert caught.value.reason == "invalid_dedupe_id"
