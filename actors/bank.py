@@ -6,7 +6,21 @@ version, fold them into the state, and only then act on them (hand device messag
 dispatcher, schedule the next deadline, update the fleet view, tell the listeners). If
 anything raises, the incarnation dies; its supervisor starts a new one, which rebuilds the
 state from the store, so no half-applied change survives a crash. The message that was being
-handled gets an error answer, never silence.
+handled gets an error answer, never silence, and is dropped (counted ``actor_crashed`` and
+logged), never handed to the next incarnation: one bad message cannot crash an actor twice.
+
+An append can fail in two ways, told apart here. The store is down or another writer got there
+first (``ConcurrencyError``, or one of ``BankServices.transient_store_errors``, the store's
+``StoreUnavailable`` in production): that is the crash above, the restart reloads. Any other
+append failure is this message's fault (a value the database cannot hold, e.g. PostgreSQL's
+``DataError`` for NUL in text): nothing was stored, so the state is unchanged; the message is
+dropped (counted ``store_rejected``, logged), its asker gets a rejection (``invalid``), and the
+actor carries on. The boundaries refuse such values first; this is the safety net.
+
+A bank whose actor has failed (past its restart budget) still gets its deadlines: the registry
+runs a *deadlines-only* incarnation (``deadlines_only=True``) that handles ticks and the
+consequences of work done before the failure (``MarkDispatched``, a failed provisioning
+reply), so its pending commands end ``timeout`` on time; every other message is refused.
 
 Imports: the domain and this package's own ports (``actors.ports``); never a gateway, HTTP or
 application module.
@@ -31,7 +45,7 @@ from domain import commands as c
 from domain import events as e
 from domain.bank import decide, fold
 from domain.outbound import ProvisioningGranted, ProvisioningRefused, device_command
-from domain.records import NewEvent, Snapshot, StoredEvent
+from domain.records import ConcurrencyError, NewEvent, Snapshot, StoredEvent
 from domain.snapshot import decode_snapshot, encode_snapshot
 from domain.state import BankState
 
@@ -75,6 +89,15 @@ class BankServices:
     clock: Clock
     snapshot_every: int = 100
     listeners: list[StoredEventListener] = field(default_factory=list)
+    #: what the store raises when it is down (not the event's fault): an append failing with
+    #: one of these (or ``ConcurrencyError``) crashes the actor; any other failure refuses the
+    #: message alone (see the module doc)
+    transient_store_errors: tuple[type[Exception], ...] = ()
+
+
+#: What a failed bank's deadlines-only incarnation still handles (internal messages only).
+DEADLINE_COMMANDS = (c.Tick, c.MarkDispatched, c.RecordProvisioningReplyFailed)
+UNSTORABLE = c.CommandRejected("invalid", "the request holds a value that cannot be stored")
 
 
 ALERT_EVENTS = (e.UncommandedDoorOpening, e.CommandFailed, e.CommandTimedOut)
@@ -90,27 +113,52 @@ _OUTCOME_STATUS: dict[type[e.Event], str] = {
 class BankActor:
     """One incarnation of a bank's actor."""
 
-    def __init__(self, bank_id: str, mailbox: Mailbox[Envelope], services: BankServices) -> None:
+    def __init__(
+        self,
+        bank_id: str,
+        mailbox: Mailbox[Envelope],
+        services: BankServices,
+        *,
+        deadlines_only: bool = False,
+    ) -> None:
         self.bank_id = bank_id
         self.mailbox = mailbox
         self.s = services
+        self.deadlines_only = deadlines_only
         self.state = BankState()
         self._snapshot_version = 0
 
     async def run(self) -> None:
         await self._load()
-        await self._resume_outbox()
+        if not self.deadlines_only:
+            await self._resume_outbox()
         self._publish_status()
         self.s.timers.schedule(self.bank_id, self.state.next_deadline())
         while True:
             envelope = await self.mailbox.get()
+            if self.deadlines_only and not _keeps_deadlines(envelope):
+                self.refuse_failed(envelope)
+                continue
             try:
                 await self._handle(envelope)
             except BaseException as exc:
                 self._answer(envelope, Outcome(self.state, crashed=repr(exc)))
                 if not isinstance(exc, trio.Cancelled):
                     self.s.observer.message_dropped(envelope.kind, "actor_crashed")
+                    log.error(
+                        "message_dropped",
+                        bank_id=self.bank_id,
+                        kind=envelope.kind,
+                        reason="actor_crashed",
+                        command=type(envelope.command).__name__,
+                        error=repr(exc),
+                    )
                 raise
+
+    def refuse_failed(self, envelope: Envelope) -> None:
+        """Answer and count a message that a failed bank does not handle."""
+        self.s.observer.message_dropped(envelope.kind, "bank_failed")
+        self._answer(envelope, Outcome(self.state, crashed="bank actor failed"))
 
     async def _load(self) -> None:
         state = BankState()
@@ -158,11 +206,19 @@ class BankActor:
         stored: list[StoredEvent] = []
         if durable:
             started = trio.current_time()
-            stored = await self.s.store.append(
-                self.bank_id,
-                self.state.version,
-                [NewEvent(e.event_type(ev), e.event_data(ev)) for ev in durable],
-            )
+            try:
+                stored = await self.s.store.append(
+                    self.bank_id,
+                    self.state.version,
+                    [NewEvent(e.event_type(ev), e.event_data(ev)) for ev in durable],
+                )
+            except ConcurrencyError:
+                raise  # another writer got there first: crash, the restart reloads
+            except Exception as exc:
+                if isinstance(exc, self.s.transient_store_errors):
+                    raise  # the store is down: crash, the restart reloads
+                self._refuse_unstorable(envelope, durable, exc)
+                return
             observer.append_took(trio.current_time() - started)
         self.state = fold(self.state, decided)
         if stored:
@@ -182,6 +238,22 @@ class BankActor:
                 Snapshot(self.bank_id, self.state.version, encode_snapshot(self.state))
             )
             self._snapshot_version = self.state.version
+
+    def _refuse_unstorable(
+        self, envelope: Envelope, durable: list[e.Event], error: Exception
+    ) -> None:
+        """The store refused this message's events: drop it alone, the state is unchanged."""
+        self.s.observer.message_dropped(envelope.kind, "store_rejected")
+        log.error(
+            "message_dropped",
+            bank_id=self.bank_id,
+            kind=envelope.kind,
+            reason="store_rejected",
+            command=type(envelope.command).__name__,
+            event_types=[e.event_type(ev) for ev in durable],
+            error=repr(error),
+        )
+        self._answer(envelope, Outcome(self.state, rejected=UNSTORABLE))
 
     def _answer(self, envelope: Envelope, outcome: Outcome) -> None:
         if envelope.reply is not None:
@@ -252,6 +324,8 @@ class BankActor:
 
     def _publish_status(self, decided: list[e.Event] | None = None) -> None:
         state = self.state
+        if not state.exists:
+            return  # no bank (yet, or a refused creation): nothing to show
         status = self.s.fleet.status(self.bank_id, state.name)
         if decided is not None and all(type(ev) is e.HeartbeatReceived for ev in decided):
             # the steady state of a fleet: only liveness changed, skip the full refresh
@@ -274,3 +348,12 @@ class BankActor:
                 status.alerts.append({"type": e.event_type(event), **e.event_data(event)})
                 del status.alerts[:-50]
         self.s.fleet.changed(self.bank_id)
+
+
+def _keeps_deadlines(envelope: Envelope) -> bool:
+    """Whether a failed bank's deadlines-only incarnation handles this message."""
+    return (
+        envelope.kind is None
+        and envelope.reply is None
+        and isinstance(envelope.command, DEADLINE_COMMANDS)
+    )

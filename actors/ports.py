@@ -62,6 +62,10 @@ class ActorObserver(Protocol):
 
     def bank_actor_failed(self) -> None: ...
 
+    def bank_actor_recovered(self) -> None:
+        """A failed bank actor was started again (``BankRegistry.restart``)."""
+        ...
+
     def device_message_sent(self, kind: str) -> None: ...
 
 

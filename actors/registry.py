@@ -1,14 +1,22 @@
 """Where bank actors live: started on demand, supervised, addressed by bank id.
 
 A message for a known bank whose actor is not running starts it (virtual actors, as in
-Orleans); only a ``CreateBank`` may start the actor of a bank the directory does not know yet.
+Orleans); only a ``CreateBank`` may start the actor of a bank the directory does not know yet,
+and if the bank does not exist once that creation is decided (refused, or the store failed),
+the actor is stopped and forgotten again: a refused creation leaves nothing behind, in the
+fleet view or anywhere else.
+
 All bank actors share one supervisor that does not escalate: a bank that exceeds its restart
-budget is marked failed, answers every message with :class:`BankUnavailable` and shows up on the
-dashboard, while the rest of the fleet carries on.
+budget is ``failed``. It answers every request with :class:`BankUnavailable` and shows up on the
+dashboard with the error that failed it, while the rest of the fleet carries on; and its
+deadlines still fire: a *deadlines-only* incarnation (see :mod:`actors.bank`) handles the
+timer's ticks, so its pending commands end ``timeout`` on time. :meth:`BankRegistry.restart`
+starts a failed bank's actor again with a fresh budget.
 """
 
 from __future__ import annotations
 
+from contextlib import suppress
 from dataclasses import dataclass
 
 import structlog
@@ -23,9 +31,18 @@ from domain.state import BankState
 
 log = structlog.get_logger("lockerd.registry")
 
+#: How soon a failed bank's deadlines-only incarnation is tried again after it crashed (the
+#: store is down, say), doubling up to the maximum.
+DEADLINES_RETRY_INITIAL = 0.5
+DEADLINES_RETRY_MAX = 30.0
+
 
 class BankUnavailable(Exception):
-    """The bank's actor crashed on this message or has exceeded its restart budget."""
+    """The bank's actor crashed on this message, has failed, or did not answer in time.
+
+    The message is meant for clients (an HTTP 503): it never carries an error's text, which
+    goes to the log and, for a failed bank, to the fleet view (``last_error``).
+    """
 
 
 class UnknownBank(Exception):
@@ -37,6 +54,10 @@ class BankEntry:
     bank_id: str
     mailbox: Mailbox[Envelope]
     child: ChildInfo | None = None
+    #: the deadlines-only incarnation's scope while the bank is failed
+    deadlines: trio.CancelScope | None = None
+    deadlines_done: trio.Event | None = None
+    restarting: bool = False
 
     @property
     def failed(self) -> bool:
@@ -58,13 +79,19 @@ class BankRegistry:
         self.catalog = catalog
         self.mailbox_capacity = mailbox_capacity
         self.ask_timeout = ask_timeout
+        self.policy = policy
         self.entries: dict[str, BankEntry] = {}
+        self._nursery = nursery
         self.supervisor = Supervisor(
             nursery, name="banks", policy=policy, escalate=False, on_change=self._child_changed
         )
 
     def is_known(self, bank_id: str) -> bool:
         return bank_id in self.entries or self.catalog.is_bank(bank_id)
+
+    def is_failed(self, bank_id: str) -> bool:
+        entry = self.entries.get(bank_id)
+        return entry is not None and entry.failed
 
     def _entry(self, bank_id: str, *, allow_new: bool = False) -> BankEntry:
         entry = self.entries.get(bank_id)
@@ -73,36 +100,130 @@ class BankRegistry:
         if not allow_new and not self.catalog.is_bank(bank_id):
             raise UnknownBank(bank_id)
         entry = self.entries[bank_id] = BankEntry(bank_id, Mailbox(self.mailbox_capacity))
+        self._start_actor(entry)
+        self.services.observer.bank_actors_running(len(self.entries))
+        return entry
+
+    def _start_actor(self, entry: BankEntry) -> None:
         services = self.services
         mailbox = entry.mailbox
+        bank_id = entry.bank_id
 
         async def incarnation() -> None:
             await BankActor(bank_id, mailbox, services).run()
 
         entry.child = self.supervisor.start_child(bank_id, incarnation)
+
+    def _forget(self, bank_id: str) -> None:
+        """Stop and drop the actor of a bank that does not exist (a creation that failed)."""
+        if self.catalog.is_bank(bank_id):
+            return
+        entry = self.entries.pop(bank_id, None)
+        if entry is None:
+            return
+        self.supervisor.stop_child(bank_id)
         self.services.observer.bank_actors_running(len(self.entries))
-        return entry
+        log.info("bank_actor_forgotten", bank_id=bank_id, reason="bank was not created")
 
     def _child_changed(self, child: ChildInfo) -> None:
+        entry = self.entries.get(child.name)
+        if entry is None or entry.child is not child:
+            return  # a forgotten bank's actor, or an incarnation replaced by a restart
+        observer = self.services.observer
+        if child.status == "restarting":
+            observer.bank_actor_restarted()
+        if child.status == "failed":
+            observer.bank_actor_failed()
+            self._drain_failed(entry)
+            # the scope exists before the task runs, so a restart right away can cancel it
+            scope = entry.deadlines = trio.CancelScope()
+            done = entry.deadlines_done = trio.Event()
+            self._nursery.start_soon(
+                self._keep_deadlines, entry, scope, done, name=f"deadlines:{child.name}"
+            )
+        self._show_supervision(child)
+
+    def _show_supervision(self, child: ChildInfo) -> None:
         fleet = self.services.fleet
+        if child.name not in fleet.banks and not self.catalog.is_bank(child.name):
+            return  # not created (yet): nothing to show
         status = fleet.status(child.name)
         status.supervision = child.status
         status.restarts = child.restarts
         status.last_error = child.last_error
-        if child.status == "restarting":
-            self.services.observer.bank_actor_restarted()
-        if child.status == "failed":
-            self.services.observer.bank_actor_failed()
-            entry = self.entries.get(child.name)
-            if entry is not None:
-                self._drain_failed(entry)
         fleet.changed(child.name)
 
     def _drain_failed(self, entry: BankEntry) -> None:
+        """Answer every request waiting for a bank that has just failed; keep what its
+        deadlines-only incarnation handles (the messages it cannot handle it refuses too)."""
+        keep: list[Envelope] = []
         while (envelope := entry.mailbox.get_nowait()) is not None:
+            if envelope.kind is None and envelope.reply is None:
+                keep.append(envelope)
+                continue
             self.services.observer.message_dropped(envelope.kind, "bank_failed")
             if envelope.reply is not None:
-                envelope.reply.send_nowait(Outcome(BankState(), crashed="bank actor failed"))
+                # the asker may have given up waiting
+                with suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                    envelope.reply.send_nowait(Outcome(BankState(), crashed="bank actor failed"))
+        for envelope in keep:
+            entry.mailbox.put_nowait(envelope)
+
+    async def _keep_deadlines(
+        self, entry: BankEntry, scope: trio.CancelScope, done: trio.Event
+    ) -> None:
+        """Run the failed bank's deadlines-only incarnation until :meth:`restart` cancels it;
+        if it crashes too (the store is down, say), try again with a growing delay."""
+        try:
+            with scope:
+                delay = DEADLINES_RETRY_INITIAL
+                while True:
+                    actor = BankActor(
+                        entry.bank_id, entry.mailbox, self.services, deadlines_only=True
+                    )
+                    try:
+                        await actor.run()
+                    except Exception as exc:
+                        log.warning(
+                            "failed_bank_deadlines_crashed",
+                            bank_id=entry.bank_id,
+                            error=repr(exc),
+                            retry_in=delay,
+                        )
+                    await trio.sleep(delay)
+                    delay = min(delay * 2, DEADLINES_RETRY_MAX)
+        finally:
+            done.set()
+
+    async def restart(self, bank_id: str) -> bool:
+        """Start a failed bank's actor again, with a fresh restart budget.
+
+        Returns True when the bank had failed and its actor has been started again (its
+        deadlines-only incarnation has stopped first; the new actor reloads the bank from the
+        store), False when it had not failed (nothing is done: a running bank needs no restart,
+        and one without an actor starts with its next message). Raises :class:`UnknownBank` for
+        an id that names no bank.
+        """
+        entry = self.entries.get(bank_id)
+        if entry is None:
+            if not self.catalog.is_bank(bank_id):
+                raise UnknownBank(bank_id)
+            return False
+        if not entry.failed or entry.restarting:
+            return False
+        entry.restarting = True
+        try:
+            scope, done = entry.deadlines, entry.deadlines_done
+            entry.deadlines = entry.deadlines_done = None
+            if scope is not None and done is not None:
+                scope.cancel()
+                await done.wait()  # one reader of the mailbox at a time
+            self._start_actor(entry)
+        finally:
+            entry.restarting = False
+        self.services.observer.bank_actor_recovered()
+        log.info("bank_actor_restarted_by_operator", bank_id=bank_id)
+        return True
 
     async def ask(
         self,
@@ -113,18 +234,45 @@ class BankRegistry:
         secret: str | None = None,
         allow_new: bool = False,
     ) -> Outcome:
-        """Send a command and wait for its outcome; raises UnknownBank or BankUnavailable."""
+        """Send a command and wait for its outcome; raises UnknownBank or BankUnavailable.
+
+        With ``allow_new`` (a ``CreateBank`` for a bank nobody knows yet) the actor is started
+        for the occasion and forgotten again if the bank does not exist afterwards.
+        """
         entry = self._entry(bank_id, allow_new=allow_new)
         if entry.failed:
             self.services.observer.message_dropped(kind, "bank_failed")
-            raise BankUnavailable(f"bank {bank_id} has failed")
+            raise BankUnavailable(self._failed_message(entry))
         send, receive = trio.open_memory_channel[Outcome](1)
-        with trio.fail_after(self.ask_timeout):
-            await entry.mailbox.put(Envelope(command, kind, send, secret))
-            outcome = await receive.receive()
+        try:
+            with trio.fail_after(self.ask_timeout):
+                await entry.mailbox.put(Envelope(command, kind, send, secret))
+                outcome = await receive.receive()
+        except trio.TooSlowError:
+            if allow_new:
+                self._forget(bank_id)
+            raise
+        if allow_new:
+            if not outcome.state.exists:
+                self._forget(bank_id)
+            elif entry.child is not None:
+                self._show_supervision(entry.child)  # now that there is a bank to show
         if outcome.crashed is not None:
-            raise BankUnavailable(f"bank {bank_id}: {outcome.crashed}")
+            if entry.failed:
+                raise BankUnavailable(self._failed_message(entry))
+            raise BankUnavailable(
+                f"locker bank {bank_id} could not handle the request (its actor crashed and"
+                " is restarting); nothing was changed, try again"
+            )
         return outcome
+
+    @staticmethod
+    def _failed_message(entry: BankEntry) -> str:
+        restarts = entry.child.restarts if entry.child is not None else 0
+        return (
+            f"locker bank {entry.bank_id} is out of service: its actor failed after {restarts}"
+            " restarts and was stopped (the dashboard shows why); an operator can restart it"
+        )
 
     async def ask_if_available(
         self,
@@ -152,12 +300,18 @@ class BankRegistry:
         await entry.mailbox.put(Envelope(command, kind))
 
     def tell_nowait(self, bank_id: str, command: c.BankCommand) -> bool:
+        """Queue an internal command without waiting; False if it was not delivered (the
+        mailbox is full, or the bank has failed and the command is not a tick), True if it
+        was, or if there is no such bank (nothing to deliver to).
+
+        A failed bank still gets its ticks: its deadlines-only incarnation fires them.
+        """
         try:
             entry = self._entry(bank_id)
         except UnknownBank:
             return True  # nothing to deliver to
-        if entry.failed:
-            return True
+        if entry.failed and not isinstance(command, c.Tick):
+            return False
         try:
             entry.mailbox.put_nowait(Envelope(command))
         except MailboxFull:

@@ -9,7 +9,10 @@ swallowed: with ``escalate=True`` the supervisor raises :class:`ChildFailed` out
 ``escalate=False`` it reports through ``on_change`` and keeps its other children running, which
 is what a fleet of independent locker banks wants (one poisoned bank must not stop the others).
 
-A child that returns normally is finished (a *transient* child in OTP terms) and not restarted.
+A child that returns normally is finished (a *transient* child in OTP terms) and not restarted;
+so is a child stopped with :meth:`Supervisor.stop_child` (its body is cancelled, it ends
+``stopped``). A name may be started again once its child has failed or stopped: the new child
+has a fresh restart budget.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ class ChildInfo:
     restarts: int = 0
     last_error: str | None = None
     _recent: deque[float] = field(default_factory=deque)
+    _scope: trio.CancelScope = field(default_factory=trio.CancelScope)
 
 
 ChildBody = Callable[[], Awaitable[None]]
@@ -95,12 +99,29 @@ class Supervisor:
         self._nursery.start_soon(self._supervise, info, body, policy or self.policy, name=name)
         return info
 
+    def stop_child(self, name: str) -> None:
+        """Cancel the child's body (now, or before it starts) and end it ``stopped``.
+
+        Unknown or already finished names are ignored. The child's status changes once its
+        task has unwound (at its next checkpoint); its name may be started again at once
+        (:meth:`start_child` replaces whatever child had the name).
+        """
+        info = self.children.pop(name, None)
+        if info is not None:
+            info._scope.cancel()
+
     def _changed(self, info: ChildInfo, status: ChildStatus) -> None:
         info.status = status
         if self._on_change is not None:
             self._on_change(info)
 
     async def _supervise(self, info: ChildInfo, body: ChildBody, policy: RestartPolicy) -> None:
+        with info._scope:
+            await self._restart_loop(info, body, policy)
+        if info._scope.cancelled_caught:
+            self._changed(info, "stopped")
+
+    async def _restart_loop(self, info: ChildInfo, body: ChildBody, policy: RestartPolicy) -> None:
         consecutive = 0
         while True:
             self._changed(info, "running")

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-INBOUND_KINDS = ("register", "state", "response", "event", "metric")
+#: The kinds of ``lockerd_inbound_messages_total``: the contract's topic families, and
+#: ``unknown`` for a message whose topic fits none of them (contract §2: every message lockerd
+#: receives is counted exactly once, malformed topics included).
+INBOUND_KINDS = ("register", "state", "response", "event", "metric", "unknown")
 
 
 class Metrics:
@@ -95,6 +98,9 @@ class Metrics:
 
     def bank_actor_failed(self) -> None:
         self.actors_failed.inc()
+
+    def bank_actor_recovered(self) -> None:
+        self.actors_failed.dec()
 
     def device_message_sent(self, kind: str) -> None:
         self.outbound.labels(kind).inc()

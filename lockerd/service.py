@@ -70,7 +70,7 @@ from lockerd.users import tables as user_tables
 from lockerd.users.sessions import SessionService
 from lockerd.wiring import Service
 from store import open_store
-from store.base import SqlTx
+from store.base import SqlTx, StoreUnavailable
 
 log = structlog.get_logger("lockerd.service")
 
@@ -200,6 +200,7 @@ async def running_service(
                     observer=metrics,
                     clock=clock,
                     listeners=[directory.follow],
+                    transient_store_errors=(StoreUnavailable,),
                 )
                 registry = BankRegistry(nursery, bank_services, directory)
                 pipeline = MetricsPipeline(store, agents, metrics, clock, next_seq=next_seq)

@@ -23,7 +23,7 @@ from actors.bank import BankServices, Outcome
 from actors.dispatcher import Dispatcher
 from actors.fleet import FleetView
 from actors.ports import StoredEventListener
-from actors.registry import BankRegistry, BankUnavailable
+from actors.registry import BankRegistry, BankUnavailable, UnknownBank
 from actors.supervisor import RestartPolicy
 from actors.timers import TimerService
 from domain import commands as c
@@ -105,6 +105,8 @@ async def world(
             observer=observer,
             clock=clock,
             snapshot_every=snapshot_every,
+            # the fake's injected failure stands for the store being down (a crash)
+            transient_store_errors=(InjectedStoreFailure,),
             listeners=[
                 catalog.follow,
                 lambda bank_id, stored: listened.append((bank_id, list(stored))),
@@ -460,13 +462,179 @@ async def test_bank_past_its_restart_budget_is_failed_and_unavailable(
         assert w.observer.dropped[(None, "bank_failed")] == 1
         await w.registry.tell(BANK, heartbeat(), kind="state")
         assert w.observer.dropped[("state", "bank_failed")] == 1
-        assert w.registry.tell_nowait(BANK, c.Tick())  # accepted, and goes nowhere
+        # ticks still reach a failed bank (its deadlines-only incarnation), nothing else does
+        assert w.registry.tell_nowait(BANK, c.Tick())
+        assert not w.registry.tell_nowait(BANK, c.NoteCredentialsUsed("dev-user-1"))
+        await trio.testing.wait_all_tasks_blocked()
         assert w.registry.entries[BANK].mailbox.depth == 0
         assert w.log.version(BANK) == 2  # none of the failed messages left a trace
 
         # one poisoned bank does not stop the others
         assert types((await create(w, OTHER_BANK)).events)[0] == "LockerBankCreated"
         assert w.fleet.banks[OTHER_BANK].supervision == "running"
+
+
+async def fail_bank(w: World) -> None:
+    """Exhaust the bank's restart budget with store failures, as a store outage would."""
+    w.log.fail_next_appends(POLICY.max_restarts + 1)
+    for _ in range(POLICY.max_restarts + 1):
+        with pytest.raises(BankUnavailable):
+            await grant(w, 2)
+    await w.observer.wait_until(lambda: w.observer.failed == 1)
+    assert w.registry.is_failed(BANK)
+
+
+async def test_a_failed_banks_pending_commands_still_time_out_on_time(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Issue 14 finding 1: a failed bank's pending transactions never timed out (the timer's
+    ticks were dropped). They end ``timeout`` at their ``expires_at``, and the fleet view keeps
+    showing why the bank failed."""
+    async with world() as w:
+        await online_bank(w)
+        requested = await w.registry.ask(BANK, open_cmd("tx-1"))
+        expires_at = requested.state.transactions["tx-1"].expires_at
+        asked_at = trio.current_time()
+        await w.log.wait_for_type(BANK, "CommandDispatched")
+        await fail_bank(w)
+        status = w.fleet.banks[BANK]
+        assert status.supervision == "failed"
+        assert "InjectedStoreFailure" in (status.last_error or "")
+        assert status.pending_commands == 1
+
+        await w.log.wait_for_type(BANK, "CommandTimedOut")
+        assert trio.current_time() - asked_at == pytest.approx(TIMEOUT, abs=0.01)
+        timed_out = w.log.events(BANK)[-1]
+        assert isinstance(timed_out, e.CommandTimedOut)
+        assert timed_out.transaction_id == "tx-1"
+        assert abs(timed_out.timed_out_at - expires_at) < timedelta(milliseconds=10)
+        assert w.observer.commands[("open_compartment", "timeout")] == 1
+        await trio.testing.wait_all_tasks_blocked()
+        assert status.pending_commands == 0
+        assert status.supervision == "failed"  # still failed: only deadlines are handled
+        # a device answer is refused, the late answer is not recorded
+        await w.registry.tell(BANK, answer("tx-1"), kind="response")
+        assert w.observer.dropped[("response", "bank_failed")] == 1
+        await trio.testing.wait_all_tasks_blocked()
+        assert w.log.types(BANK)[-1] == "CommandTimedOut"
+
+
+async def test_a_failed_banks_deadlines_survive_a_store_that_is_still_down(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with world() as w:
+        await online_bank(w)
+        await w.registry.ask(BANK, open_cmd("tx-1"))
+        await w.log.wait_for_type(BANK, "CommandDispatched")
+        await fail_bank(w)
+        w.log.fail_next_appends(3)  # the first timeouts cannot be stored either
+        await w.log.wait_for_type(BANK, "CommandTimedOut")
+        assert w.log.pending_failures == 0
+        assert w.log.types(BANK).count("CommandTimedOut") == 1
+
+
+async def test_restart_starts_a_failed_bank_again_with_a_fresh_budget(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with world() as w:
+        await online_bank(w)
+        assert not await w.registry.restart(BANK)  # running: nothing to do
+        with pytest.raises(UnknownBank):
+            await w.registry.restart(OTHER_BANK)
+        await fail_bank(w)
+        version = w.log.version(BANK)
+
+        assert await w.registry.restart(BANK)
+        assert not w.registry.is_failed(BANK)
+        assert w.observer.recovered == 1
+        outcome = await grant(w, 2)
+        assert types(outcome.events) == ["CompartmentAccessGranted"]
+        assert w.log.version(BANK) == version + 1
+        await trio.testing.wait_all_tasks_blocked()
+        status = w.fleet.banks[BANK]
+        assert status.supervision == "running"
+        assert status.restarts == 0  # a fresh budget
+        # the budget is whole again: as many crashes as before are tolerated once more
+        w.log.fail_next_appends(POLICY.max_restarts)
+        for _ in range(POLICY.max_restarts):
+            with pytest.raises(BankUnavailable):
+                await grant(w, 3)
+        assert types((await grant(w, 3)).events) == ["CompartmentAccessGranted"]
+        assert not w.registry.is_failed(BANK)
+
+
+class ValueTheStoreCannotHold(Exception):
+    """Stands for PostgreSQL's DataError (NUL in text): the event's fault, not the store's."""
+
+
+async def test_an_event_the_store_refuses_drops_its_message_alone(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Issue 14 finding 1: five answers the store refused made the bank ``failed``. Such a
+    message is dropped (``store_rejected``), its asker gets a rejection, the actor goes on."""
+    async with world() as w:
+        await online_bank(w)
+        await w.registry.ask(BANK, open_cmd("tx-1"))
+        await w.log.wait_for_type(BANK, "CommandDispatched")
+        version = w.log.version(BANK)
+        w.log.fail_next_appends(POLICY.max_restarts * 3, error=ValueTheStoreCannotHold)
+        for _ in range(POLICY.max_restarts * 3):
+            refused = await w.registry.ask(BANK, answer("tx-1"), kind="response")
+            assert refused.rejected is not None and refused.rejected.code == "invalid"
+            assert refused.state.transactions["tx-1"].status == "pending"
+        assert w.observer.dropped[("response", "store_rejected")] == POLICY.max_restarts * 3
+        assert w.observer.restarts == 0 and w.observer.failed == 0
+        assert w.log.version(BANK) == version
+        assert w.fleet.banks[BANK].presence == "online"  # nothing was reset
+        accepted = await w.registry.ask(BANK, answer("tx-1"), kind="response")
+        assert types(accepted.events) == ["CompartmentOpened"]
+
+
+async def test_a_message_that_crashes_the_actor_is_dropped_not_retried(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with world() as w:
+        await online_bank(w)
+        w.log.fail_next_appends(1)
+        await w.registry.tell(BANK, c.RecordLastWill(session_id="s-1"), kind="state")
+        await w.registry.tell(BANK, heartbeat(uptime=200), kind="state")
+        await w.observer.wait_until(lambda: w.observer.processed["state"] == 2)
+        # the last will crashed the actor: counted once, dropped, not handed to the next
+        # incarnation (the bank never went offline); the heartbeat behind it was handled
+        assert w.observer.dropped[("state", "actor_crashed")] == 1
+        assert w.observer.restarts == 1
+        assert "LockerBankWentOffline" not in w.log.types(BANK)
+        assert w.fleet.banks[BANK].presence == "online"
+
+
+async def test_a_refused_creation_leaves_no_bank_behind(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Issue 14 finding 10: a rejected bank creation left a phantom bank in the live view."""
+    async with world() as w:
+        changes = w.fleet.subscribe()
+        refused = await w.registry.ask(
+            BANK,
+            c.CreateBank(
+                bank_id=BANK, name="Bad", location=None, heartbeat_interval_seconds=10,
+                compartments=(spec(1), spec(1)),  # numbers must be unique
+                token_hash=TOKEN_HASH, token_expires_at=EPOCH + timedelta(days=7),
+            ),
+            allow_new=True,
+        )
+        assert refused.rejected is not None
+        w.log.fail_next_appends(1)  # and one whose append fails
+        with pytest.raises(BankUnavailable):
+            await create(w, OTHER_BANK)
+        await trio.testing.wait_all_tasks_blocked()
+        assert w.fleet.banks == {}
+        assert changes.dirty == set()
+        assert w.registry.entries == {}
+        assert not w.registry.is_known(BANK) and not w.registry.is_known(OTHER_BANK)
+        assert w.observer.running == 0
+        # the same id can still be created for real afterwards
+        assert types((await create(w)).events)[0] == "LockerBankCreated"
+        assert set(w.fleet.banks) == {BANK}
 
 
 # ---------------------------------------------------------------------------------------------

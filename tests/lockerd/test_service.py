@@ -7,6 +7,7 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 
+from store.base import StoreUnavailable
 from tests.support.mosquitto import MosquittoBroker
 from tests.support.service import ADMIN_TOKEN, eventually, lockerd, test_settings
 
@@ -228,7 +229,7 @@ async def test_bank_actor_crash_is_restarted_and_state_rebuilt(
             nonlocal failures
             if failures:
                 failures -= 1
-                raise RuntimeError("disk on fire")
+                raise StoreUnavailable("disk on fire")  # the store is down: the actor crashes
             return await original_append(*args, **kwargs)  # type: ignore[arg-type]
 
         store.append = failing_append  # type: ignore[method-assign]
@@ -309,7 +310,7 @@ async def test_metrics_endpoint_is_prometheus_exposition(
         }
         assert labels == {
             (kind, outcome)
-            for kind in ("register", "state", "response", "event", "metric")
+            for kind in ("register", "state", "response", "event", "metric", "unknown")
             for outcome in ("processed", "dropped")
         }
         for name in (

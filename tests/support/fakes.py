@@ -297,8 +297,9 @@ class RecordingObserver:
 
     ``processed[kind]``, ``dropped[(kind, reason)]`` (kind None: not caused by a device
     message), ``commands[(action, status)]``, ``sent[kind]`` count reports; ``restarts`` and
-    ``failed`` count bank actor restarts and failures; ``running`` is the last reported number
-    of bank actors; ``append_seconds`` and ``connection`` list the reported values in order.
+    ``failed`` count bank actor restarts and failures, ``recovered`` restarts of failed ones;
+    ``running`` is the last reported number of bank actors; ``append_seconds`` and
+    ``connection`` list the reported values in order.
     """
 
     def __init__(self) -> None:
@@ -310,6 +311,7 @@ class RecordingObserver:
         self.running: int | None = None
         self.restarts = 0
         self.failed = 0
+        self.recovered = 0
         self.connection: list[bool] = []
         self._changes = _Changes()
 
@@ -337,6 +339,10 @@ class RecordingObserver:
 
     def bank_actor_failed(self) -> None:
         self.failed += 1
+        self._changes.notify()
+
+    def bank_actor_recovered(self) -> None:
+        self.recovered += 1
         self._changes.notify()
 
     def device_message_sent(self, kind: str) -> None:
