@@ -20,6 +20,8 @@ import trio
 from lockerd.device.fleet import (
     BankTicket,
     Fleet,
+    SimulationError,
+    check_broker,
     create_banks,
     read_credentials_file,
     read_token_file,
@@ -217,6 +219,7 @@ async def _tickets(args: argparse.Namespace, behaviour: Behaviour) -> list[BankT
 async def _main(args: argparse.Namespace) -> int:
     link = _link(args)
     behaviour = _behaviour(args)
+    await check_broker(link.host, link.port)
     tickets = await _tickets(args, behaviour)
     if not tickets:
         raise SystemExit("lockerd simulate: no banks to simulate")
@@ -255,4 +258,13 @@ async def _main(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    return trio.run(_main, args)
+    """Run the simulation; what the user must fix is one line on stderr and exit status 1."""
+    try:
+        return trio.run(_main, args)
+    except SimulationError as exc:
+        print(f"lockerd simulate: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a file given on the command line
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"lockerd simulate:{where}: {exc.strerror or exc}", file=sys.stderr)
+        return 1

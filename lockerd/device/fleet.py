@@ -41,6 +41,11 @@ class BankTicket:
     compartment_ids: tuple[str, ...] = ()  # backend ids by number (1, 2, ...), when known
 
 
+class SimulationError(Exception):
+    """Something the user must fix before a simulation can run (a wrong admin token, no
+    lockerd at ``--api``, no broker): its message is one line, shown as it is."""
+
+
 # ---------------------------------------------------------------------------------- banks
 
 
@@ -82,11 +87,17 @@ async def create_banks(
                 "heartbeat_interval_seconds": interval,
                 "compartments": compartment_layout(compartments),
             }
-            response = await client.post("/api/admin/locker-banks", json=body, headers=headers)
-            if response.status_code != 201:
-                raise RuntimeError(
-                    f"creating a bank failed: HTTP {response.status_code} {response.text[:300]}"
+            try:
+                response = await client.post(
+                    "/api/admin/locker-banks", json=body, headers=headers
                 )
+            except httpx.HTTPError as exc:
+                raise SimulationError(
+                    f"cannot reach the lockerd API at {api} ({connection_failure(exc)}):"
+                    " is lockerd running? (--api)"
+                ) from None
+            if response.status_code != 201:
+                raise SimulationError(_creation_refused(response))
             created = response.json()
             tickets[index] = BankTicket(
                 compartments=compartments,
@@ -97,14 +108,86 @@ async def create_banks(
                 ),
             )
 
+    failures: list[SimulationError] = []
+
+    async def guarded_worker(client: httpx.AsyncClient, scope: trio.CancelScope) -> None:
+        try:
+            await worker(client)
+        except SimulationError as exc:
+            failures.append(exc)
+            scope.cancel()  # the first failure stops the others: one error, said once
+
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with (
-        httpx.AsyncClient(base_url=api, timeout=http_timeout, limits=limits) as client,
-        trio.open_nursery() as nursery,
-    ):
+    try:
+        client = httpx.AsyncClient(base_url=api, timeout=http_timeout, limits=limits)
+    except (ValueError, httpx.InvalidURL) as exc:  # not a URL
+        raise SimulationError(f"--api: {api!r} is not an http(s) URL ({exc})") from None
+    async with client, trio.open_nursery() as nursery:
         for _ in range(max(1, min(concurrency, count))):
-            nursery.start_soon(worker, client)
+            nursery.start_soon(guarded_worker, client, nursery.cancel_scope)
+    if failures:
+        raise failures[0]
     return [ticket for ticket in tickets if ticket is not None]
+
+
+def connection_failure(error: BaseException) -> str:
+    """The operating system's reason behind a failed connection ("Connection refused"), found
+    among the causes (Trio and httpx wrap it), or the error's own text."""
+    pending: list[BaseException] = [error]
+    while pending:
+        current = pending.pop(0)
+        if isinstance(current, OSError) and current.strerror:
+            return current.strerror
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend(current.exceptions)
+        for linked in (current.__cause__, current.__context__):
+            if linked is not None:
+                pending.append(linked)
+    return str(error) or type(error).__name__
+
+
+def _creation_refused(response: httpx.Response) -> str:
+    """One line for a refused ``POST /api/admin/locker-banks``."""
+    try:
+        message = str(response.json().get("message", ""))
+    except (ValueError, AttributeError):
+        message = response.text[:200]
+    status = response.status_code
+    if status == 401:
+        hint = "the admin token was not accepted (--admin-token / LOCKERD_ADMIN_TOKEN)"
+    elif status == 403:
+        hint = "the token is not an admin's (--admin-token / LOCKERD_ADMIN_TOKEN)"
+    elif status == 404:
+        hint = "no lockerd admin API there (--api)"
+    else:
+        hint = "creating a bank failed"
+    detail = f": {message}" if message else ""
+    return f"{hint} (HTTP {status}{detail})"
+
+
+BROKER_CHECK_SECONDS = 5.0
+
+
+async def check_broker(host: str, port: int) -> None:
+    """Raise :class:`SimulationError` unless something accepts TCP connections at host:port.
+
+    Devices retry a broker that is down for ever, which is right for a device but leaves a
+    user who mistyped ``--mqtt-url`` looking at zero connections: this says so at once.
+    """
+    try:
+        with trio.fail_after(BROKER_CHECK_SECONDS):
+            stream = await trio.open_tcp_stream(host, port)
+    except (OSError, trio.TooSlowError) as exc:
+        reason = (
+            f"no answer within {BROKER_CHECK_SECONDS:g} s"
+            if isinstance(exc, trio.TooSlowError)
+            else connection_failure(exc)
+        )
+        raise SimulationError(
+            f"cannot reach the broker at {host}:{port} ({reason}): is it running?"
+            " (--mqtt-url / LOCKERD_MQTT_URL)"
+        ) from None
+    await stream.aclose()
 
 
 def read_token_file(path: Path, default_compartments: int) -> list[BankTicket]:

@@ -195,8 +195,8 @@ def _since(text: str) -> int:
     text = _SPACED_OFFSET.sub(r"+\1", text)
     try:
         return parse_timestamp(text)
-    except Rejected:
-        raise ApiError(400, f"since {text[:64]!r} is not an ISO 8601 timestamp") from None
+    except Rejected as exc:
+        raise ApiError(400, f"since: {exc.message}") from None
 
 
 def _limit(text: str) -> int:
