@@ -88,9 +88,7 @@ async def create_banks(
                 "compartments": compartment_layout(compartments),
             }
             try:
-                response = await client.post(
-                    "/api/admin/locker-banks", json=body, headers=headers
-                )
+                response = await client.post("/api/admin/locker-banks", json=body, headers=headers)
             except httpx.HTTPError as exc:
                 raise SimulationError(
                     f"cannot reach the lockerd API at {api} ({connection_failure(exc)}):"

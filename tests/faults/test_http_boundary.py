@@ -225,8 +225,13 @@ async def test_go_auth_bodies_with_nul_are_a_deny_never_an_error(
     svc: RunningLockerd, endpoint: str
 ) -> None:
     url = f"/api/mosq/{endpoint}?mosq_secret={MOSQ_SECRET}"
-    fields = {"username": "lockerd-backend", "password": NUL, "clientid": NUL, "topic": NUL,
-              "acc": 1}
+    fields = {
+        "username": "lockerd-backend",
+        "password": NUL,
+        "clientid": NUL,
+        "topic": NUL,
+        "acc": 1,
+    }
     as_json = await svc.http.post(url, json=fields)
     as_form = await svc.http.post(
         url,
