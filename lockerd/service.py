@@ -17,7 +17,6 @@ from typing import Any
 
 import structlog
 import trio
-from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 from quart import Blueprint
 
@@ -36,6 +35,7 @@ from lockerd.directory import Directory
 from lockerd.domain import commands as c
 from lockerd.features import installers
 from lockerd.http.app import create_app
+from lockerd.http.server import harden, hypercorn_config
 from lockerd.metrics import Metrics
 from lockerd.projections import PLAIN_TABLES_DDL, PROJECTIONS
 from lockerd.security import load_keyring
@@ -122,12 +122,8 @@ async def serve_http(
     *,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    config = HypercornConfig()
-    config.bind = [f"{settings.http_host}:{settings.http_port}"]
-    config.accesslog = None
-    config.errorlog = None
-    config.graceful_timeout = 2.0
-    await hypercorn_serve(app, config, task_status=task_status)
+    config = hypercorn_config(settings.http_host, settings.http_port)
+    await hypercorn_serve(harden(app), config, task_status=task_status)
 
 
 @contextlib.asynccontextmanager

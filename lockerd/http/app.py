@@ -11,6 +11,7 @@ from quart_trio import QuartTrio
 from lockerd.context import ServiceContext
 from lockerd.http import admin_banks, ops
 from lockerd.http.errors import install_error_handlers
+from lockerd.http.server import BODY_READ_TIMEOUT
 
 MAX_BODY_BYTES = 64 * 1024
 
@@ -19,6 +20,7 @@ def create_app(context: ServiceContext, extra: Iterable[Blueprint] = ()) -> Quar
     app = QuartTrio("lockerd")
     app.config["LOCKERD"] = context
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.config["BODY_TIMEOUT"] = BODY_READ_TIMEOUT  # an incomplete body: 408, then close
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the contract's field order
     QuartSchema(
         app,
