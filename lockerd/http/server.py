@@ -17,7 +17,8 @@ the middle of Hypercorn's bookkeeping, at its next checkpoint. Observed effects:
 1. an answer sent before the request body had arrived (an early 404/401/413): the
    cancellation lands in ``TCPServer._close`` before the socket is closed, so the connection
    is never closed and never recycled; the rest of the body and the next request are then
-   read but never answered (a stall, about half the time; always when no more body comes);
+   read but never answered (a stall: 1-45 % of tries depending on the client), and with no
+   more bytes the connection is held forever;
 2. after every normal keep-alive request the idle timer is not re-armed (the cancellation
    lands in ``TrioSingleTask.restart``), so ``keep_alive_timeout`` never closes the idle
    connection.
