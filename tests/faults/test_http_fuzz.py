@@ -12,6 +12,7 @@ metrics agent on ``/api/metrics``). Asserted: no answer is a 5xx, and no bank ac
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +28,7 @@ from tests.support.service import ADMIN_TOKEN, RunningLockerd
 
 #: examples per operation, per generation mode and per kind of path ids (CI budget: the whole
 #: run stays well under a minute per store on a shared machine)
-EXAMPLES = 8
+EXAMPLES = 15
 REQUEST_TIMEOUT = 15.0
 
 
@@ -46,6 +47,40 @@ class FuzzReport:
             self.server_errors.append(
                 f"{label} -> {status} {response.text[:200]!r}\n  {case.as_curl_command()[:600]}"
             )
+
+
+def one_run(
+    strategy: Any,
+    label: str,
+    headers: dict[str, str],
+    base_url: str,
+    session: requests.Session,
+    report: FuzzReport,
+    examples: int,
+) -> Callable[[], None]:
+    """A hypothesis test sending ``examples`` requests drawn from ``strategy``."""
+
+    @hypothesis.settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=strategy)
+    def call(case: Any) -> None:
+        response = case.call(
+            base_url=base_url,
+            session=session,
+            headers=headers,
+            timeout=REQUEST_TIMEOUT,
+            allow_redirects=False,
+        )
+        report.record(label, response, case)
+
+    result: Callable[[], None] = call
+    return result
 
 
 def fuzz(
@@ -81,25 +116,7 @@ def fuzz(
                 except Exception:  # e.g. nothing negative to generate for this operation
                     continue
 
-                @hypothesis.settings(
-                    max_examples=examples,
-                    deadline=None,
-                    database=None,
-                    derandomize=True,
-                    phases=[Phase.explicit, Phase.generate],
-                    suppress_health_check=list(HealthCheck),
-                )
-                @given(case=strategy)
-                def call(case: Any) -> None:
-                    response = case.call(
-                        base_url=base_url,
-                        session=session,
-                        headers=headers,
-                        timeout=REQUEST_TIMEOUT,
-                        allow_redirects=False,
-                    )
-                    report.record(label, response, case)
-
+                call = one_run(strategy, label, headers, base_url, session, report, examples)
                 try:
                     call()
                 except hypothesis.errors.Unsatisfiable:
