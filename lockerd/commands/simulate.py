@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import sys
@@ -259,6 +260,8 @@ async def _main(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Run the simulation; what the user must fix is one line on stderr and exit status 1."""
+    # one line per admin API request says nothing the progress lines do not
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         return trio.run(_main, args)
     except SimulationError as exc:
