@@ -211,8 +211,12 @@ async def kill9_under_opens(
     command_timeout: int = 8,
     compartments: int = 16,
     progress: Callable[[str], None] | None = None,
+    restart_times: list[float] | None = None,
 ) -> Kill9Report:
-    """The kill -9 scenario (module doc); returns what it counted."""
+    """The kill -9 scenario (module doc); returns what it counted.
+
+    ``restart_times``, when given, receives the seconds from each kill to ``/healthz`` 200.
+    """
     report = Kill9Report()
     accepted: list[str] = []
     answered: set[str] = set()
@@ -267,9 +271,12 @@ async def kill9_under_opens(
                 for round_ in range(restarts):
                     await trio.sleep(seconds_between_kills)  # let opens pile up in between
                     await trio.to_thread.run_sync(serve.kill9)
+                    killed_at = trio.current_time()
                     report.restarts += 1
                     serve.start()
                     await serve.wait_healthy(http)
+                    if restart_times is not None:
+                        restart_times.append(trio.current_time() - killed_at)
                     if progress is not None:
                         progress(f"kill -9 {round_ + 1}/{restarts}: {len(accepted)} accepted")
                 await trio.sleep(seconds_between_kills)
