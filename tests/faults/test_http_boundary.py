@@ -275,3 +275,61 @@ async def test_a_bank_that_cannot_answer_is_a_503_without_error_text(
     body = assert_error(response, 503, "unavailable")
     assert "secret detail" not in body["message"] and "10.0.0.7" not in body["message"]
     assert "try again" in body["message"]
+
+
+async def test_openapi_documents_400_and_415_wherever_a_json_body_is_taken(
+    svc: RunningLockerd,
+) -> None:
+    document = (await svc.http.get("/openapi.json")).json()
+    checked = 0
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            content = operation.get("requestBody", {}).get("content", {})
+            if "application/json" not in content:
+                continue
+            responses = set(operation["responses"])
+            if path.startswith("/api/mosq/"):
+                assert "415" not in responses, path  # go-auth's bodies: JSON or form
+                continue
+            assert {"400", "415"} <= responses, (method, path, sorted(responses))
+            checked += 1
+    assert checked >= 6
+
+
+async def test_every_json_route_answers_415_for_a_body_that_is_not_json(
+    svc: RunningLockerd,
+) -> None:
+    """Walks /openapi.json, so a route added later that skips ``decode_body`` is caught."""
+    tenant, agent_auth = await new_agent(svc)
+    bank = await svc.create_bank()
+    user = await svc.admin_post(
+        "/api/admin/users", {"email": "m@x.org", "password": "long-password", "name": "M"}
+    )
+    ids = {
+        "bank_id": bank["id"],
+        "compartment_id": bank["compartments"][0]["id"],
+        "tenant_id": tenant,
+        "user_id": user.json()["id"],
+    }
+    document = (await svc.http.get("/openapi.json")).json()
+    checked = []
+    for path, operations in document["paths"].items():
+        if path.startswith("/api/mosq/"):
+            continue
+        for method, operation in operations.items():
+            if "application/json" not in operation.get("requestBody", {}).get("content", {}):
+                continue
+            url = path
+            for name, value in ids.items():
+                url = url.replace("{" + name + "}", value)
+            assert "{" not in url, f"no id known for {path}"
+            headers = agent_auth if path == "/api/metrics" else ADMIN
+            response = await svc.http.request(
+                method.upper(),
+                url,
+                content=b'{"name": "x"}',
+                headers={**headers, "Content-Type": "text/plain"},
+            )
+            assert_error(response, 415, "unsupported_media_type")
+            checked.append(f"{method} {path}")
+    assert len(checked) >= 6, checked
