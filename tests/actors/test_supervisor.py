@@ -22,8 +22,9 @@ def autojump_clock() -> trio.testing.MockClock:
     return trio.testing.MockClock(autojump_threshold=0)
 
 
-POLICY = RestartPolicy(max_restarts=3, within_seconds=10.0, backoff_initial=0.1,
-                       backoff_max=1.0, jitter=0.0)
+POLICY = RestartPolicy(
+    max_restarts=3, within_seconds=10.0, backoff_initial=0.1, backoff_max=1.0, jitter=0.0
+)
 
 
 async def test_crashing_child_is_restarted_with_exponential_backoff(
@@ -63,7 +64,9 @@ async def test_budget_exceeded_escalates(autojump_clock: trio.testing.MockClock)
     with pytest.raises(ExceptionGroup) as caught:
         async with trio.open_nursery() as nursery:
             supervisor = Supervisor(
-                nursery, name="test", policy=POLICY,
+                nursery,
+                name="test",
+                policy=POLICY,
                 on_change=lambda info: infos.append(info.status),
             )
             supervisor.start_child("doomed", always_crashes)
@@ -96,8 +99,9 @@ async def test_without_escalation_failure_is_reported_and_siblings_live(
         await trio.sleep_forever()
 
     async with trio.open_nursery() as nursery:
-        supervisor = Supervisor(nursery, name="banks", policy=POLICY, escalate=False,
-                                on_change=changed)
+        supervisor = Supervisor(
+            nursery, name="banks", policy=POLICY, escalate=False, on_change=changed
+        )
         supervisor.start_child("sibling", sibling)
         failed = supervisor.start_child("poison", always_crashes)
         await poison_failed.wait()
@@ -168,3 +172,47 @@ async def test_mailbox_is_bounded_and_never_drops() -> None:
     assert scope.cancelled_caught  # a full mailbox makes the sender wait
     assert [await mailbox.get(), await mailbox.get()] == [1, 2]
     assert mailbox.get_nowait() is None
+
+
+async def test_a_stopped_child_is_cancelled_and_its_name_can_be_started_again(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    cancelled = trio.Event()
+    changes: list[tuple[str, str]] = []
+
+    async def forever() -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            cancelled.set()
+
+    async with trio.open_nursery() as nursery:
+        supervisor = Supervisor(
+            nursery,
+            name="test",
+            policy=POLICY,
+            escalate=False,
+            on_change=lambda info: changes.append((info.name, info.status)),
+        )
+        first = supervisor.start_child("child", forever)
+        await trio.testing.wait_all_tasks_blocked()
+        supervisor.stop_child("child")
+        await cancelled.wait()
+        await trio.testing.wait_all_tasks_blocked()
+        assert first.status == "stopped"
+        assert "child" not in supervisor.children
+        supervisor.stop_child("child")  # already stopped: ignored
+        supervisor.stop_child("no-such-child")
+
+        # stopped before it ever ran: it never runs
+        never = supervisor.start_child("early", forever)
+        supervisor.stop_child("early")
+        await trio.testing.wait_all_tasks_blocked()
+        assert never.status == "stopped"
+
+        second = supervisor.start_child("child", forever)
+        await trio.testing.wait_all_tasks_blocked()
+        assert second.status == "running" and second.restarts == 0
+        assert supervisor.children["child"] is second
+        nursery.cancel_scope.cancel()
+    assert changes[:2] == [("child", "running"), ("child", "stopped")]
