@@ -181,9 +181,12 @@ class BankRegistry:
                     actor = BankActor(
                         entry.bank_id, entry.mailbox, self.services, deadlines_only=True
                     )
+                    started = trio.current_time()
                     try:
                         await actor.run()
                     except Exception as exc:
+                        if trio.current_time() - started > DEADLINES_RETRY_MAX:
+                            delay = DEADLINES_RETRY_INITIAL  # it ran well for a while
                         log.warning(
                             "failed_bank_deadlines_crashed",
                             bank_id=entry.bank_id,
