@@ -256,7 +256,8 @@ def markdown(results: dict[str, Any], duration: float) -> str:
                     f" restart after kill -9 {f['restart_after_kill9_seconds_median']} s ="
                     f" {f['ratio_restart_vs_cold_start']} x a cold start"
                     f" | - | {f['lost']} | {f['duplicated_terminal_events']}"
-                    f" | {f['stuck_pending']} | {f['answered_but_timeout']} | {ok} |"
+                    f" | {f['stuck_pending']} | {f['answered_but_timeout']}"
+                    f" ({f['of_which_late_answers']} late) | {ok} |"
                 )
             else:
                 lines.append(

@@ -447,6 +447,20 @@ async def setup(svc: RunningLockerd, client: MqttClient) -> Target:
         f"/api/compartments/{compartment}/open", headers={"Authorization": f"Bearer {token}"}
     )
     assert opened.status_code == 202, opened.text
+
+    async def dispatched() -> bool:
+        # the open (and an automatic apply_config) are recorded dispatched once the broker has
+        # them; that must not happen in the middle of a batch (it would be a state change)
+        history = await svc.context.store.read_stream(bank["id"])
+        requested = {
+            ev.data["transaction_id"]
+            for ev in history
+            if ev.type in ("CompartmentOpeningRequested", "ConfigApplyRequested")
+        }
+        sent = {ev.data["transaction_id"] for ev in history if ev.type == "CommandDispatched"}
+        return bool(requested) and requested <= sent
+
+    await eventually(dispatched, within=WAIT)
     return Target(bank["id"], opened.json()["transaction_id"], tenant, agent["agent_id"])
 
 
@@ -501,8 +515,10 @@ async def run_mqtt_fuzz(
 
             await eventually(counted, within=WAIT)
             await trio.testing.wait_all_tasks_blocked(cushion=0.05)
-            assert delta() == expected, [what for _, _, what in batch]
-            assert await observed(svc, target) == before, [what for _, _, what in batch]
+            shown = [(topic, payload[:300], what) for topic, payload, what in batch]
+            assert delta() == expected, (delta(), expected, shown)
+            after = await observed(svc, target)
+            assert after == before, (before, after, shown)
             status = svc.context.fleet.banks[target.bank_id]
             assert (status.restarts, status.supervision) == (0, "running")
             assert status.presence == "online"

@@ -141,6 +141,9 @@ class Kill9Report:
     duplicated: list[str] = field(default_factory=list)  # more than one outcome
     stuck: list[str] = field(default_factory=list)  # still pending at the end
     answered_but_timeout: list[str] = field(default_factory=list)
+    #: of those, the ones whose answer did arrive, after the timeout (LateAnswerReceived); the
+    #: others' answers were lost
+    late_answers: int = 0
     duplicate_commands: int = 0  # the same command delivered to the device again
 
     def as_json(self) -> dict[str, Any]:
@@ -157,6 +160,7 @@ class Kill9Report:
             "duplicated_terminal_events": len(self.duplicated),
             "stuck_pending": len(self.stuck),
             "answered_but_timeout": len(self.answered_but_timeout),
+            "of_which_late_answers": self.late_answers,
             "duplicate_commands_delivered": self.duplicate_commands,
         }
 
@@ -316,6 +320,8 @@ async def kill9_under_opens(
     report.answered_but_timeout = [
         tx for tx in answered if outcome_events.get(tx, [None])[0] == "CommandTimedOut"
     ]
+    late = {e["data"]["transaction_id"] for e in events if e["type"] == "LateAnswerReceived"}
+    report.late_answers = sum(1 for tx in report.answered_but_timeout if tx in late)
     report.duplicate_commands = sum(n - 1 for n in deliveries.values() if n > 1)
     return report
 
