@@ -44,6 +44,7 @@ if str(REPO) not in sys.path:
 import httpx  # noqa: E402
 import trio  # noqa: E402
 
+from lockerd.logging import configure_logging  # noqa: E402
 from tests.faults.conftest import settings_for  # noqa: E402
 from tests.faults.fuzzing import run_http_fuzz, run_mqtt_fuzz  # noqa: E402
 from tests.faults.scenarios import (  # noqa: E402
@@ -276,7 +277,9 @@ def main() -> int:
     parser.add_argument("--only", default=",".join(PARTS), help=f"parts: {','.join(PARTS)}")
     parser.add_argument("--stores", default=None, help="sqlite,postgresql (default: what is set)")
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON")
+    parser.add_argument("--log-level", default="error", help="of the in-process lockerd")
     args = parser.parse_args()
+    configure_logging("console", args.log_level)  # stdout is for the Markdown section
     parts = [p for p in args.only.split(",") if p]
     if unknown := set(parts) - set(PARTS):
         parser.error(f"unknown parts: {', '.join(sorted(unknown))}")
