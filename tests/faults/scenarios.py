@@ -249,7 +249,15 @@ async def kill9_under_opens(
                     await dev.heartbeat(retain=False)
                     await trio.sleep(0.5)  # the device's own pace
 
+            load_done = trio.Event()
+
             async def open_load() -> None:
+                try:
+                    await opens()
+                finally:
+                    load_done.set()
+
+            async def opens() -> None:
                 turn = 0
                 while not running.is_set():
                     compartment = ids[turn % len(ids)]
@@ -285,6 +293,9 @@ async def kill9_under_opens(
                         progress(f"kill -9 {round_ + 1}/{restarts}: {len(accepted)} accepted")
                 await trio.sleep(seconds_between_kills)
                 running.set()
+                # the open in flight must be answered first: one recorded after the history
+                # was found settled would look stuck
+                await load_done.wait()
 
                 # everything settles: every accepted open gets its outcome within the timeout
                 async def settled() -> bool:
