@@ -227,7 +227,7 @@ async def running_service(
                     )
                 except (DuplicateNode, LinkLost) as exc:
                     raise StartupError(str(exc)) from None
-                listeners.insert(0, cluster.feed.note_local)
+                listeners = cluster.local_listeners()
 
             async with trio.open_nursery() as nursery:
                 dispatcher = Dispatcher(MqttOutbox(mqtt), metrics)

@@ -60,6 +60,8 @@ CHANNEL_FLEET: Final = "lockerd_fleet"
 HEARTBEAT_SECONDS: Final = 1.0
 #: Base of this node's lock key; shard locks use the shard number (0..SHARD_COUNT-1).
 NODE_KEY_BASE: Final = 1_000_000
+#: Key of the transaction lock that serialises creating the table (below every node key).
+DDL_KEY: Final = NODE_KEY_BASE - 1
 
 _TABLE_DDL: Final = """
 CREATE TABLE IF NOT EXISTS cluster_nodes (
@@ -282,7 +284,7 @@ class ClusterLink:
             self.namespace = namespace_for(str(schema[0] if schema else "public"))
             with conn.transaction():
                 conn.execute(
-                    "SELECT pg_advisory_xact_lock(%s, 0)", (self.namespace,)
+                    "SELECT pg_advisory_xact_lock(%s, %s)", (self.namespace, DDL_KEY)
                 )  # CREATE TABLE IF NOT EXISTS races without it
                 conn.execute(cast(Any, _TABLE_DDL))
             row = conn.execute(
@@ -339,7 +341,7 @@ class ClusterLink:
             if key == node_keys.get(node_id):
                 live[node_id] = url
         for node_id, _, key in rows:
-            if key < NODE_KEY_BASE and node_id in live:
+            if key < DDL_KEY and node_id in live:
                 holders[int(key)] = node_id
         return ClusterView(live, holders)
 

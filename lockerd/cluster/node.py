@@ -38,6 +38,7 @@ from actors.ports import StoredEventListener
 from actors.registry import BankRegistry
 from domain import commands as c
 from domain.keys import Keyring
+from domain.records import StoredEvent
 from lockerd.cluster.feed import EventFeed
 from lockerd.cluster.fleetsync import FleetSync
 from lockerd.cluster.forwarding import Ownership, cluster_token
@@ -150,6 +151,7 @@ class ClusterNode:
         fleet_sync: FleetSync,
         notes: trio.MemoryReceiveChannel[tuple[str, str]],
         known_banks: Callable[[], Sequence[str]],
+        base_listeners: Sequence[StoredEventListener],
     ) -> None:
         self.node_id = node_id
         self.link = link
@@ -160,10 +162,25 @@ class ClusterNode:
         #: the banks known to this node (the directory's ``banks``)
         self.known_banks = known_banks
         self._runner: _Runner | None = None
+        self._base_listeners = list(base_listeners)
 
     @property
     def token(self) -> str:
         return self.ownership.token
+
+    def follow(self, bank_id: str, events: Sequence[StoredEvent]) -> None:
+        """A stored-event listener (local appends and the feed): a bank created in a shard
+        this node holds is subscribed to at once (and started, if created elsewhere)."""
+        runner = self._runner
+        if runner is None or not self.ownership.is_local(bank_id):
+            return
+        if any(event.type == "LockerBankCreated" for event in events):
+            runner.subscriptions.want([bank_id])
+            runner.registry.start([bank_id])
+
+    def local_listeners(self) -> list[StoredEventListener]:
+        """What the bank actors of this node call, around the application's listeners."""
+        return [self.feed.note_local, *self._base_listeners, self.follow]
 
     async def run(self, registry: BankRegistry, mqtt: MqttSubscriber) -> None:
         """Run the node until cancelled (a child of the service's root supervisor)."""
@@ -378,9 +395,8 @@ async def open_cluster(start: ClusterStart) -> AsyncIterator[ClusterNode]:
         async def announce() -> None:
             await link.notify(CHANNEL_EVENTS, start.node_id)
 
-        feed = EventFeed(
-            start.store, start.listeners, announce, after_position=start.after_position
-        )
+        feed_listeners = list(start.listeners)
+        feed = EventFeed(start.store, feed_listeners, announce, after_position=start.after_position)
         ownership = Ownership(
             start.node_id, http, cluster_token(start.keyring), feed, dropped=start.dropped
         )
@@ -389,17 +405,20 @@ async def open_cluster(start: ClusterStart) -> AsyncIterator[ClusterNode]:
             await link.notify(CHANNEL_FLEET, payload)
 
         fleet_sync = FleetSync(start.node_id, start.fleet, ownership.is_local, send_fleet)
+        node = ClusterNode(
+            start.node_id,
+            link,
+            ownership,
+            feed,
+            fleet_sync,
+            notes_receive,
+            start.known_banks,
+            start.listeners,
+        )
+        feed_listeners.append(node.follow)
         await link.start()
         try:
-            yield ClusterNode(
-                start.node_id,
-                link,
-                ownership,
-                feed,
-                fleet_sync,
-                notes_receive,
-                start.known_banks,
-            )
+            yield node
         finally:
             with trio.CancelScope(shield=True):
                 await link.stop()

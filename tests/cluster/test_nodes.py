@@ -1,0 +1,197 @@
+"""Two or three nodes in one test process, on one PostgreSQL schema and one broker.
+
+In-process nodes (``running_service``) let the tests look inside each node (which shards it
+holds, which actors run) and await events instead of polling a subprocess; the kill -9 test
+with real ``lockerd serve`` processes is in ``test_failover.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+
+from lockerd.cluster.shards import SHARD_COUNT, shard_of
+from lockerd.wiring import Service
+from tests.cluster.conftest import needs_postgres
+from tests.cluster.simulator import BankSet
+from tests.support.mosquitto import MosquittoBroker
+from tests.support.service import RunningLockerd, eventually, lockerd, test_settings
+
+pytestmark = needs_postgres
+
+
+def node_settings(broker: MosquittoBroker, database: str, node_id: str) -> Any:
+    return test_settings(
+        broker.url,
+        Path("unused.db"),
+        LOCKERD_DATABASE=database,
+        LOCKERD_NODE_ID=node_id,
+        LOCKERD_COMMAND_TIMEOUT="5",
+    )
+
+
+def cluster_of(svc: RunningLockerd) -> Any:
+    cluster = svc.context.cluster
+    assert cluster is not None, "with PostgreSQL every node runs the cluster layer"
+    return cluster
+
+
+def held(svc: RunningLockerd) -> set[int]:
+    return set(cluster_of(svc).ownership.held)
+
+
+async def balanced(*nodes: RunningLockerd) -> None:
+    """Wait until the nodes hold every shard between them, each a share, none twice."""
+
+    async def check() -> bool:
+        shares = [held(node) for node in nodes]
+        union = set().union(*shares)
+        return len(union) == SHARD_COUNT == sum(map(len, shares)) and all(shares)
+
+    await eventually(check, within=20.0)
+
+
+@asynccontextmanager
+async def nodes(broker: MosquittoBroker, database: str, *names: str) -> AsyncIterator[Any]:
+    async with AsyncExitStack() as stack:
+        running = [
+            await stack.enter_async_context(lockerd(node_settings(broker, database, name)))
+            for name in names
+        ]
+        yield running
+
+
+async def create_banks(svc: RunningLockerd, count: int) -> list[dict[str, Any]]:
+    return [
+        await svc.create_bank(compartments=2, name=f"Bank {n}", heartbeat_interval_seconds=5)
+        for n in range(count)
+    ]
+
+
+def actors(svc: Service) -> set[str]:
+    return {b for b, entry in svc.registry.entries.items() if not entry.stopping}
+
+
+async def test_two_nodes_split_the_shards_and_serve_every_bank(
+    mosquitto: MosquittoBroker, cluster_database: str
+) -> None:
+    async with nodes(mosquitto, cluster_database, "node-a", "node-b") as (a, b):
+        await balanced(a, b)
+        assert held(a).isdisjoint(held(b))
+        banks = await create_banks(a, 12)  # created through node a, wherever they live
+        ids = {bank["id"] for bank in banks}
+        for bank_id in ids:
+            owner = a if shard_of(bank_id) in held(a) else b
+            assert bank_id in actors(owner.context)
+        assert actors(a.context) | actors(b.context) == ids
+        assert not actors(a.context) & actors(b.context)
+
+        # node b learns every bank through the event feed (the directory), and both answer
+        # every bank's routes
+        async def b_knows_all() -> bool:
+            return ids <= set(b.context.directory.banks)
+
+        await eventually(b_knows_all)
+        for node in (a, b):
+            health = (await node.http.get("/healthz")).json()
+            assert health["node"] == node.context.settings.node_id
+            assert health["banks"] == len(actors(node.context))
+            for bank_id in ids:
+                got = await node.admin_get(f"/api/admin/locker-banks/{bank_id}")
+                assert got.status_code == 200, got.text
+
+
+async def test_devices_opens_and_dashboards_across_nodes(
+    mosquitto: MosquittoBroker, cluster_database: str
+) -> None:
+    async with nodes(mosquitto, cluster_database, "node-a", "node-b") as (a, b):
+        await balanced(a, b)
+        banks = await create_banks(b, 6)
+        ids = [bank["id"] for bank in banks]
+        simulator = BankSet(mosquitto.host, mosquitto.port, ids, interval=1.0)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(simulator.run)
+
+            # every node's view (fleet sync) sees every bank online, whoever owns it
+            async def all_online_everywhere() -> bool:
+                return all(
+                    node.context.fleet.banks.get(i) is not None
+                    and node.context.fleet.banks[i].presence == "online"
+                    for node in (a, b)
+                    for i in ids
+                )
+
+            await eventually(all_online_everywhere, within=20.0)
+            # admin opens through either node; each command reaches the device once
+            opened: list[str] = []
+            for n, bank in enumerate(banks):
+                via = (a, b)[n % 2]
+                compartment = bank["compartments"][0]["id"]
+                response = await via.admin_post(
+                    f"/api/admin/compartments/{compartment}/open", {"reason": "test"}
+                )
+                if response.status_code == 404:  # no admin open on this branch: use a user
+                    response = await user_open(via, compartment)
+                assert response.status_code == 202, response.text
+                opened.append(response.json()["transaction_id"])
+
+            async def all_done() -> bool:
+                for n, tx in enumerate(opened):
+                    view = await (a, b)[(n + 1) % 2].admin_get(f"/api/transactions/{tx}")
+                    if view.status_code != 200 or view.json()["status"] != "success":
+                        return False
+                return True
+
+            await eventually(all_done, within=20.0)
+            assert not simulator.duplicates
+            assert all(simulator.received[tx] == 1 for tx in opened)
+            nursery.cancel_scope.cancel()
+
+
+_USERS: dict[str, str] = {}
+
+
+async def user_open(via: RunningLockerd, compartment_id: str) -> httpx.Response:
+    """Open as a user with a grant (the admin open is another branch's route)."""
+    token = _USERS.get(via.base_url)
+    if token is None:
+        email = f"user-{len(_USERS)}@example.org"
+        created = await via.admin_post(
+            "/api/admin/users", {"email": email, "password": "pw-123456789", "name": "U"}
+        )
+        assert created.status_code == 201, created.text
+        _USERS[f"id:{via.base_url}"] = created.json()["id"]
+        login = await via.http.post("/api/login", json={"email": email, "password": "pw-123456789"})
+        assert login.status_code == 200, login.text
+        token = _USERS[via.base_url] = login.json()["token"]
+    granted = await via.admin_post(
+        f"/api/admin/compartments/{compartment_id}/grants",
+        {"user_id": _USERS[f"id:{via.base_url}"]},
+    )
+    assert granted.status_code == 201, granted.text
+    return await via.http.post(
+        f"/api/compartments/{compartment_id}/open", headers={"Authorization": f"Bearer {token}"}
+    )
+
+
+async def test_graceful_stop_hands_every_bank_over_at_once(
+    mosquitto: MosquittoBroker, cluster_database: str
+) -> None:
+    async with lockerd(node_settings(mosquitto, cluster_database, "node-a")) as a:
+        async with lockerd(node_settings(mosquitto, cluster_database, "node-b")) as b:
+            await balanced(a, b)
+            banks = await create_banks(a, 10)
+            ids = {bank["id"] for bank in banks}
+            assert actors(b.context)  # some banks live on b (10 banks over 2 nodes)
+        # b has stopped: by the time its stop returned, a had been told and took over
+        async def a_owns_all() -> bool:
+            return len(held(a)) == SHARD_COUNT and actors(a.context) == ids
+
+        await eventually(a_owns_all, within=15.0)
+        health = (await a.http.get("/healthz")).json()
+        assert health["banks"] == len(ids)
