@@ -57,13 +57,19 @@ from lockerd.brokerauth import routes as brokerauth_routes
 from lockerd.brokerauth.checks import BrokerAuth
 from lockerd.cluster import routes as cluster_routes
 from lockerd.cluster.link import DuplicateNode, LinkLost
-from lockerd.cluster.node import ClusterNode, ClusterStart, log_end, open_cluster
+from lockerd.cluster.node import (
+    ClusterNode,
+    ClusterStart,
+    log_end,
+    open_cluster,
+    take_startup_turn,
+)
 from lockerd.config import Settings
 from lockerd.dashboard import routes as dashboard_routes
 from lockerd.dashboard.hub import DashboardMetrics, StatusHub
 from lockerd.http import ops
 from lockerd.http.app import LockerdApp, create_app
-from lockerd.keystore import load_keyring
+from lockerd.keystore import KEY_TABLE_DDL, load_keyring
 from lockerd.metrics import Metrics
 from lockerd.telemetry import routes as telemetry_routes
 from lockerd.telemetry import schema as telemetry_schema
@@ -105,6 +111,13 @@ def create_plain_tables(tx: SqlTx) -> None:
     queries.create_plain_tables(tx)
     user_tables.create_tables(tx)
     telemetry_schema.create_tables(tx)
+
+
+def create_plain_tables_in_turn(tx: SqlTx) -> None:
+    """:func:`create_plain_tables` when several nodes may start at once (PostgreSQL)."""
+    take_startup_turn(tx)
+    tx.execute(KEY_TABLE_DDL)
+    create_plain_tables(tx)
 
 
 def bind_http(settings: Settings) -> socket.socket:
@@ -188,7 +201,7 @@ async def running_service(
     clustered = is_clustered(settings)
     try:
         async with open_store(settings.database, PROJECTIONS) as store, AsyncExitStack() as stack:
-            await store.write(create_plain_tables)
+            await store.write(create_plain_tables_in_turn if clustered else create_plain_tables)
             keyring = await load_keyring(store, settings.secret_key)
             # read before the directory: the cluster's event feed starts here (never misses)
             log_position = await store.read(log_end) if clustered else 0
@@ -306,7 +319,8 @@ async def running_service(
                 root = Supervisor(nursery, name="root", policy=RestartPolicy(), escalate=True)
                 root.start_child("dispatcher", dispatcher.run)
                 root.start_child("timers", timers.run)
-                root.start_child("last-seen", lambda: flush_last_seen(store, fleet))
+                owned = None if cluster is None else cluster.ownership.is_local
+                root.start_child("last-seen", lambda: flush_last_seen(store, fleet, owned))
                 root.start_child("metrics-pipeline", pipeline.run)
                 if cluster is not None:
                     node = cluster

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Callable
-from typing import Final
+from typing import Final, Protocol
 
 import httpx
 import structlog
@@ -54,6 +54,14 @@ STALE_WHEN_LATE = (c.RecordHeartbeat, c.RecordLastWill)
 def cluster_token(keyring: Keyring) -> str:
     """The bearer token nodes use among themselves (the same on every node of one database)."""
     return keyring.hash("cluster-internal", "forward")
+
+
+class LocalInbox(Protocol):
+    """This node's bank registry, for messages whose bank has become local meanwhile."""
+
+    async def tell(
+        self, bank_id: str, command: c.BankCommand, *, kind: str | None = None
+    ) -> None: ...
 
 
 class Ownership:
@@ -171,12 +179,18 @@ class Ownership:
         if self._dropped is not None:
             self._dropped(kind, reason)
 
-    async def forward_tells(self) -> None:
-        """Deliver queued device messages to their owners, one at a time, in order."""
+    async def forward_tells(self, local: LocalInbox) -> None:
+        """Deliver queued device messages to their owners, one at a time, in order; to
+        ``local`` (the registry) when this node has become the owner meanwhile."""
         async for bank_id, command, kind in self._tells_receive:
             try:
                 with trio.fail_after(10.0):
+                    if self.is_local(bank_id):
+                        await local.tell(bank_id, command, kind=kind)
+                        continue
                     await self._tell_once(bank_id, command, kind)
+            except BankCameHere:
+                await local.tell(bank_id, command, kind=kind)
             except (trio.TooSlowError, BankUnavailable, UnknownBank) as exc:
                 self._drop(kind, "forward_failed")
                 log.warning("forward_failed", bank_id=bank_id, kind=kind, error=repr(exc))
@@ -188,7 +202,7 @@ class Ownership:
             url = None if owner is None or owner == self.node_id else self.view.live.get(owner)
             if url is None:
                 if self.is_local(bank_id):
-                    raise BankUnavailable("the bank came back here; the message is stale")
+                    raise BankCameHere(bank_id)
                 await self._look_again()
                 continue
             try:

@@ -191,7 +191,7 @@ class ClusterNode:
             nursery.start_soon(self._notifications, runner)
             nursery.start_soon(self.feed.run)
             nursery.start_soon(self.fleet_sync.run)
-            nursery.start_soon(self.ownership.forward_tells)
+            nursery.start_soon(self.ownership.forward_tells, registry)
             await runner.balance_forever()
 
     async def _notifications(self, runner: _Runner) -> None:
@@ -422,6 +422,16 @@ async def open_cluster(start: ClusterStart) -> AsyncIterator[ClusterNode]:
         finally:
             with trio.CancelScope(shield=True):
                 await link.stop()
+
+
+def take_startup_turn(tx: Any) -> None:
+    """Make nodes that start at the same moment create their plain tables one at a time.
+
+    ``CREATE TABLE IF NOT EXISTS`` races in PostgreSQL (both see no table, one fails on the
+    catalog's unique index); a transaction-level advisory lock per schema serialises them. Run
+    it first inside the ``Tables.write`` function that creates the tables.
+    """
+    tx.query("SELECT pg_advisory_xact_lock(hashtext('lockerd.startup:' || current_schema()))")
 
 
 def log_end(tx: Any) -> int:

@@ -92,7 +92,5 @@ class BankSet:
             answer["applied_config_hash"] = config_hash(
                 data["compartments"], data["heartbeat_interval_seconds"]
             )
-        await self.client.publish(
-            f"locker/{bank_id}/response", json.dumps(answer).encode(), qos=1
-        )
+        await self.client.publish(f"locker/{bank_id}/response", json.dumps(answer).encode(), qos=1)
         self.answered += 1

@@ -188,6 +188,7 @@ async def test_graceful_stop_hands_every_bank_over_at_once(
             banks = await create_banks(a, 10)
             ids = {bank["id"] for bank in banks}
             assert actors(b.context)  # some banks live on b (10 banks over 2 nodes)
+
         # b has stopped: by the time its stop returned, a had been told and took over
         async def a_owns_all() -> bool:
             return len(held(a)) == SHARD_COUNT and actors(a.context) == ids
