@@ -36,6 +36,9 @@ class BankSet:
         self._heartbeats_sent = 0
         self._boot = trio.current_time()
         self.beating = True
+        #: every ``server/status`` payload seen, in order (retained replay first)
+        self.server_status: list[str] = []
+        self.server_status_changed = trio.Event()
 
     @property
     def duplicates(self) -> list[str]:
@@ -43,7 +46,7 @@ class BankSet:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with running(self.client), trio.open_nursery() as nursery:
-            await self.client.subscribe([("locker/+/command", 1)])
+            await self.client.subscribe([("locker/+/command", 1), ("server/status", 1)])
             nursery.start_soon(self._answer_commands)
             task_status.started()
             await self._heartbeat_forever()
@@ -74,6 +77,11 @@ class BankSet:
                 nursery.start_soon(self._answer, message)
 
     async def _answer(self, message: InboundMessage) -> None:
+        if message.topic == "server/status":
+            self.server_status.append(json.loads(message.payload)["status"])
+            self.server_status_changed.set()
+            self.server_status_changed = trio.Event()
+            return
         bank_id = message.topic.split("/")[1]
         command = json.loads(message.payload)
         transaction_id = command["transaction_id"]

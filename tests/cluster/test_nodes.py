@@ -196,3 +196,30 @@ async def test_graceful_stop_hands_every_bank_over_at_once(
         await eventually(a_owns_all, within=15.0)
         health = (await a.http.get("/healthz")).json()
         assert health["banks"] == len(ids)
+
+
+async def test_server_status_stays_online_while_any_node_is(
+    mosquitto: MosquittoBroker, cluster_database: str
+) -> None:
+    async with lockerd(node_settings(mosquitto, cluster_database, "node-a")) as a:
+        observer = BankSet(mosquitto.host, mosquitto.port, [], interval=3600.0)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(observer.run)
+            async with lockerd(node_settings(mosquitto, cluster_database, "node-b")) as b:
+                await balanced(a, b)
+            # node-b said "offline" on its way out (contract §1); node-a, still up, answers
+            # with "online" at once: the retained status is online while any node is
+            with trio.fail_after(10):
+                while "offline" not in observer.server_status or observer.server_status[-1] != (
+                    "online"
+                ):
+                    await observer.server_status_changed.wait()
+            nursery.cancel_scope.cancel()
+        late = BankSet(mosquitto.host, mosquitto.port, [], interval=3600.0)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(late.run)
+            with trio.fail_after(10):
+                while not late.server_status:
+                    await late.server_status_changed.wait()
+            assert late.server_status == ["online"]  # the retained value
+            nursery.cancel_scope.cancel()
