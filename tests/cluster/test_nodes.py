@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
+import structlog
+import structlog.testing
 import trio
 
 from lockerd.cluster.shards import SHARD_COUNT, shard_of
@@ -223,3 +226,32 @@ async def test_server_status_stays_online_while_any_node_is(
                     await late.server_status_changed.wait()
             assert late.server_status == ["online"]  # the retained value
             nursery.cancel_scope.cancel()
+
+
+async def test_a_node_that_loses_its_cluster_connection_stops_its_actors_and_rejoins(
+    mosquitto: MosquittoBroker, cluster_database: str
+) -> None:
+    async with nodes(mosquitto, cluster_database, "node-a", "node-b") as (a, b):
+        await balanced(a, b)
+        banks = await create_banks(a, 8)
+        before = dict(a.context.registry.entries)
+        assert before, "node a runs some of the 8 banks"
+        link = cluster_of(a).link
+        with structlog.testing.capture_logs() as logs:
+            # the server ends node a's cluster session (as it would on a dead network)
+            with psycopg.connect(cluster_database, autocommit=True) as conn:
+                conn.execute("SELECT pg_terminate_backend(%s)", (link.backend_pid,))
+
+            async def lost_and_back() -> bool:
+                events = [entry["event"] for entry in logs]
+                return "cluster_link_lost" in events and "cluster_link_restored" in events
+
+            await eventually(lost_and_back, within=20.0)
+            await balanced(a, b)
+        # every actor that ran on a was stopped when the locks went; the ones running now are
+        # new incarnations started after the locks were taken again
+        after = a.context.registry.entries
+        assert all(entry.stopping for entry in before.values())
+        assert not any(after.get(bank_id) is entry for bank_id, entry in before.items())
+        ids = {bank["id"] for bank in banks}
+        assert actors(a.context) | actors(b.context) == ids
