@@ -91,7 +91,9 @@ class BankSubscriptions:
     def __init__(self, mqtt: MqttSubscriber, maybe_subscribed: set[str]) -> None:
         self._mqtt = mqtt
         self.wanted: set[str] = set()
-        self.subscribed: set[str] = set(maybe_subscribed)
+        self.subscribed: set[str] = set()
+        #: banks an earlier life of this session may still be subscribed to
+        self._stale = set(maybe_subscribed)
         self._linger_until: dict[str, float] = {}
         self._wake = trio.Event()
         self._progress = trio.Event()
@@ -110,6 +112,11 @@ class BankSubscriptions:
         self._wake.set()
 
     async def run(self) -> None:
+        stale = sorted(self._stale)
+        for start in range(0, len(stale), FILTERS_PER_PACKET // 4):
+            chunk = stale[start : start + FILTERS_PER_PACKET // 4]
+            await self._mqtt.unsubscribe([f for b in chunk for f in bank_filters(b)])
+        self._stale.clear()
         while True:
             now = trio.current_time()
             adding = sorted(self.wanted - self.subscribed)

@@ -2,8 +2,15 @@
 
 Commands are the domain's dataclasses, sent as ``{"type": <class name>, "data": {...}}``
 (msgspec encodes and strictly converts them back, datetimes as RFC 3339); an outcome carries
-the bank's state as a snapshot (``domain.snapshot``), the events by stored type and data,
-the stored events with their positions, and a rejection's code and message.
+the bank's state, the events by stored type and data, the stored events with their
+positions, and a rejection's code and message.
+
+The state travels as a snapshot (``domain.snapshot``) plus its live presence, *trimmed* to
+what an answer can be about: the bank's own fields, compartments and grants, its pending
+transactions and those the outcome's events touch. The deduplication memory (finished
+transactions of the last 24 h, seen event ids, used QR nonces) stays with the owner: it can
+hold thousands of entries, and shipping it with every forwarded request would cost more than
+the request itself.
 """
 
 from __future__ import annotations
@@ -13,12 +20,14 @@ from datetime import datetime
 from typing import Any, cast
 
 import msgspec
+from pyrsistent import pmap
 
 from actors.bank import Outcome
 from domain import commands as c
 from domain import events as e
 from domain.records import StoredEvent
 from domain.snapshot import decode_snapshot, encode_snapshot
+from domain.state import BankState
 
 _COMMANDS: dict[str, type[Any]] = {cls.__name__: cls for cls in c.BankCommand.__args__}
 
@@ -44,8 +53,16 @@ class StoredWire(msgspec.Struct):
     recorded_at: datetime
 
 
+class PresenceWire(msgspec.Struct):
+    presence: str
+    last_seen: datetime | None
+    session_id: str | None
+    uptime_seconds: int | None
+
+
 class OutcomeWire(msgspec.Struct):
     state: msgspec.Raw
+    presence: PresenceWire
     events: list[tuple[str, dict[str, Any]]]
     stored: list[StoredWire]
     rejected: tuple[str, str] | None = None
@@ -88,11 +105,28 @@ def decode_ask(body: bytes) -> AskBody:
         raise WireError(str(exc)) from None
 
 
+def trimmed(state: BankState, events: tuple[e.Event, ...]) -> BankState:
+    """``state`` without the deduplication memory (see the module docstring)."""
+    touched = {getattr(event, "transaction_id", None) for event in events}
+    transactions = {
+        tx_id: tx
+        for tx_id, tx in state.transactions.items()
+        if tx.status == "pending" or tx_id in touched
+    }
+    return dataclasses.replace(
+        state, transactions=pmap(transactions), seen_event_ids=pmap(), used_qr_nonces=pmap()
+    )
+
+
 def encode_outcome(outcome: Outcome) -> bytes:
     rejected = outcome.rejected
+    state = outcome.state
     return msgspec.json.encode(
         OutcomeWire(
-            state=msgspec.Raw(encode_snapshot(outcome.state)),
+            state=msgspec.Raw(encode_snapshot(trimmed(state, outcome.events))),
+            presence=PresenceWire(
+                state.presence, state.last_seen, state.session_id, state.uptime_seconds
+            ),
             events=[(e.event_type(ev), e.event_data(ev)) for ev in outcome.events],
             stored=[
                 StoredWire(s.position, s.stream_id, s.version, s.type, dict(s.data), s.recorded_at)
@@ -105,10 +139,17 @@ def encode_outcome(outcome: Outcome) -> bytes:
 
 
 def decode_outcome(body: bytes) -> Outcome:
-    """The outcome in ``body``; the state keeps what a snapshot keeps (no live presence)."""
+    """The outcome in ``body``; its state is trimmed (see the module docstring)."""
     try:
         wire = msgspec.json.decode(body, type=OutcomeWire)
-        state = decode_snapshot(bytes(wire.state))
+        live = wire.presence
+        state = dataclasses.replace(
+            decode_snapshot(bytes(wire.state)),
+            presence=live.presence,  # type: ignore[arg-type]
+            last_seen=live.last_seen,
+            session_id=live.session_id,
+            uptime_seconds=live.uptime_seconds,
+        )
         events = tuple(e.event_from_stored(name, data) for name, data in wire.events)
     except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
         raise WireError(f"unreadable outcome: {exc}") from None

@@ -123,7 +123,17 @@ async def test_three_nodes_survive_a_kill_a_return_and_a_graceful_stop(
             nodes[2].start()
             await nodes[2].wait_healthy(http)
             await until(three_shares, 30.0)
-            await trio.sleep(2.0)
+
+            async def returned_node_gets_heartbeats() -> bool:
+                # its banks' topics are subscribed again (not just its shards locked)
+                text = (await http.get(nodes[2].base_url + "/metrics")).text
+                line = 'lockerd_inbound_messages_total{kind="state",outcome="processed"}'
+                return any(
+                    row.startswith(line) and float(row.split()[-1]) > 0 for row in text.splitlines()
+                )
+
+            await until(returned_node_gets_heartbeats, 15.0)
+            await trio.sleep(1.0)
 
             # 3. a graceful stop hands every bank over at once and exits 0
             stopping = trio.current_time()

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from pyrsistent import pmap
 
 from actors.bank import Outcome
 from actors.fleet import FleetView
@@ -23,7 +24,7 @@ from actors.registry import MOVED, BankCameHere, BankUnavailable
 from domain import commands as c
 from domain import events as e
 from domain.records import NewEvent, StoredEvent
-from domain.state import BankState
+from domain.state import BankState, Transaction
 from lockerd.cluster.feed import EventFeed
 from lockerd.cluster.fleetsync import MAX_PAYLOAD, FleetSync, apply_status, encode_batches
 from lockerd.cluster.shards import SHARD_COUNT, desired_owner, desired_shards, shard_of
@@ -140,12 +141,24 @@ def test_a_body_that_is_not_an_ask_is_a_wire_error() -> None:
 
 def test_outcomes_survive_the_wire() -> None:
     moment = datetime(2026, 3, 1, 12, tzinfo=UTC)
-    state = dataclasses.replace(BankState(), version=7, name="Bank")
+    old = Transaction("tx-old", "open_compartment", "success", moment, moment, 1)
+    state = dataclasses.replace(
+        BankState(),
+        version=7,
+        name="Bank",
+        presence="online",
+        last_seen=moment,
+        transactions=pmap({"tx-old": old}),
+        seen_event_ids=pmap({"ev-1": moment}),
+    )
     stored = StoredEvent(41, BANK, 7, "CompartmentOpened", {"transaction_id": "tx"}, moment)
     event = e.CommandDispatched(transaction_id="tx", dispatched_at=moment)
     outcome = Outcome(state, (event,), (stored,), c.CommandRejected("conflict", "busy"))
     back = decode_outcome(encode_outcome(outcome))
     assert back.state.version == 7 and back.state.name == "Bank"
+    assert (back.state.presence, back.state.last_seen) == ("online", moment)
+    # the deduplication memory stays with the owner (it can be large)
+    assert dict(back.state.transactions) == {} and dict(back.state.seen_event_ids) == {}
     assert back.events == (event,)
     assert back.stored == (stored,)
     assert back.rejected is not None
