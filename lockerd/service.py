@@ -143,6 +143,15 @@ def http_url(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
+def advertised_url(sock: socket.socket) -> str:
+    """The URL other nodes reach this one at: the bound address, or, when bound to every
+    address (``0.0.0.0``, ``::``), this host's name (a container's name under compose)."""
+    host, port = sock.getsockname()[:2]
+    if host in ("0.0.0.0", "::"):
+        return f"http://{socket.gethostname()}:{port}"
+    return http_url(sock)
+
+
 async def serve_http(
     app: LockerdApp,
     sock: socket.socket,
@@ -224,7 +233,7 @@ async def running_service(
                             ClusterStart(
                                 database_url=settings.database,
                                 node_id=settings.node_id,
-                                http_url=http_url(listener),
+                                http_url=advertised_url(listener),
                                 store=store,
                                 keyring=keyring,
                                 listeners=list(listeners),
