@@ -267,6 +267,8 @@ def test_the_proxy_balances_every_node_and_keeps_streams_open() -> None:
     assert "option httpchk GET /healthz" in lines
     assert "http-check expect rstatus ^(200|503)$" in lines
     assert "option forwardfor" in lines and "option redispatch" in lines
+    # the nodes' internal route is for the nodes only (they call each other directly)
+    assert "http-request deny deny_status 404 if { path_beg /internal/ }" in lines
 
 
 def test_bind_mounts_exist_and_the_entrypoint_is_the_generator() -> None:

@@ -4,8 +4,13 @@
 (:func:`lockerd.cluster.forwarding.cluster_token`) and a body from
 :func:`lockerd.cluster.wire.encode_ask`. The bank must be owned here: this route never forwards
 again (409 ``not_owner`` instead: the asker looks at the ownership view again), so two nodes
-with different views cannot bounce a request between them. Without a cluster (SQLite) it is a
-404 for everyone.
+with different views cannot bounce a request between them. Without a cluster (SQLite), and for
+anyone without the token, it is a 403.
+
+Nodes call each other directly, at the URLs in ``cluster_nodes``, never through the public
+proxy, which refuses ``/internal/`` (docker/haproxy/haproxy.cfg). The body can carry a freshly
+issued device password (a provisioning reply is sent by the bank's owner): keep the nodes'
+network private.
 """
 
 from __future__ import annotations
