@@ -132,6 +132,7 @@ async def test_devices_opens_and_dashboards_across_nodes(
             await eventually(all_online_everywhere, within=20.0)
             # admin opens through either node; each command reaches the device once
             opened: list[str] = []
+            users: dict[str, str] = {}
             for n, bank in enumerate(banks):
                 via = (a, b)[n % 2]
                 compartment = bank["compartments"][0]["id"]
@@ -139,7 +140,7 @@ async def test_devices_opens_and_dashboards_across_nodes(
                     f"/api/admin/compartments/{compartment}/open", {"reason": "test"}
                 )
                 if response.status_code == 404:  # no admin open on this branch: use a user
-                    response = await user_open(via, compartment)
+                    response = await user_open(via, compartment, users)
                 assert response.status_code == 202, response.text
                 opened.append(response.json()["transaction_id"])
 
@@ -156,25 +157,24 @@ async def test_devices_opens_and_dashboards_across_nodes(
             nursery.cancel_scope.cancel()
 
 
-_USERS: dict[str, str] = {}
-
-
-async def user_open(via: RunningLockerd, compartment_id: str) -> httpx.Response:
-    """Open as a user with a grant (the admin open is another branch's route)."""
-    token = _USERS.get(via.base_url)
+async def user_open(
+    via: RunningLockerd, compartment_id: str, users: dict[str, str]
+) -> httpx.Response:
+    """Open as a user with a grant (``users`` remembers the test's user per node)."""
+    token = users.get(via.base_url)
     if token is None:
-        email = f"user-{len(_USERS)}@example.org"
+        email = f"user-{len(users)}@example.org"
         created = await via.admin_post(
             "/api/admin/users", {"email": email, "password": "pw-123456789", "name": "U"}
         )
         assert created.status_code == 201, created.text
-        _USERS[f"id:{via.base_url}"] = created.json()["id"]
+        users[f"id:{via.base_url}"] = created.json()["id"]
         login = await via.http.post("/api/login", json={"email": email, "password": "pw-123456789"})
         assert login.status_code == 200, login.text
-        token = _USERS[via.base_url] = login.json()["token"]
+        token = users[via.base_url] = login.json()["token"]
     granted = await via.admin_post(
         f"/api/admin/compartments/{compartment_id}/grants",
-        {"user_id": _USERS[f"id:{via.base_url}"]},
+        {"user_id": users[f"id:{via.base_url}"]},
     )
     assert granted.status_code == 201, granted.text
     return await via.http.post(
