@@ -149,6 +149,14 @@ class Gateway:
                         topics.SERVER_STATUS, outbound.server_status(False), qos=1, retain=True
                     )
 
+    def announce_online(self) -> None:
+        """Publish the retained ``online`` again (soon, from the gateway's own task).
+
+        With several nodes, a node that has taken banks over calls it: devices beat at once on
+        ``online``, so their new owner sees them without waiting for their next heartbeat.
+        """
+        self._online_wanted.set()
+
     def _connection_changed(self, connected: bool) -> None:
         self.observer.mqtt_connection(connected)
         if connected:

@@ -224,6 +224,10 @@ async def running_service(
             await sessions.hasher.prepare()
             mqtt = MqttClient(mqtt_settings(settings))
             shutdown = trio.Event()
+            # Stored-event listeners that keep an in-memory view every node needs (read models)
+            # go in ``listeners``: with a cluster they also get the events appended by other
+            # nodes (the event feed). A reaction that must run once per event (a side effect)
+            # must not: add it to BankServices.listeners below, where the bank's actor runs.
             listeners: list[StoredEventListener] = [directory.follow]
             cluster: ClusterNode | None = None
             if clustered:
@@ -330,7 +334,10 @@ async def running_service(
                 root.start_child("metrics-pipeline", pipeline.run)
                 if cluster is not None:
                     node = cluster
-                    root.start_child("cluster", lambda: node.run(registry, mqtt))
+                    root.start_child(
+                        "cluster",
+                        lambda: node.run(registry, mqtt, announce_online=gateway.announce_online),
+                    )
                 for bank_id in start.banks_with_pending_commands:
                     # wake every bank with a pending command now: its actor resumes its
                     # outbox (publishes what was recorded but never sent) and schedules

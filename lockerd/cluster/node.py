@@ -88,8 +88,14 @@ class BankSubscriptions:
     and is unsubscribed unless owned.
     """
 
-    def __init__(self, mqtt: MqttSubscriber, maybe_subscribed: set[str]) -> None:
+    def __init__(
+        self,
+        mqtt: MqttSubscriber,
+        maybe_subscribed: set[str],
+        on_subscribed: Callable[[], None] | None = None,
+    ) -> None:
         self._mqtt = mqtt
+        self._on_subscribed = on_subscribed
         self.wanted: set[str] = set()
         self.subscribed: set[str] = set()
         #: banks an earlier life of this session may still be subscribed to
@@ -127,6 +133,8 @@ class BankSubscriptions:
                 chunk = adding[start : start + FILTERS_PER_PACKET // 4]
                 await self._mqtt.subscribe([(f, 1) for b in chunk for f in bank_filters(b)])
                 self.subscribed.update(chunk)
+            if adding and self._on_subscribed is not None:
+                self._on_subscribed()
             for start in range(0, len(removing), FILTERS_PER_PACKET // 4):
                 chunk = removing[start : start + FILTERS_PER_PACKET // 4]
                 await self._mqtt.unsubscribe([f for b in chunk for f in bank_filters(b)])
@@ -189,9 +197,22 @@ class ClusterNode:
         """What the bank actors of this node call, around the application's listeners."""
         return [self.feed.note_local, *self._base_listeners, self.follow]
 
-    async def run(self, registry: BankRegistry, mqtt: MqttSubscriber) -> None:
-        """Run the node until cancelled (a child of the service's root supervisor)."""
-        runner = _Runner(self, registry, BankSubscriptions(mqtt, set(self.known_banks())))
+    async def run(
+        self,
+        registry: BankRegistry,
+        mqtt: MqttSubscriber,
+        *,
+        announce_online: Callable[[], None] | None = None,
+    ) -> None:
+        """Run the node until cancelled (a child of the service's root supervisor).
+
+        ``announce_online`` (the gateway's) is called once banks taken over are subscribed:
+        devices beat at once on ``server/status`` online (docs/firmware.md), so the banks of a
+        node that died are online again at their new owner within a round trip instead of
+        after their next heartbeat interval.
+        """
+        subscriptions = BankSubscriptions(mqtt, set(self.known_banks()), announce_online)
+        runner = _Runner(self, registry, subscriptions)
         self._runner = runner
         async with trio.open_nursery() as nursery:
             nursery.start_soon(runner.subscriptions.run)

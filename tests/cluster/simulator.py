@@ -1,7 +1,7 @@
 """A lean simulator of many locker banks on one MQTT connection, for the cluster tests.
 
 One :class:`BankSet` plays every bank of a test: heartbeats for all of them at a fixed
-interval, an answer to every command (``success``; ``apply_config`` with the hash it computes
+interval and at once when ``server/status`` says online, an answer to every command (``success``; ``apply_config`` with the hash it computes
 itself), and a log of every command received by transaction id, so a test can check that no
 command was ever published twice, whichever node published it.
 """
@@ -78,9 +78,12 @@ class BankSet:
 
     async def _answer(self, message: InboundMessage) -> None:
         if message.topic == "server/status":
-            self.server_status.append(json.loads(message.payload)["status"])
+            status = json.loads(message.payload)["status"]
+            self.server_status.append(status)
             self.server_status_changed.set()
             self.server_status_changed = trio.Event()
+            if status == "online" and self.beating:
+                await self.beat_all()  # as firmware does (docs/firmware.md §5)
             return
         bank_id = message.topic.split("/")[1]
         command = json.loads(message.payload)

@@ -103,8 +103,8 @@ async def test_three_nodes_survive_a_kill_a_return_and_a_graceful_stop(
             admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
             async def all_online() -> bool:
-                # node-2's view of every bank, most of them owned elsewhere (fleet sync)
-                url = nodes[1].base_url + "/api/admin/locker-banks"
+                # node-1's view of every bank, most of them owned elsewhere (fleet sync)
+                url = nodes[0].base_url + "/api/admin/locker-banks"
                 listed = await http.get(url, headers=admin)
                 return sum(1 for b in listed.json() if b.get("presence") == "online") == BANKS
 
@@ -117,7 +117,9 @@ async def test_three_nodes_survive_a_kill_a_return_and_a_graceful_stop(
             # 1. kill -9 one node: the others own its banks again within 15 s
             nodes[2].kill()
             took_kill = await until(watch.owned_by_live_nodes, TAKEOVER_LIMIT)
-            await trio.sleep(2.0)
+            # and its banks are live at their new owners (subscribed, heartbeats applied)
+            await until(all_online, TAKEOVER_LIMIT)
+            await trio.sleep(1.0)
 
             # 2. it comes back: it gets its share again (the others hand shards over)
             nodes[2].start()
