@@ -100,6 +100,7 @@ class BankSubscriptions:
         self.subscribed: set[str] = set()
         #: banks an earlier life of this session may still be subscribed to
         self._stale = set(maybe_subscribed)
+        self._stale_ready = trio.Event()
         self._linger_until: dict[str, float] = {}
         self._wake = trio.Event()
         self._progress = trio.Event()
@@ -117,13 +118,21 @@ class BankSubscriptions:
             self._linger_until[bank_id] = until
         self._wake.set()
 
+    def first_share_taken(self) -> None:
+        """The node has taken its first share: subscriptions of an earlier life that it does
+        not want any more can go (the ones it wants are kept: no gap at start-up)."""
+        self._stale_ready.set()
+        self._wake.set()
+
     async def run(self) -> None:
-        stale = sorted(self._stale)
-        for start in range(0, len(stale), FILTERS_PER_PACKET // 4):
-            chunk = stale[start : start + FILTERS_PER_PACKET // 4]
-            await self._mqtt.unsubscribe([f for b in chunk for f in bank_filters(b)])
-        self._stale.clear()
         while True:
+            self._wake = trio.Event()  # a change from now on wakes the wait below
+            if self._stale_ready.is_set() and self._stale:
+                stale = sorted(self._stale - self.wanted)
+                self._stale.clear()
+                for start in range(0, len(stale), FILTERS_PER_PACKET // 4):
+                    chunk = stale[start : start + FILTERS_PER_PACKET // 4]
+                    await self._mqtt.unsubscribe([f for b in chunk for f in bank_filters(b)])
             now = trio.current_time()
             adding = sorted(self.wanted - self.subscribed)
             removing = sorted(
@@ -144,7 +153,6 @@ class BankSubscriptions:
             pending = [t for b, t in self._linger_until.items() if b in self.subscribed]
             self._progress.set()
             self._progress = trio.Event()
-            self._wake = trio.Event()
             with trio.move_on_at(min(pending, default=now + 3600.0)):
                 await self._wake.wait()
 
@@ -272,6 +280,7 @@ class _Runner:
                 async with self._lock:
                     if not self.leaving:
                         await self.balance()
+                        self.subscriptions.first_share_taken()
                 failures = 0
             except LinkLost as exc:
                 failures += 1
@@ -367,17 +376,23 @@ class _Runner:
             self._forward(left)
             log.info("cluster_left", node=self.node.node_id, shards=len(held))
             # keep the subscriptions until the others hold the shards (what arrives meanwhile
-            # is forwarded), then drop them so the broker stops queueing for this session
+            # is forwarded), then drop them so the broker stops queueing for this session.
+            # The last node keeps them: the broker queues for its session until it is back,
+            # as it does for a single node.
+            others = True
             with trio.move_on_after(HANDOVER_WAIT_SECONDS), contextlib.suppress(LinkLost):
                 while True:
                     view = await self.node.link.view()
                     self.ownership.update(view)
-                    if all(view.holders.get(s) not in (None, self.node.node_id) for s in held):
+                    others = bool(set(view.live) - {self.node.node_id})
+                    taken = all(view.holders.get(s) not in (None, self.node.node_id) for s in held)
+                    if not others or taken:
                         break
                     await trio.sleep(0.05)
-            self.subscriptions.unwant(banks, 0.0)
-            with trio.move_on_after(2.0):
-                await self.subscriptions.unsubscribed(banks)
+            if others:
+                self.subscriptions.unwant(banks, 0.0)
+                with trio.move_on_after(2.0):
+                    await self.subscriptions.unsubscribed(banks)
 
 
 @dataclass(frozen=True, slots=True)

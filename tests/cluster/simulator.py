@@ -1,9 +1,10 @@
 """A lean simulator of many locker banks on one MQTT connection, for the cluster tests.
 
 One :class:`BankSet` plays every bank of a test: heartbeats for all of them at a fixed
-interval and at once when ``server/status`` says online, an answer to every command (``success``; ``apply_config`` with the hash it computes
-itself), and a log of every command received by transaction id, so a test can check that no
-command was ever published twice, whichever node published it.
+interval and at once when ``server/status`` says online, an answer to every command
+(``success``; ``apply_config`` with the hash it computes itself), and a log of every command
+received by transaction id, so a test can check that no command was ever published twice,
+whichever node published it.
 """
 
 from __future__ import annotations
