@@ -27,6 +27,7 @@ from domain.records import NewEvent, StoredEvent
 from domain.state import BankState, Transaction
 from lockerd.cluster.feed import EventFeed
 from lockerd.cluster.fleetsync import MAX_PAYLOAD, FleetSync, apply_status, encode_batches
+from lockerd.cluster.node import BankSubscriptions, bank_filters
 from lockerd.cluster.shards import SHARD_COUNT, desired_owner, desired_shards, shard_of
 from lockerd.cluster.wire import (
     WireError,
@@ -376,3 +377,47 @@ async def test_with_several_nodes_a_crash_after_recording_ends_in_timeout_never_
         await trio.testing.wait_all_tasks_blocked()
         # the restarted (or taken-over) actor never publishes what may have gone out already
         assert w.publisher.commands("tx-1") == []
+
+
+# ---------------------------------------------------------------------------------- MQTT
+
+
+class FakeMqtt:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, frozenset[str]]] = []
+
+    async def subscribe(self, filters: Sequence[tuple[str, int]]) -> None:
+        self.calls.append(("subscribe", frozenset(f for f, _ in filters)))
+
+    async def unsubscribe(self, filters: Sequence[str]) -> None:
+        self.calls.append(("unsubscribe", frozenset(filters)))
+
+
+async def test_bank_subscriptions_follow_ownership_with_a_linger_and_no_start_up_gap(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    mqtt = FakeMqtt()
+    announced: list[float] = []
+    subscriptions = BankSubscriptions(
+        mqtt, {"kept", "gone"}, lambda: announced.append(trio.current_time())
+    )
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(subscriptions.run)
+        subscriptions.want(["kept", "new"])
+        await trio.testing.wait_all_tasks_blocked()
+        assert mqtt.calls == [("subscribe", frozenset(bank_filters("kept") + bank_filters("new")))]
+        assert len(announced) == 1  # devices are told to beat once their topics are ours
+        # an earlier life's subscriptions go only after the first share, and only unwanted ones
+        subscriptions.first_share_taken()
+        await trio.testing.wait_all_tasks_blocked()
+        assert mqtt.calls[-1] == ("unsubscribe", frozenset(bank_filters("gone")))
+        # a released bank keeps its topics for the linger time, then loses them
+        released_at = trio.current_time()
+        subscriptions.unwant(["new"], 3.0)
+        await trio.testing.wait_all_tasks_blocked()
+        assert "new" in subscriptions.subscribed
+        await subscriptions.unsubscribed(["new"])
+        assert trio.current_time() - released_at >= 3.0
+        assert mqtt.calls[-1] == ("unsubscribe", frozenset(bank_filters("new")))
+        assert subscriptions.subscribed == {"kept"}
+        nursery.cancel_scope.cancel()
