@@ -17,11 +17,14 @@ import psycopg
 import structlog
 import structlog.testing
 import trio
+from trio_websocket import open_websocket_url
 
 from lockerd.cluster.shards import SHARD_COUNT, shard_of
 from lockerd.wiring import Service
 from tests.cluster.conftest import needs_postgres
 from tests.cluster.simulator import BankSet
+from tests.lockerd.dashboard.test_status_ws import next_bank_update, receive_json, ws_url
+from tests.lockerd.test_service import heartbeat, publish
 from tests.support.mosquitto import MosquittoBroker
 from tests.support.service import RunningLockerd, eventually, lockerd, test_settings
 
@@ -255,3 +258,22 @@ async def test_a_node_that_loses_its_cluster_connection_stops_its_actors_and_rej
         assert not any(after.get(bank_id) is entry for bank_id, entry in before.items())
         ids = {bank["id"] for bank in banks}
         assert actors(a.context) | actors(b.context) == ids
+
+
+async def test_the_status_websocket_of_either_node_follows_every_bank(
+    mosquitto: MosquittoBroker, cluster_database: str
+) -> None:
+    async with nodes(mosquitto, cluster_database, "node-a", "node-b") as (a, b):
+        await balanced(a, b)
+        banks = await create_banks(a, 6)
+        ids = [bank["id"] for bank in banks]
+        on_b = [i for i in ids if shard_of(i) in held(b)]
+        on_a = [i for i in ids if shard_of(i) in held(a)]
+        assert on_a and on_b, "6 banks over 2 nodes: both have some (fixed ids would be flaky)"
+        for via, elsewhere in ((a, on_b[0]), (b, on_a[0])):
+            async with open_websocket_url(ws_url(via)) as ws:
+                snapshot = await receive_json(ws)
+                assert {bank["id"] for bank in snapshot["banks"]} >= set(ids)
+                publish(mosquitto, f"locker/{elsewhere}/state", heartbeat())
+                online = await next_bank_update(ws, elsewhere, lambda b: b["presence"] == "online")
+                assert online["last_seen"] is not None
