@@ -14,12 +14,14 @@ from typing import Any
 
 import httpx
 import psycopg
+import pytest
 import structlog
 import structlog.testing
 import trio
 from trio_websocket import open_websocket_url
 
 from lockerd.cluster.shards import SHARD_COUNT, shard_of
+from lockerd.service import StartupError
 from lockerd.wiring import Service
 from tests.cluster.conftest import needs_postgres
 from tests.cluster.simulator import BankSet
@@ -277,3 +279,14 @@ async def test_the_status_websocket_of_either_node_follows_every_bank(
                 publish(mosquitto, f"locker/{elsewhere}/state", heartbeat())
                 online = await next_bank_update(ws, elsewhere, lambda b: b["presence"] == "online")
                 assert online["last_seen"] is not None
+
+
+async def test_a_second_node_with_the_same_id_stops_at_start_up_with_one_line(
+    mosquitto: MosquittoBroker, cluster_database: str
+) -> None:
+    async with lockerd(node_settings(mosquitto, cluster_database, "node-a")) as a:
+        await balanced(a)
+        with pytest.raises(StartupError, match="LOCKERD_NODE_ID: a node named 'node-a'"):
+            async with lockerd(node_settings(mosquitto, cluster_database, "node-a")):
+                pass  # pragma: no cover - never reached
+        assert len(held(a)) == SHARD_COUNT  # the first one is untouched
