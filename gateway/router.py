@@ -182,6 +182,8 @@ class Gateway:
         as ``internal_error``, so it cannot take the broker connection down with it.
         """
         if self.keep_server_online and message.topic == topics.SERVER_STATUS:
+            # not a device message, but counted like every message (kind unknown)
+            self.observer.message_dropped("unknown", "server_status")
             if message.payload != outbound.server_status(True):
                 self._online_wanted.set()  # another node went away; we are still here
             return

@@ -10,7 +10,7 @@ see the change as for a local bank.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any, Final
 
@@ -80,6 +80,15 @@ class FleetSync:
         self.fleet = fleet
         self.is_local = is_local
         self._send = send
+
+    def bank_created(self, bank_id: str, data: Mapping[str, Any]) -> None:
+        """A bank created on another node (the event feed): list it with its name now."""
+        if bank_id in self.fleet.banks:
+            return
+        status = self.fleet.status(bank_id, str(data.get("name", "")))
+        location = data.get("location")
+        status.location = None if location is None else str(location)
+        self.fleet.changed(bank_id)
 
     def received(self, payload: str) -> None:
         """A NOTIFY from another node (ours are ignored): apply every bank it owns."""

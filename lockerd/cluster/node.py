@@ -193,11 +193,18 @@ class ClusterNode:
 
     def follow(self, bank_id: str, events: Sequence[StoredEvent]) -> None:
         """A stored-event listener (local appends and the feed): a bank created in a shard
-        this node holds is subscribed to at once (and started, if created elsewhere)."""
-        runner = self._runner
-        if runner is None or not self.ownership.is_local(bank_id):
+        this node holds is subscribed to at once (and started, if created elsewhere); one
+        created elsewhere appears in this node's fleet view."""
+        created = [event for event in events if event.type == "LockerBankCreated"]
+        if not created:
             return
-        if any(event.type == "LockerBankCreated" for event in events):
+        if not self.ownership.is_local(bank_id):
+            # shown at once in this node's fleet view (dashboards), before its owner's first
+            # live status arrives
+            self.fleet_sync.bank_created(bank_id, created[0].data)
+            return
+        runner = self._runner
+        if runner is not None:
             runner.subscriptions.want([bank_id])
             runner.registry.start([bank_id])
 

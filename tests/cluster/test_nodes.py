@@ -74,11 +74,27 @@ async def nodes(broker: MosquittoBroker, database: str, *names: str) -> AsyncIte
         yield running
 
 
-async def create_banks(svc: RunningLockerd, count: int) -> list[dict[str, Any]]:
-    return [
-        await svc.create_bank(compartments=2, name=f"Bank {n}", heartbeat_interval_seconds=5)
-        for n in range(count)
-    ]
+async def create_banks(
+    svc: RunningLockerd, count: int, *, spread_over: tuple[RunningLockerd, ...] = ()
+) -> list[dict[str, Any]]:
+    """``count`` banks created through ``svc``; more (at most 40) until every node of
+    ``spread_over`` owns at least one (bank ids are random, so a small fleet can land on one
+    node)."""
+    banks: list[dict[str, Any]] = []
+
+    def spread() -> bool:
+        return all(
+            any(shard_of(bank["id"]) in held(node) for bank in banks) for node in spread_over
+        )
+
+    while len(banks) < count or (not spread() and len(banks) < 40):
+        banks.append(
+            await svc.create_bank(
+                compartments=2, name=f"Bank {len(banks)}", heartbeat_interval_seconds=5
+            )
+        )
+    assert spread(), "40 random banks all landed on one node"
+    return banks
 
 
 def actors(svc: Service) -> set[str]:
@@ -91,7 +107,7 @@ async def test_two_nodes_split_the_shards_and_serve_every_bank(
     async with nodes(mosquitto, cluster_database, "node-a", "node-b") as (a, b):
         await balanced(a, b)
         assert held(a).isdisjoint(held(b))
-        banks = await create_banks(a, 12)  # created through node a, wherever they live
+        banks = await create_banks(a, 12, spread_over=(a, b))  # through a, wherever they live
         ids = {bank["id"] for bank in banks}
         for bank_id in ids:
             owner = a if shard_of(bank_id) in held(a) else b
@@ -119,7 +135,7 @@ async def test_devices_opens_and_dashboards_across_nodes(
 ) -> None:
     async with nodes(mosquitto, cluster_database, "node-a", "node-b") as (a, b):
         await balanced(a, b)
-        banks = await create_banks(b, 6)
+        banks = await create_banks(b, 6, spread_over=(a, b))
         ids = [bank["id"] for bank in banks]
         simulator = BankSet(mosquitto.host, mosquitto.port, ids, interval=1.0)
         async with trio.open_nursery() as nursery:
@@ -193,7 +209,7 @@ async def test_graceful_stop_hands_every_bank_over_at_once(
     async with lockerd(node_settings(mosquitto, cluster_database, "node-a")) as a:
         async with lockerd(node_settings(mosquitto, cluster_database, "node-b")) as b:
             await balanced(a, b)
-            banks = await create_banks(a, 10)
+            banks = await create_banks(a, 10, spread_over=(a, b))
             ids = {bank["id"] for bank in banks}
             assert actors(b.context)  # some banks live on b (10 banks over 2 nodes)
 
@@ -238,7 +254,7 @@ async def test_a_node_that_loses_its_cluster_connection_stops_its_actors_and_rej
 ) -> None:
     async with nodes(mosquitto, cluster_database, "node-a", "node-b") as (a, b):
         await balanced(a, b)
-        banks = await create_banks(a, 8)
+        banks = await create_banks(a, 8, spread_over=(a, b))
         before = dict(a.context.registry.entries)
         assert before, "node a runs some of the 8 banks"
         link = cluster_of(a).link
@@ -267,11 +283,15 @@ async def test_the_status_websocket_of_either_node_follows_every_bank(
 ) -> None:
     async with nodes(mosquitto, cluster_database, "node-a", "node-b") as (a, b):
         await balanced(a, b)
-        banks = await create_banks(a, 6)
+        banks = await create_banks(a, 6, spread_over=(a, b))
         ids = [bank["id"] for bank in banks]
         on_b = [i for i in ids if shard_of(i) in held(b)]
         on_a = [i for i in ids if shard_of(i) in held(a)]
-        assert on_a and on_b, "6 banks over 2 nodes: both have some (fixed ids would be flaky)"
+
+        async def listed_everywhere() -> bool:  # node b hears of a's banks through the feed
+            return all(set(ids) <= set(node.context.fleet.banks) for node in (a, b))
+
+        await eventually(listed_everywhere)
         for via, elsewhere in ((a, on_b[0]), (b, on_a[0])):
             async with open_websocket_url(ws_url(via)) as ws:
                 snapshot = await receive_json(ws)
