@@ -421,3 +421,29 @@ async def test_bank_subscriptions_follow_ownership_with_a_linger_and_no_start_up
         assert mqtt.calls[-1] == ("unsubscribe", frozenset(bank_filters("new")))
         assert subscriptions.subscribed == {"kept"}
         nursery.cancel_scope.cancel()
+
+
+# ---------------------------------------------------------------------------------- gateway
+
+
+async def test_a_clustered_gateway_answers_offline_on_server_status_with_online() -> None:
+    from gateway import topics
+    from gateway.mqtt import InboundMessage
+    from tests.gateway.test_router import make_router
+
+    router = make_router()
+    gateway = router.gateway
+    gateway.keep_server_online = True
+    assert dict(topics.CLUSTER_SUBSCRIPTIONS) == {
+        "$share/lockerd/locker/register/+": 1,
+        "$share/lockerd/metrics/#": 1,
+        "server/status": 1,
+    }
+    await gateway.route(InboundMessage("server/status", b'{"status":"online"}', 1, True))
+    assert not gateway._online_wanted.is_set()  # our own announcement (or a peer's): nothing
+    await gateway.route(InboundMessage("server/status", b'{"status":"offline"}', 1, False))
+    assert gateway._online_wanted.is_set()  # another node's will: say online again
+    assert router.inbox.calls == []
+    assert router.observer.dropped == {("unknown", "server_status"): 2}  # counted once each
+    gateway.announce_online()  # the cluster's hook after taking banks over
+    assert gateway._online_wanted.is_set()
