@@ -189,9 +189,8 @@ class BankRegistry:
                 except NotOwner:
                     continue  # it moved away between the two looks
                 if outcome.crashed == MOVED and placement is not None:
-                    await (
-                        trio.lowlevel.checkpoint()
-                    )  # the handover is under way; ask wherever it is now
+                    # the handover is under way: ask wherever the bank is now
+                    await trio.lowlevel.checkpoint()
                     continue
                 if outcome.crashed is not None:
                     raise BankUnavailable(f"bank {bank_id}: {outcome.crashed}")
