@@ -93,6 +93,13 @@ class BankServices:
     #: one of these (or ``ConcurrencyError``) crashes the actor; any other failure refuses the
     #: message alone (see the module doc)
     transient_store_errors: tuple[type[Exception], ...] = ()
+    #: More than one node: ``CommandDispatched`` is stored with the request, before the
+    #: publish, so an owner that takes over after a crash never publishes a command the dead
+    #: node may already have published (a crash in between ends in ``timeout``, never twice).
+    record_dispatch_first: bool = False
+    #: More than one node: a message being handled is finished even when the actor is stopped
+    #: (its bank moves to another node), so a handover never leaves an asker without an answer.
+    finish_in_flight: bool = False
 
 
 #: What a failed bank's deadlines-only incarnation still handles (internal messages only).
@@ -139,21 +146,22 @@ class BankActor:
             if self.deadlines_only and not _keeps_deadlines(envelope):
                 self.refuse_failed(envelope)
                 continue
-            try:
-                await self._handle(envelope)
-            except BaseException as exc:
-                self._answer(envelope, Outcome(self.state, crashed=repr(exc)))
-                if not isinstance(exc, trio.Cancelled):
-                    self.s.observer.message_dropped(envelope.kind, "actor_crashed")
-                    log.error(
-                        "message_dropped",
-                        bank_id=self.bank_id,
-                        kind=envelope.kind,
-                        reason="actor_crashed",
-                        command=type(envelope.command).__name__,
-                        error=repr(exc),
-                    )
-                raise
+            with trio.CancelScope(shield=self.s.finish_in_flight):
+                try:
+                    await self._handle(envelope)
+                except BaseException as exc:
+                    self._answer(envelope, Outcome(self.state, crashed=repr(exc)))
+                    if not isinstance(exc, trio.Cancelled):
+                        self.s.observer.message_dropped(envelope.kind, "actor_crashed")
+                        log.error(
+                            "message_dropped",
+                            bank_id=self.bank_id,
+                            kind=envelope.kind,
+                            reason="actor_crashed",
+                            command=type(envelope.command).__name__,
+                            error=repr(exc),
+                        )
+                    raise
 
     def refuse_failed(self, envelope: Envelope) -> None:
         """Answer and count a message that a failed bank does not handle."""
@@ -183,6 +191,9 @@ class BankActor:
         now = self.s.clock()
         for tx in self.state.pending():
             if not tx.dispatched and tx.expires_at > now:
+                if self.s.record_dispatch_first:
+                    # recorded before it goes out, as every command is with several nodes
+                    await self._handle(Envelope(c.MarkDispatched(tx.transaction_id)))
                 await self._dispatch_command(tx.transaction_id, now)
 
     async def _handle(self, envelope: Envelope) -> None:
@@ -202,6 +213,8 @@ class BankActor:
                 )
             self._answer(envelope, Outcome(self.state, rejected=rejection))
             return
+        if self.s.record_dispatch_first:
+            decided = self._with_dispatch_records(decided, now)
         durable = [ev for ev in decided if e.is_durable(ev)]
         stored: list[StoredEvent] = []
         if durable:
@@ -255,6 +268,23 @@ class BankActor:
         )
         self._answer(envelope, Outcome(self.state, rejected=UNSTORABLE))
 
+    def _with_dispatch_records(self, decided: list[e.Event], now: datetime) -> list[e.Event]:
+        """``decided`` plus a ``CommandDispatched`` for every command it requests, so the
+        request and its dispatch record are appended in one transaction (no extra round trip
+        on the open path)."""
+        requested = [
+            ev.transaction_id
+            for ev in decided
+            if isinstance(ev, (e.CompartmentOpeningRequested, e.ConfigApplyRequested))
+        ]
+        if not requested:
+            return decided
+        interim = fold(self.state, decided)
+        records: list[e.Event] = []
+        for transaction_id in requested:
+            records += decide(interim, c.MarkDispatched(transaction_id), now)
+        return [*decided, *records]
+
     def _answer(self, envelope: Envelope, outcome: Outcome) -> None:
         if envelope.reply is not None:
             # the asker may have given up waiting
@@ -300,7 +330,7 @@ class BankActor:
             Delivery(
                 device_command(self.state, tx),
                 deadline=trio.current_time() + remaining,
-                on_sent=sent,
+                on_sent=None if self.s.record_dispatch_first else sent,
             )
         )
 
@@ -309,9 +339,7 @@ class BankActor:
 
         async def failed(reason: str) -> None:
             await mailbox.put(
-                Envelope(
-                    c.RecordProvisioningReplyFailed(event.client_id, event.mqtt_user, reason)
-                )
+                Envelope(c.RecordProvisioningReplyFailed(event.client_id, event.mqtt_user, reason))
             )
 
         await self.s.dispatcher.submit(

@@ -12,15 +12,21 @@ dashboard with the error that failed it, while the rest of the fleet carries on;
 deadlines still fire: a *deadlines-only* incarnation (see :mod:`actors.bank`) handles the
 timer's ticks, so its pending commands end ``timeout`` on time. :meth:`BankRegistry.restart`
 starts a failed bank's actor again with a fresh budget.
+
+With more than one node (a :class:`BankPlacement`), a bank owned elsewhere is asked there, and
+:meth:`BankRegistry.stop` hands this node's actors over when their banks move away.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import structlog
 import trio
+import trio.lowlevel
 
 from actors.bank import BankActor, BankServices, Envelope, Outcome
 from actors.mailbox import Mailbox, MailboxFull
@@ -49,11 +55,55 @@ class UnknownBank(Exception):
     pass
 
 
+class NotOwner(Exception):
+    """This node does not own the bank (more than one node): ask its owner."""
+
+
+class BankCameHere(Exception):
+    """Raised by a placement: while it looked for the bank's owner, this node became it."""
+
+
+#: ``Outcome.crashed`` of a message that was still queued when its bank's actor was handed
+#: over to another node: nothing of it was applied, and the registry sends it on to the owner.
+MOVED = "bank moved to another node"
+
+
+class BankPlacement(Protocol):
+    """Where banks live when there is more than one node (``lockerd.cluster``).
+
+    Without a placement every bank lives here. With one, a message for a bank this node does
+    not own is handed to :meth:`ask_remote` / :meth:`tell_remote`, which deliver it to the
+    owner; a timer tick for such a bank is dropped (its owner has its own timers).
+    """
+
+    def is_local(self, bank_id: str) -> bool: ...
+
+    async def ask_remote(
+        self,
+        bank_id: str,
+        command: c.BankCommand,
+        *,
+        kind: str | None,
+        secret: str | None,
+        allow_new: bool,
+    ) -> Outcome:
+        """The owner's outcome; raises UnknownBank, BankUnavailable or trio.TooSlowError."""
+        ...
+
+    async def tell_remote(self, bank_id: str, command: c.BankCommand, *, kind: str | None) -> None:
+        """Deliver to the owner without waiting for the outcome (dropped, counted, if stale)."""
+        ...
+
+
 @dataclass(slots=True)
 class BankEntry:
     bank_id: str
     mailbox: Mailbox[Envelope]
     child: ChildInfo | None = None
+    #: set when the actor is being stopped for good (its bank moves to another node)
+    stopping: bool = False
+    scope: trio.CancelScope | None = None
+    stopped: trio.Event = field(default_factory=trio.Event)
     #: the deadlines-only incarnation's scope while the bank is failed
     deadlines: trio.CancelScope | None = None
     deadlines_done: trio.Event | None = None
@@ -74,8 +124,10 @@ class BankRegistry:
         mailbox_capacity: int = 1000,
         policy: RestartPolicy = RestartPolicy(),
         ask_timeout: float = 10.0,
+        placement: BankPlacement | None = None,
     ) -> None:
         self.services = services
+        self.placement = placement
         self.catalog = catalog
         self.mailbox_capacity = mailbox_capacity
         self.ask_timeout = ask_timeout
@@ -108,9 +160,14 @@ class BankRegistry:
         services = self.services
         mailbox = entry.mailbox
         bank_id = entry.bank_id
+        entry.stopped = trio.Event()
 
         async def incarnation() -> None:
-            await BankActor(bank_id, mailbox, services).run()
+            if entry.stopping:
+                return
+            with trio.CancelScope() as scope:
+                entry.scope = scope
+                await BankActor(bank_id, mailbox, services).run()
 
         entry.child = self.supervisor.start_child(bank_id, incarnation)
 
@@ -141,6 +198,8 @@ class BankRegistry:
             self._nursery.start_soon(
                 self._keep_deadlines, entry, scope, done, name=f"deadlines:{child.name}"
             )
+        if child.status in ("failed", "stopped"):
+            entry.stopped.set()
         self._show_supervision(child)
 
     def _show_supervision(self, child: ChildInfo) -> None:
@@ -212,7 +271,7 @@ class BankRegistry:
             if not self.catalog.is_bank(bank_id):
                 raise UnknownBank(bank_id)
             return False
-        if not entry.failed or entry.restarting:
+        if not entry.failed or entry.restarting or entry.stopping:
             return False
         entry.restarting = True
         try:
@@ -239,34 +298,73 @@ class BankRegistry:
     ) -> Outcome:
         """Send a command and wait for its outcome; raises UnknownBank or BankUnavailable.
 
-        With ``allow_new`` (a ``CreateBank`` for a bank nobody knows yet) the actor is started
-        for the occasion and forgotten again if the bank does not exist afterwards.
+        A bank owned by another node is asked there (through the placement). With
+        ``allow_new`` (a ``CreateBank`` for a bank nobody knows yet) the actor is started for
+        the occasion and forgotten again if the bank does not exist afterwards.
         """
+        placement = self.placement
+        with trio.fail_after(self.ask_timeout):
+            while True:
+                if placement is not None and not placement.is_local(bank_id):
+                    try:
+                        return await placement.ask_remote(
+                            bank_id, command, kind=kind, secret=secret, allow_new=allow_new
+                        )
+                    except BankCameHere:
+                        continue
+                try:
+                    outcome = await self.ask_local(
+                        bank_id, command, kind=kind, secret=secret, allow_new=allow_new
+                    )
+                except NotOwner:
+                    continue  # it moved away between the two looks
+                if outcome.crashed == MOVED and placement is not None:
+                    # the handover is under way: ask wherever the bank is now
+                    await trio.lowlevel.checkpoint()
+                    continue
+                if outcome.crashed is not None:
+                    entry = self.entries.get(bank_id)
+                    if entry is not None and entry.failed:
+                        raise BankUnavailable(self._failed_message(entry))
+                    raise BankUnavailable(
+                        f"locker bank {bank_id} could not handle the request (its actor crashed"
+                        " and is restarting); nothing was changed, try again"
+                    )
+                return outcome
+
+    async def ask_local(
+        self,
+        bank_id: str,
+        command: c.BankCommand,
+        *,
+        kind: str | None = None,
+        secret: str | None = None,
+        allow_new: bool = False,
+    ) -> Outcome:
+        """Ask the actor on this node; raises :class:`NotOwner` for a bank owned elsewhere.
+
+        Unlike :meth:`ask`, a crashed outcome is returned, not raised (``MOVED`` included).
+        """
+        if self.placement is not None and not self.placement.is_local(bank_id):
+            raise NotOwner(bank_id)
         entry = self._entry(bank_id, allow_new=allow_new)
+        if entry.stopping:
+            return Outcome(BankState(), crashed=MOVED)
         if entry.failed:
             self.services.observer.message_dropped(kind, "bank_failed")
             raise BankUnavailable(self._failed_message(entry))
         send, receive = trio.open_memory_channel[Outcome](1)
+        outcome: Outcome | None = None
         try:
             with trio.fail_after(self.ask_timeout):
                 await entry.mailbox.put(Envelope(command, kind, send, secret))
                 outcome = await receive.receive()
-        except trio.TooSlowError:
-            if allow_new:
-                self._forget(bank_id)
-            raise
-        if allow_new:
-            if not outcome.state.exists:
-                self._forget(bank_id)
-            elif entry.child is not None:
-                self._show_supervision(entry.child)  # now that there is a bank to show
-        if outcome.crashed is not None:
-            if entry.failed:
-                raise BankUnavailable(self._failed_message(entry))
-            raise BankUnavailable(
-                f"locker bank {bank_id} could not handle the request (its actor crashed and"
-                " is restarting); nothing was changed, try again"
-            )
+        finally:
+            if allow_new and (outcome is None or outcome.crashed != MOVED):
+                if outcome is None or not outcome.state.exists:
+                    self._forget(bank_id)  # a creation that did not happen leaves nothing
+                elif entry.child is not None:
+                    self._show_supervision(entry.child)  # now that there is a bank to show
         return outcome
 
     @staticmethod
@@ -296,7 +394,14 @@ class BankRegistry:
 
     async def tell(self, bank_id: str, command: c.BankCommand, *, kind: str | None = None) -> None:
         """Send without waiting for the outcome; waits for mailbox room (backpressure)."""
+        placement = self.placement
+        if placement is not None and not placement.is_local(bank_id):
+            await placement.tell_remote(bank_id, command, kind=kind)
+            return
         entry = self._entry(bank_id)
+        if entry.stopping and placement is not None:
+            await placement.tell_remote(bank_id, command, kind=kind)
+            return
         if entry.failed:
             self.services.observer.message_dropped(kind, "bank_failed")
             return
@@ -305,14 +410,18 @@ class BankRegistry:
     def tell_nowait(self, bank_id: str, command: c.BankCommand) -> bool:
         """Queue an internal command without waiting; False if it was not delivered (the
         mailbox is full, or the bank has failed and the command is not a tick), True if it
-        was, or if there is no such bank (nothing to deliver to).
+        was, or if there is no such bank here (nothing to deliver to).
 
         A failed bank still gets its ticks: its deadlines-only incarnation fires them.
         """
+        if self.placement is not None and not self.placement.is_local(bank_id):
+            return True  # its owner's timers tick it there
         try:
             entry = self._entry(bank_id)
         except UnknownBank:
             return True  # nothing to deliver to
+        if entry.stopping:
+            return True
         if entry.failed and not isinstance(command, c.Tick):
             return False
         try:
@@ -323,3 +432,50 @@ class BankRegistry:
 
     def mailbox_total(self) -> int:
         return sum(entry.mailbox.depth for entry in self.entries.values())
+
+    def running_count(self) -> int:
+        """Bank actors on this node that have not been stopped (failed ones included)."""
+        return sum(1 for entry in self.entries.values() if not entry.stopping)
+
+    def start(self, bank_ids: Iterable[str]) -> None:
+        """Start the actors of known banks now rather than on their first message.
+
+        A node that takes banks over starts them at once, so that their deadlines (pending
+        commands' timeouts, presence) fire on time here.
+        """
+        for bank_id in bank_ids:
+            if self.catalog.is_bank(bank_id):
+                self._entry(bank_id)
+
+    async def stop(self, bank_ids: Iterable[str]) -> list[tuple[str, Envelope]]:
+        """Stop these banks' actors for good (their banks now live on another node).
+
+        The message being handled is finished first (the actor shields it when its services
+        ask for that); messages still queued are not handled here: asks are answered
+        :data:`MOVED` (the asker sends them on) and the rest is returned for the caller to
+        deliver to the new owner. Returns once every actor has ended.
+        """
+        entries = [self.entries[b] for b in bank_ids if b in self.entries]
+        left: list[tuple[str, Envelope]] = []
+        for entry in entries:
+            entry.stopping = True
+            if entry.scope is not None:
+                entry.scope.cancel()
+            if entry.deadlines is not None:
+                entry.deadlines.cancel()  # a failed bank's deadlines move with it
+        for entry in entries:
+            if entry.child is not None and entry.child.status not in ("failed", "stopped"):
+                await entry.stopped.wait()
+            if entry.deadlines_done is not None:
+                await entry.deadlines_done.wait()
+            while (envelope := entry.mailbox.get_nowait()) is not None:
+                if envelope.reply is not None:
+                    envelope.reply.send_nowait(Outcome(BankState(), crashed=MOVED))
+                else:
+                    left.append((entry.bank_id, envelope))
+            if self.entries.get(entry.bank_id) is entry:
+                del self.entries[entry.bank_id]
+            if entry.child is not None:
+                self.supervisor.children.pop(entry.bank_id, None)
+        self.services.observer.bank_actors_running(len(self.entries))
+        return left
