@@ -33,10 +33,13 @@ import trio
 from gateway.mqtt import open_mqtt_client
 from tests.support.device import Answer, TestDevice, client_settings, device, now_iso
 from tests.support.mosquitto import MosquittoBroker, free_port
-from tests.support.service import ADMIN_TOKEN, RunningLockerd, eventually
+from tests.support.service import RunningLockerd, eventually
 
 REPO = Path(__file__).resolve().parents[2]
-ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+#: the admin token of the ``lockerd serve`` processes started here, unlike any other test's: a
+#: request answered by some other lockerd that took the port while ours was down is refused
+SERVE_ADMIN_TOKEN = f"faults-{uuid.uuid4().hex}"
+ADMIN = {"Authorization": f"Bearer {SERVE_ADMIN_TOKEN}"}
 TERMINAL = ("CompartmentOpened", "CommandFailed", "CommandTimedOut")
 STATUS_OF = {"CompartmentOpened": "success", "CommandFailed": "error", "CommandTimedOut": "timeout"}
 
@@ -59,7 +62,7 @@ class ServeProcess:
             "LOCKERD_HTTP": f"127.0.0.1:{self.port}",
             "LOCKERD_MQTT_URL": broker.url,
             "LOCKERD_DATABASE": database_url,
-            "LOCKERD_ADMIN_TOKEN": ADMIN_TOKEN,
+            "LOCKERD_ADMIN_TOKEN": SERVE_ADMIN_TOKEN,
             "LOCKERD_SECRET_KEY": "faults-secret-key",
             "LOCKERD_MQTT_CLIENT_ID": f"lockerd-faults-{self.port}",
             "LOCKERD_LOG_LEVEL": "warning",
@@ -105,9 +108,11 @@ class ServeProcess:
                 raise AssertionError(f"lockerd serve exited:\n{self.log_tail()}")
             try:
                 response = await http.get(f"{self.url}/healthz", timeout=2.0)
+                # and it is ours: the port may have been taken by another test's lockerd
+                ours = await http.get(f"{self.url}/api/admin/tenants", headers=ADMIN, timeout=2.0)
             except httpx.TransportError:
                 return False
-            return response.status_code == 200
+            return response.status_code == 200 and ours.status_code == 200
 
         await eventually(healthy, within=within)
 
