@@ -55,7 +55,7 @@ from lockerd.brokerauth import routes as brokerauth_routes
 from lockerd.brokerauth.checks import BrokerAuth
 from lockerd.config import Settings
 from lockerd.dashboard import routes as dashboard_routes
-from lockerd.dashboard.hub import DashboardMetrics, StatusHub
+from lockerd.dashboard.hub import StatusHub, dashboard_metrics
 from lockerd.http import ops
 from lockerd.http.app import LockerdApp, create_app
 from lockerd.keystore import load_keyring
@@ -231,7 +231,7 @@ async def running_service(
                         fleet=fleet,
                         shutdown=shutdown,
                         clock=clock,
-                        metrics=DashboardMetrics.register(metrics.registry),
+                        metrics=dashboard_metrics(metrics.registry),
                     ),
                     broker_auth=BrokerAuth(
                         settings,
