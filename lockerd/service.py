@@ -46,9 +46,12 @@ from gateway import outbound, topics
 from gateway.mqtt import MqttClient, MqttSettings, Will, running
 from gateway.outbound import MqttOutbox
 from gateway.router import Gateway
+from lockerd.appstream import routes as appstream_routes
+from lockerd.appstream.stream import AppStreams, app_stream_metrics
 from lockerd.banks import queries
 from lockerd.banks import routes as bank_routes
 from lockerd.banks.directory import Directory
+from lockerd.banks.live import RECENT_TRANSACTIONS, LiveModel
 from lockerd.banks.liveness import fill_fleet, flush_last_seen
 from lockerd.banks.projections import PROJECTIONS
 from lockerd.brokerauth import routes as brokerauth_routes
@@ -58,6 +61,7 @@ from lockerd.dashboard import routes as dashboard_routes
 from lockerd.dashboard.hub import StatusHub, dashboard_metrics
 from lockerd.http import ops
 from lockerd.http.app import LockerdApp, create_app
+from lockerd.http.proxies import ASGIApp, behind_trusted_proxies
 from lockerd.keystore import load_keyring
 from lockerd.metrics import Metrics
 from lockerd.telemetry import routes as telemetry_routes
@@ -91,6 +95,7 @@ BLUEPRINTS = (
     telemetry_routes.blueprint,
     brokerauth_routes.blueprint,
     dashboard_routes.blueprint,
+    appstream_routes.blueprint,
 )
 
 
@@ -125,7 +130,7 @@ def http_url(sock: socket.socket) -> str:
 
 
 async def serve_http(
-    app: LockerdApp,
+    app: LockerdApp | ASGIApp,
     sock: socket.socket,
     *,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
@@ -175,14 +180,24 @@ async def running_service(
             directory.load(start)
             fleet = FleetView()
             fill_fleet(fleet, start)
+            live = LiveModel(fleet)
+            live.load(await store.read(queries.live_start(RECENT_TRANSACTIONS)))
             agents = AgentDirectory()
             await store.read(agents.load)
             next_seq = await store.read(telemetry_schema.max_seq) + 1
             metrics = Metrics()
-            sessions = SessionService(store, keyring, clock)
+            shutdown = trio.Event()
+            app_streams = AppStreams(
+                live=live,
+                shutdown=shutdown,
+                clock=clock,
+                metrics=app_stream_metrics(metrics.registry),
+            )
+            sessions = SessionService(
+                store, keyring, clock, on_sessions_ended=[app_streams.sessions_ended]
+            )
             await sessions.hasher.prepare()
             mqtt = MqttClient(mqtt_settings(settings))
-            shutdown = trio.Event()
 
             async with trio.open_nursery() as nursery:
                 dispatcher = Dispatcher(MqttOutbox(mqtt), metrics)
@@ -199,7 +214,7 @@ async def running_service(
                     timers=timers,
                     observer=metrics,
                     clock=clock,
-                    listeners=[directory.follow],
+                    listeners=[directory.follow, live.follow],
                 )
                 registry = BankRegistry(nursery, bank_services, directory)
                 pipeline = MetricsPipeline(store, agents, metrics, clock, next_seq=next_seq)
@@ -222,6 +237,7 @@ async def running_service(
                     keyring=keyring,
                     directory=directory,
                     fleet=fleet,
+                    live=live,
                     registry=registry,
                     metrics=metrics,
                     sessions=sessions,
@@ -233,6 +249,7 @@ async def running_service(
                         clock=clock,
                         metrics=dashboard_metrics(metrics.registry),
                     ),
+                    app_streams=app_streams,
                     broker_auth=BrokerAuth(
                         settings,
                         keyring,
@@ -251,16 +268,19 @@ async def running_service(
                 root.start_child("timers", timers.run)
                 root.start_child("last-seen", lambda: flush_last_seen(store, fleet))
                 root.start_child("metrics-pipeline", pipeline.run)
+                root.start_child("live-presence", live.watch_presence)
+                root.start_child("long-polls", lambda: live.release_waiters_on(shutdown))
                 for bank_id in start.banks_with_pending_commands:
                     # wake every bank with a pending command now: its actor resumes its
                     # outbox (publishes what was recorded but never sent) and schedules
                     # its own deadlines
                     timers.schedule(bank_id, clock())
-                await nursery.start(serve_http, create_app(service, blueprints), listener)
+                app = behind_trusted_proxies(
+                    create_app(service, blueprints), settings.trusted_proxies
+                )
+                await nursery.start(serve_http, app, listener)
                 async with running(mqtt), trio.open_nursery() as edge:
-                    Supervisor(edge, name="edge", escalate=True).start_child(
-                        "gateway", gateway.run
-                    )
+                    Supervisor(edge, name="edge", escalate=True).start_child("gateway", gateway.run)
                     log.info(
                         "lockerd_started",
                         http=service.http_url,
