@@ -18,7 +18,14 @@ from pyrsistent import PMap, pmap
 from domain import commands as c
 from domain import events as e
 from domain.config_hash import config_compartments, config_hash
-from domain.state import DEDUP_WINDOW, MAX_REMEMBERED, BankState, Compartment, Transaction
+from domain.state import (
+    DEDUP_WINDOW,
+    MAX_REMEMBERED,
+    BankState,
+    Compartment,
+    Transaction,
+    opens_the_door,
+)
 
 # A device that lost its provisioning reply may redeem the same token with the same client id
 # again within this window, until its issued credentials have been seen in use.
@@ -97,9 +104,7 @@ def _decide_now(state: BankState, command: c.BankCommand, now: datetime) -> list
             tx = state.transactions.get(command.transaction_id)
             if tx is None or tx.dispatched:
                 return []
-            return [
-                e.CommandDispatched(transaction_id=tx.transaction_id, dispatched_at=now)
-            ]
+            return [e.CommandDispatched(transaction_id=tx.transaction_id, dispatched_at=now)]
         case c.RecordAnswer():
             return _answer(state, command, now)
         case c.RecordHeartbeat():
@@ -397,31 +402,24 @@ def _door_event(state: BankState, command: c.RecordDeviceEvent, now: datetime) -
     if door not in ("open", "closed"):
         raise c.CommandRejected("invalid", "door state must be 'open' or 'closed'")
     result: list[e.Event] = [
-        e.DoorStateChanged(
-            compartment_number=number, state=door, at=now, event_id=command.event_id
-        )
+        e.DoorStateChanged(compartment_number=number, state=door, at=now, event_id=command.event_id)
     ]
     previous = state.compartments[number].door_state
     if door == "open" and previous != "open" and not _open_expected(state, number, now):
         result.append(
-            e.UncommandedDoorOpening(
-                compartment_number=number, at=now, event_id=command.event_id
-            )
+            e.UncommandedDoorOpening(compartment_number=number, at=now, event_id=command.event_id)
         )
     return result
 
 
 def _open_expected(state: BankState, number: int, now: datetime) -> bool:
-    """A door may open while its open command is pending or shortly after it succeeded."""
-    for tx in state.transactions.values():
-        if tx.action != "open_compartment" or tx.compartment_number != number:
-            continue
-        if tx.status == "pending":
-            return True
-        recently_done = tx.status in ("success", "timeout") and tx.completed_at is not None
-        if recently_done and now - tx.completed_at <= timedelta(minutes=2):  # type: ignore[operator]
-            return True
-    return False
+    """A door may open while its open command is pending or shortly after it succeeded (or
+    timed out: the door may have opened after all)."""
+    pending = state.pending_for(number)
+    if pending is not None and pending.action == "open_compartment":
+        return True
+    done = state.opens_done_at.get(number)
+    return done is not None and now - done <= timedelta(minutes=2)
 
 
 def _qr_scanned(state: BankState, command: c.RecordDeviceEvent, now: datetime) -> list[e.Event]:
@@ -552,13 +550,7 @@ def _apply(s: BankState, event: e.Event) -> BankState:
             if event.qr_nonce is not None:
                 used = _remember(used, event.qr_nonce, event.requested_at)
             return _seen(
-                replace(
-                    s,
-                    transactions=_prune(
-                        s.transactions.set(tx.transaction_id, tx), event.requested_at
-                    ),
-                    used_qr_nonces=used,
-                ),
+                replace(_put_tx(s, tx, prune_at=event.requested_at), used_qr_nonces=used),
                 event.event_id,
                 event.requested_at,
             )
@@ -573,9 +565,7 @@ def _apply(s: BankState, event: e.Event) -> BankState:
                 config_hash=event.config_hash,
             )
             return replace(
-                s,
-                transactions=_prune(s.transactions.set(tx.transaction_id, tx), event.requested_at),
-                config_hash=event.config_hash,
+                _put_tx(s, tx, prune_at=event.requested_at), config_hash=event.config_hash
             )
         case e.CommandDispatched():
             return _update_tx(s, event.transaction_id, dispatched=True)
@@ -649,7 +639,26 @@ def _update_tx(s: BankState, transaction_id: str, **changes: Any) -> BankState:
     tx = s.transactions.get(transaction_id)
     if tx is None:  # pruned long ago: nothing to update
         return s
-    return replace(s, transactions=s.transactions.set(transaction_id, replace(tx, **changes)))
+    return _put_tx(s, replace(tx, **changes))
+
+
+def _put_tx(s: BankState, tx: Transaction, *, prune_at: datetime | None = None) -> BankState:
+    """Remember ``tx`` and keep the derived indexes (``pending_ids``, ``opens_done_at``)."""
+    transactions = s.transactions.set(tx.transaction_id, tx)
+    if prune_at is not None and len(transactions) > MAX_REMEMBERED:
+        return replace(s, transactions=_prune(transactions, prune_at)).reindexed()
+    if tx.status == "pending":
+        pending = s.pending_ids.add(tx.transaction_id)
+    else:
+        pending = s.pending_ids.discard(tx.transaction_id)
+    done = s.opens_done_at
+    if opens_the_door(tx) and tx.completed_at is not None:
+        number = tx.compartment_number
+        assert number is not None
+        previous = done.get(number)
+        if previous is None or previous < tx.completed_at:
+            done = done.set(number, tx.completed_at)
+    return replace(s, transactions=transactions, pending_ids=pending, opens_done_at=done)
 
 
 def _seen(s: BankState, event_id: str | None, at: datetime) -> BankState:

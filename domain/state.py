@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Literal
 
-from pyrsistent import PMap, pmap
+from pyrsistent import PMap, PSet, pmap, pset
 
 from domain.events import Action, DoorState, Presence
 
@@ -44,6 +44,15 @@ class Transaction:
     completed_at: datetime | None = None
     has_late_answer: bool = False
     config_hash: str | None = None
+
+
+def opens_the_door(tx: Transaction) -> bool:
+    """An open that succeeded or timed out (the door may then open): ``opens_done_at``."""
+    return (
+        tx.action == "open_compartment"
+        and tx.status in ("success", "timeout")
+        and tx.compartment_number is not None
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +90,25 @@ class BankState:
     seen_event_ids: PMap[str, datetime] = field(default_factory=pmap)
     used_qr_nonces: PMap[str, datetime] = field(default_factory=pmap)
     alerts: int = 0
+    # indexes derived from ``transactions`` (kept by ``domain.bank``, rebuilt by
+    # :meth:`reindexed`, never in a snapshot), so that no message costs a scan of every
+    # remembered transaction (up to MAX_REMEMBERED per bank):
+    # the ids of the pending transactions
+    pending_ids: PSet[str] = field(default_factory=pset)
+    # compartment number -> latest completion of a successful or timed-out open
+    opens_done_at: PMap[int, datetime] = field(default_factory=pmap)
+
+    def reindexed(self) -> BankState:
+        """The state with its derived indexes rebuilt from ``transactions``."""
+        pending = [tid for tid, tx in self.transactions.items() if tx.status == "pending"]
+        done: dict[int, datetime] = {}
+        for tx in self.transactions.values():
+            if opens_the_door(tx) and tx.completed_at is not None:
+                number = tx.compartment_number
+                assert number is not None
+                if number not in done or done[number] < tx.completed_at:
+                    done[number] = tx.completed_at
+        return replace(self, pending_ids=pset(pending), opens_done_at=pmap(done))
 
     def rehydrated(self) -> BankState:
         """The state as a freshly (re)started actor holds it: presence is live knowledge, so it
@@ -100,17 +128,17 @@ class BankState:
         return None
 
     def pending(self) -> list[Transaction]:
-        return [tx for tx in self.transactions.values() if tx.status == "pending"]
+        return [self.transactions[tid] for tid in self.pending_ids]
 
     def pending_for(self, compartment_number: int) -> Transaction | None:
-        for tx in self.transactions.values():
-            if tx.status == "pending" and tx.compartment_number == compartment_number:
+        for tx in self.pending():
+            if tx.compartment_number == compartment_number:
                 return tx
         return None
 
     def pending_config(self) -> Transaction | None:
-        for tx in self.transactions.values():
-            if tx.status == "pending" and tx.action == "apply_config":
+        for tx in self.pending():
+            if tx.action == "apply_config":
                 return tx
         return None
 
@@ -128,7 +156,7 @@ class BankState:
 
     def next_deadline(self) -> datetime | None:
         """The earliest moment at which time alone changes this bank (a timeout, going offline)."""
-        deadlines = [tx.expires_at for tx in self.transactions.values() if tx.status == "pending"]
+        deadlines = [tx.expires_at for tx in self.pending()]
         heartbeat = self.heartbeat_deadline()
         if heartbeat is not None:
             deadlines.append(heartbeat)

@@ -71,6 +71,7 @@ from lockerd.telemetry.pipeline import MetricsPipeline
 from lockerd.users import admin_routes as user_admin_routes
 from lockerd.users import app_routes as user_app_routes
 from lockerd.users import tables as user_tables
+from lockerd.users.hot_routes import with_hot_routes
 from lockerd.users.sessions import SessionService
 from lockerd.wiring import Service
 from store import open_store
@@ -273,7 +274,8 @@ async def running_service(
                     # its own deadlines
                     timers.schedule(bank_id, clock())
                 app = behind_trusted_proxies(
-                    create_app(service, blueprints), settings.trusted_proxies
+                    with_hot_routes(create_app(service, blueprints), service),
+                    settings.trusted_proxies,
                 )
                 await nursery.start(serve_http, app, listener)
                 async with running(mqtt), trio.open_nursery() as edge:

@@ -9,31 +9,29 @@ document the answers in /openapi.json only (the handlers build them).
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from functools import wraps
-from typing import Annotated, Any, Final, Literal, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, ParamSpec, TypeVar
 
 import msgspec
-import trio
 from quart import Blueprint, request
 from quart_schema import document_querystring
 
-from domain import commands as c
-from domain import events as e
 from domain.events import Action, DoorState, Presence
 from domain.qr import issue_qr
 from domain.state import TxStatus
 from domain.wiretime import iso
 from lockerd.banks import queries
-from lockerd.http.asking import ask_bank, bank_of_compartment
+from lockerd.http.asking import bank_of_compartment
 from lockerd.http.auth import BOOTSTRAP_ADMIN_ID, bearer_token, require_user
 from lockerd.http.context import ctx
 from lockerd.http.errors import ApiError
 from lockerd.http.ids import parse_id
 from lockerd.http.openapi import IsoTime, documented
 from lockerd.http.validation import json_body
+from lockerd.users.hot_routes import MAX_WAIT_SECONDS, parse_wait, transaction_answer
+from lockerd.users.opening import request_open
 from lockerd.users.sessions import (
     AccountDisabled,
     InvalidCredentials,
@@ -43,18 +41,13 @@ from lockerd.users.sessions import (
 
 blueprint = Blueprint("app_users", __name__)
 
+if TYPE_CHECKING:
+    pass
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
 QR_LIFETIME = timedelta(seconds=120)
-MAX_WAIT_SECONDS: Final = 30
-
-# a refused open: HTTP status and message by the bank's reason
-REFUSALS: dict[str, tuple[int, str]] = {
-    "no_grant": (403, "you have no valid grant for this compartment"),
-    "offline": (409, "the locker bank is not online"),
-    "command_pending": (409, "a command for this compartment is still pending"),
-}
 
 
 class LoginIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -244,25 +237,7 @@ async def my_compartments() -> list[dict[str, Any]]:
 async def open_compartment(compartment_id: str) -> tuple[dict[str, Any], int]:
     """Open a compartment the user has a grant for."""
     principal = await require_user()
-    service = ctx()
-    bank_id = bank_of_compartment(compartment_id)
-    transaction_id = str(uuid.uuid4())
-    outcome = await ask_bank(
-        bank_id,
-        c.RequestOpen(
-            compartment_id=parse_id(compartment_id, "compartment"),
-            user_id=principal.user_id,
-            transaction_id=transaction_id,
-            command_timeout_seconds=service.settings.command_timeout,
-        ),
-    )
-    for event in outcome.events:
-        if isinstance(event, e.CompartmentOpeningDenied):
-            status, message = REFUSALS.get(event.reason, (409, f"refused: {event.reason}"))
-            raise ApiError(status, message, reason=event.reason)
-        if isinstance(event, e.CompartmentOpeningRequested):
-            return {"transaction_id": event.transaction_id, "status": "pending"}, 202
-    raise ApiError(409, "the locker bank did not accept the request")
+    return await request_open(ctx(), principal, compartment_id), 202
 
 
 @blueprint.post("/api/compartments/<compartment_id>/qr")
@@ -306,15 +281,12 @@ class WaitQuery(msgspec.Struct):
 
 def _wait_seconds() -> int | None:
     """``?wait=`` as whole seconds 1-30, None when absent; 400 for anything else."""
-    raw = request.args.getlist("wait")
-    if not raw:
-        return None
-    if len(raw) > 1 or not raw[0].isascii() or not raw[0].isdigit():
-        raise ApiError(400, f"wait must be a whole number of seconds, 1-{MAX_WAIT_SECONDS}")
-    seconds = int(raw[0])
-    if not 1 <= seconds <= MAX_WAIT_SECONDS:
-        raise ApiError(400, f"wait must be a whole number of seconds, 1-{MAX_WAIT_SECONDS}")
-    return seconds
+    try:
+        return parse_wait(request.args.getlist("wait"))
+    except ValueError:
+        raise ApiError(
+            400, f"wait must be a whole number of seconds, 1-{MAX_WAIT_SECONDS}"
+        ) from None
 
 
 @blueprint.get("/api/transactions/<transaction_id>")
@@ -340,8 +312,4 @@ async def get_transaction(transaction_id: str) -> dict[str, Any]:
         view = await service.tables.read(queries.transaction(transaction_id))
     if view is None or not (principal.is_admin or view.user_id == principal.user_id):
         raise ApiError(404, "no such transaction")
-    if wait is not None and view.status == "pending":
-        with trio.move_on_after(wait):
-            await service.live.settled(transaction_id)
-        view = service.live.transaction(transaction_id) or view
-    return view.to_json()
+    return (await transaction_answer(service, view, wait)).to_json()
