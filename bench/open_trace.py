@@ -43,6 +43,7 @@ from domain import commands as c  # noqa: E402
 from lockerd.config import load_settings  # noqa: E402
 from lockerd.device.fleet import Fleet, create_banks  # noqa: E402
 from lockerd.device.simulated import Behaviour, Delay, Link  # noqa: E402
+from lockerd.logging import configure_logging  # noqa: E402
 from lockerd.service import running_service  # noqa: E402
 from lockerd.wiring import Service  # noqa: E402
 
@@ -54,6 +55,7 @@ STEPS = (
     "publish_start",
     "puback",
     "append_dispatched_done",
+    "device_has_command",
     "device_answered",
     "answer_handed_over",
     "append_opened_start",
@@ -144,6 +146,24 @@ def instrument(service: Service, timeline: Timeline) -> None:
     listeners[listeners.index(follow)] = timed_follow
 
 
+def instrument_device(device: Any, timeline: Timeline) -> None:
+    """Mark when the simulated device has the command and when it answers."""
+    original_note = device.on_answer
+    original_command = device._on_command
+
+    def noted(bank_id: str, transaction_id: str, payload: bytes) -> None:
+        timeline.mark("device_answered")
+        if original_note is not None:
+            original_note(bank_id, transaction_id, payload)
+
+    def commanded(payload: bytes, boot: Any) -> None:
+        timeline.mark("device_has_command")
+        original_command(payload, boot)
+
+    device.on_answer = noted
+    device._on_command = commanded
+
+
 def _wrap_if_available(inner: Callable[..., Any], timeline: Timeline) -> Callable[..., Any]:
     async def timed(bank_id: str, command: Any, **kwargs: Any) -> Any:
         if isinstance(command, c.RecordAnswer):
@@ -167,6 +187,7 @@ async def trace(opens: int, workdir: Path) -> dict[str, Any]:
             "LOCKERD_LOG_LEVEL": "warning",
         },
     )
+    configure_logging("console", "warning")
     timeline = Timeline()
     try:
         async with running_service(settings) as service, trio.open_nursery() as nursery:
@@ -175,13 +196,8 @@ async def trace(opens: int, workdir: Path) -> dict[str, Any]:
             tickets = await create_banks(base, ADMIN_TOKEN, 1, 1)
             link = Link(broker.host, broker.port, "provisioning_client", PROVISIONING_PASSWORD)
             fleet = Fleet(link, tickets, Behaviour(door_open=Delay.fixed(0.05)), seed=1)
-            original_note = fleet._note_answer
-
-            def noted(bank_id: str, transaction_id: str, payload: bytes) -> None:
-                timeline.mark("device_answered")
-                original_note(bank_id, transaction_id, payload)
-
-            fleet._note_answer = noted  # type: ignore[method-assign]
+            for simulated in fleet.devices:
+                instrument_device(simulated, timeline)
             await nursery.start(fleet.run)
             await fleet.wait_online()
             admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
