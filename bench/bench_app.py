@@ -404,6 +404,8 @@ async def lockerd_phases(
     profile_open = None if profile_to is None else open_profile_path(profile_to)
     broker = new_broker(workdir / "broker")
     service = LockerdProcess(workdir / "lockerd", broker, log_level="warning")
+    if os.environ.get("BENCH_APP_LOCKERD"):  # an instrumented lockerd (experiments)
+        service.command = [sys.executable, os.environ["BENCH_APP_LOCKERD"], "serve"]
     service.command = pinned(service.command, SERVER_CPU)
     results: dict[str, Any] = {}
     try:

@@ -256,7 +256,10 @@ async def one_open(client: RawHttp, ws: Any, cid: str, mode: str, timeline: Time
     else:
         while True:
             message = json.loads(await ws.get_message())
-            if message["type"] == "transaction" and message["transaction"]["status"] != "pending":
+            if message["type"] != "transaction":
+                continue
+            view = message["transaction"]
+            if view["transaction_id"] == tid and view["status"] != "pending":
                 break
     timeline.mark("seen")
     timeline.end(mode)
