@@ -51,6 +51,7 @@ from bench.common import (  # noqa: E402
     ADMIN_TOKEN,
     PROVISIONING_PASSWORD,
     LockerdProcess,
+    OtherLoad,
     admin_headers,
     new_broker,
     percentile,
@@ -404,6 +405,10 @@ async def lockerd_phases(
     profile_open = None if profile_to is None else open_profile_path(profile_to)
     broker = new_broker(workdir / "broker")
     service = LockerdProcess(workdir / "lockerd", broker, log_level="warning")
+    if sizes.get("before"):  # the same benchmark against another checkout (--before)
+        source = str(sizes["before"])
+        start = f"import sys; sys.path.insert(0, {source!r}); from lockerd.cli import main; main()"
+        service.command = [sys.executable, "-c", start, "serve"]
     if os.environ.get("BENCH_APP_LOCKERD"):  # an instrumented lockerd (experiments)
         service.command = [sys.executable, os.environ["BENCH_APP_LOCKERD"], "serve"]
     service.command = pinned(service.command, SERVER_CPU)
@@ -412,6 +417,9 @@ async def lockerd_phases(
         async with httpx.AsyncClient(timeout=WAIT) as http:
             service.start()
             await service.wait_ready(http)
+            if sizes.get("before"):  # make sure it is the other code that answers
+                me = await http.get(f"{service.url}/api/me")
+                assert me.status_code == 404, "--before: this lockerd has /api/me"
         async with trio.open_nursery() as nursery:
             setup = await prepare(service.url, broker, sizes, nursery)
             workers, seconds, rate = sizes["workers"], sizes["seconds"], sizes["rate"]
@@ -422,8 +430,12 @@ async def lockerd_phases(
                 setup.base, {}, "/healthz", workers, sizes["http_seconds"]
             )
 
+            # a lockerd from before issue 15 (--before) has neither ?wait= nor /ws/app
+            before = bool(sizes.get("before"))
+            settle_route = poll if before else long_poll
+
             async def open_route(index: int) -> float | None:
-                return await open_then(setup, setup.compartments[index], long_poll)
+                return await open_then(setup, setup.compartments[index], settle_route)
 
             # warm-up, then the open route (one POST and one long poll per open)
             await closed_loop(workers, min(1.0, sizes["http_seconds"]), open_route)
@@ -443,7 +455,7 @@ async def lockerd_phases(
 
             results["idle_poll"] = await closed_loop(1, min(3.0, seconds), one_idle)
             # a hot read: GET of a finished transaction, as a poll is once it is done
-            done = await open_then(setup, offered[0], long_poll)
+            done = await open_then(setup, offered[0], settle_route)
             assert done is not None
             last = await setup.pool.take()
             finished = (await last.get(f"/api/transactions/{last_transaction[0]}")).json()
@@ -484,10 +496,11 @@ async def lockerd_phases(
             await measured("closed", lambda: closed_loop(workers, seconds, poll_worker))
             if spy is not None:
                 spy.stop()
-            await measured("wait", lambda: open_loop(rate, seconds, len(offered), wait_open))
-            ws_url = setup.base.replace("http://", "ws://") + f"/ws/app?token={setup.token}"
-            await nursery.start(stream.run, ws_url)
-            await measured("ws", lambda: open_loop(rate, seconds, len(offered), ws_open))
+            if not before:
+                await measured("wait", lambda: open_loop(rate, seconds, len(offered), wait_open))
+                ws_url = setup.base.replace("http://", "ws://") + f"/ws/app?token={setup.token}"
+                await nursery.start(stream.run, ws_url)
+                await measured("ws", lambda: open_loop(rate, seconds, len(offered), ws_open))
             await setup.pool.close()
             await setup.fleet.stop()
             nursery.cancel_scope.cancel()
@@ -500,9 +513,15 @@ async def lockerd_phases(
 
 async def one_run(workdir: Path, sizes: dict[str, Any], profile_to: Path | None) -> dict[str, Any]:
     shutil.rmtree(workdir, ignore_errors=True)  # a fresh database every run
-    bare = await bare_hypercorn(workdir / "bare", sizes["workers"], sizes["http_seconds"])
-    lockerd = await lockerd_phases(workdir, sizes, profile_to)
-    return {"bare_hypercorn": bare, **lockerd}
+    other = OtherLoad()
+    started = time.monotonic()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(other.run)
+        bare = await bare_hypercorn(workdir / "bare", sizes["workers"], sizes["http_seconds"])
+        lockerd = await lockerd_phases(workdir, sizes, profile_to)
+        nursery.cancel_scope.cancel()
+    busy = other.cpu_seconds / (time.monotonic() - started)
+    return {"bare_hypercorn": bare, **lockerd, "other_cores_busy": busy}
 
 
 async def run(
@@ -532,7 +551,7 @@ async def run(
 
 def report(results: list[dict[str, Any]], sizes: dict[str, Any]) -> dict[str, Any]:
     def pick(section: str, key: str) -> list[float]:
-        return [float(r[section][key]) for r in results]
+        return [float(r[section][key]) for r in results if section in r]
 
     def row(unit: str, values: list[float]) -> dict[str, Any]:
         return {"unit": unit, **summary(values)}
@@ -544,6 +563,8 @@ def report(results: list[dict[str, Any]], sizes: dict[str, Any]) -> dict[str, An
     rows["open_route_cpu_ms_per_open"] = row("ms", pick("open_route", "cpu_ms_per_open"))
     rows["idle_open_poll_p50_ms"] = {"unit": "ms", **summary(pick("idle_poll", "p50_ms"))}
     for section in ("poll", "closed", "wait", "ws"):
+        if section not in results[0]:
+            continue
         rows[f"{section}_opens_per_s"] = {"unit": "opens/s", **summary(pick(section, "per_s"))}
         rows[f"{section}_p50_ms"] = {"unit": "ms", **summary(pick(section, "p50_ms"))}
         rows[f"{section}_p99_ms"] = {"unit": "ms", **summary(pick(section, "p99_ms"))}
@@ -575,8 +596,14 @@ def report(results: list[dict[str, Any]], sizes: dict[str, Any]) -> dict[str, An
         "http_*: closed-loop requests/s at the same concurrency over keep-alive connections;"
         " open_route: POST …/open then one GET ?wait=30 (so the compartment is free again)",
     ]
+    notes.append(
+        "other processes kept this many cores busy meanwhile, per run (a lower bound): "
+        + ", ".join(f"{r['other_cores_busy']:.2f}" for r in results)
+    )
     for r in results:
         for section in ("poll", "wait", "ws"):
+            if section not in r:
+                continue
             counts = {k: r[section].get(k, 0) for k in ("offered", "skipped_busy", "failed")}
             notes.append(f"{section}: {counts}")
     return {
@@ -605,10 +632,18 @@ def main() -> None:
     parser.add_argument("--seconds", type=float)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--profile", type=Path, help="write py-spy stacks of the closed loop here")
+    parser.add_argument(
+        "--before",
+        type=Path,
+        help="run lockerd from this source tree instead (e.g. `git archive main`): a lockerd"
+        " without ?wait= and /ws/app, measured the same way (only HTTP, poll and closed)",
+    )
     args = parser.parse_args()
     sizes = dict(SMOKE if args.smoke else FULL)
     if args.seconds:
         sizes["seconds"] = args.seconds
+    if args.before:
+        sizes["before"] = str(args.before.resolve())
     workdir = args.out / "work" / "app"
     profile_to = args.profile
     if profile_to is not None and not available():
@@ -616,7 +651,8 @@ def main() -> None:
 
     out = trio.run(run, sizes, args.runs, workdir, profile_to)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench_app.json").write_text(json.dumps(out, indent=2))
+    name = "bench_app_before.json" if args.before else "bench_app.json"
+    (args.out / name).write_text(json.dumps(out, indent=2))
     print_report(out)
     if profile_to is not None:
         print(json.dumps(out["profile_closed_loop"], indent=1))
