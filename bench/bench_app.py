@@ -57,7 +57,7 @@ from bench.common import (  # noqa: E402
     percentile,
     summary,
 )
-from bench.profiling import PySpy, available, summarize  # noqa: E402
+from bench.profiling import PySpy, available, breakdown, summarize  # noqa: E402
 from bench.rawhttp import RawHttp  # noqa: E402
 from lockerd.device.fleet import Fleet, create_banks  # noqa: E402
 from lockerd.device.simulated import Behaviour, Delay, Link  # noqa: E402
@@ -544,8 +544,15 @@ async def run(
             os.sched_setaffinity(0, previous)
     out = report(results, sizes)
     if profile_to is not None:
-        out["profile_closed_loop"] = summarize(profile_to)
-        out["profile_open_route"] = summarize(open_profile_path(profile_to))
+        for name, path in (
+            ("closed_loop", profile_to),
+            ("open_route", open_profile_path(profile_to)),
+        ):
+            out[f"profile_{name}"] = {
+                **summarize(path),
+                "tasks": breakdown(path, "unrolled_run"),
+                "bank_actor": breakdown(path, "BankActor._handle"),
+            }
     return out
 
 
@@ -655,7 +662,16 @@ def main() -> None:
     (args.out / name).write_text(json.dumps(out, indent=2))
     print_report(out)
     if profile_to is not None:
-        print(json.dumps(out["profile_closed_loop"], indent=1))
+        for name in ("closed_loop", "open_route"):
+            profile = out[f"profile_{name}"]
+            print(f"-- profile {name}: {profile['samples']} samples (GIL holder)")
+            for group in ("packages_self", "packages_inclusive"):
+                parts = ", ".join(f"{p['name']} {p['percent']}%" for p in profile[group][:8])
+                print(f"   {group}: {parts}")
+            for key in ("tasks", "bank_actor"):
+                print(f"   {key} ({profile[key]['percent']}%):")
+                for child in profile[key]["below"][:10]:
+                    print(f"     {child['percent']:5.1f}% {child['name']}")
 
 
 if __name__ == "__main__":
