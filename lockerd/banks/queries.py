@@ -170,7 +170,11 @@ def save_last_seen(rows: Sequence[tuple[str, datetime]]) -> Callable[[SqlTx], No
 
 
 def granted_compartments(user_id: str) -> Callable[[SqlTx], list[tuple[Any, ...]]]:
-    """(compartment id, number, bank id, bank name, door state, grant expiry) per grant."""
+    """(compartment id, number, bank id, bank name, door state, grant expiry) per grant.
+
+    The store's answer to what the app reads from :mod:`lockerd.banks.live` (the tests hold
+    the two to the same result).
+    """
 
     def read(tx: SqlTx) -> list[tuple[Any, ...]]:
         return tx.query(
@@ -180,19 +184,6 @@ def granted_compartments(user_id: str) -> Callable[[SqlTx], list[tuple[Any, ...]
             " ORDER BY b.name, c.bank_id, c.number",
             (user_id,),
         )
-
-    return read
-
-
-def grant_expiry(compartment_id: str, user_id: str) -> Callable[[SqlTx], tuple[bool, Any]]:
-    """(whether a grant exists, its expiry or None)."""
-
-    def read(tx: SqlTx) -> tuple[bool, Any]:
-        rows = tx.query(
-            "SELECT expires_at FROM grants WHERE compartment_id = ? AND user_id = ?",
-            (compartment_id, user_id),
-        )
-        return (True, rows[0][0]) if rows else (False, None)
 
     return read
 
@@ -316,7 +307,6 @@ __all__ = [
     "TransactionView",
     "banks",
     "create_plain_tables",
-    "grant_expiry",
     "granted_compartments",
     "live_start",
     "save_last_seen",
