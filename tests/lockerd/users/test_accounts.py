@@ -233,4 +233,10 @@ async def test_openapi_documents_the_request_bodies(
         ):
             assert "post" in paths[path], path
         assert "get" in paths["/api/transactions/{transaction_id}"]
+        assert "get" in paths["/api/me"]
+        assert "requestBody" in paths["/api/me/password"]["post"]
+        parameters = paths["/api/transactions/{transaction_id}"]["get"]["parameters"]
+        [wait] = [p for p in parameters if p["name"] == "wait"]
+        assert wait["in"] == "query"
+        assert (wait["schema"]["minimum"], wait["schema"]["maximum"]) == (1, 30)
         assert "delete" in paths["/api/admin/compartments/{compartment_id}/grants/{user_id}"]
