@@ -240,9 +240,13 @@ class LiveModel:
         return view
 
     async def settled(self, transaction_id: str) -> None:
-        """Return once the transaction is no longer pending (at once if it is not, or not
-        held here, which means it finished long ago), or when the service stops."""
-        if self._released or transaction_id not in self._pending:
+        """Return once the transaction is no longer pending, or when the service stops.
+
+        Call it for a transaction the caller has seen pending. At once if it is finished here;
+        if it is not held here at all (with several nodes, the event feed may not have
+        brought it yet), it waits for its end to arrive like a pending one.
+        """
+        if self._released or transaction_id in self._finished:
             return
         event = self._settled.get(transaction_id)
         if event is None:
@@ -353,16 +357,16 @@ class LiveModel:
         self._transaction_changed(view)
 
     def _finish(self, transaction_id: str, **changes: Any) -> None:
+        settled = self._settled.pop(transaction_id, None)
+        if settled is not None:
+            settled.set()
         view = self._pending.pop(transaction_id, None)
         if view is None:
             view = self._finished.get(transaction_id)
             if view is None:
-                return  # finished long ago and forgotten here; the store has it
+                return  # not held here (forgotten, or not yet fed); the store has it
         view = replace(view, **changes)
         self._put_transaction(view)
-        settled = self._settled.pop(transaction_id, None)
-        if settled is not None:
-            settled.set()
         self._transaction_changed(view)
 
     def _late(self, data: Any) -> None:
