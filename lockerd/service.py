@@ -353,6 +353,9 @@ async def running_service(
                 root.start_child("metrics-pipeline", pipeline.run)
                 root.start_child("live-presence", live.watch_presence)
                 root.start_child("long-polls", lambda: live.release_waiters_on(shutdown))
+                if clustered:
+                    # other nodes' logouts, password changes, disabled accounts
+                    root.start_child("session-ends", sessions.follow_other_nodes)
                 if cluster is not None:
                     node = cluster
                     root.start_child(

@@ -6,12 +6,18 @@ resolve from an in-memory LRU cache backed by the ``user_sessions`` table, so a 
 costs a dictionary lookup and an HMAC, not a database round trip. A miss reads the table once
 and the answer is remembered (briefly, for unknown tokens).
 
-This process is the only writer of the table, and every change that ends sessions goes
-through this class (:meth:`SessionService.logout`, :meth:`~SessionService.end_sessions`,
-:meth:`~SessionService.set_disabled`, :meth:`~SessionService.change_password`), which drops
-the affected entries from the cache as well. A lookup that was reading the table while such a
-change committed is detected by a generation counter (bumped before and after every change)
-and reads again, so an ended session can never come back into the cache.
+Every change that ends sessions goes through this class (:meth:`SessionService.logout`,
+:meth:`~SessionService.end_sessions`, :meth:`~SessionService.set_disabled`,
+:meth:`~SessionService.set_password`), which drops the affected entries from the cache as
+well. A lookup that was reading the table while such a change committed is detected by a
+generation counter (bumped before and after every change) and reads again, so an ended session
+can never come back into the cache.
+
+With several nodes (PostgreSQL, contract §7) each node has its own cache, so every such change
+is also recorded in ``session_ends``, in the same transaction; each node reads that table once
+a second (:meth:`SessionService.follow_other_nodes`) and drops what other nodes ended. A
+session ended on one node therefore stops working on the others within about a second (on the
+node that ended it: at once).
 
 Sign-in limits (failed attempts only, per email and per client IP) are in
 :mod:`lockerd.users.limits`.
@@ -27,6 +33,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import structlog
+import trio
 
 from domain.keys import Keyring, new_token
 from domain.wiretime import iso
@@ -177,6 +184,8 @@ class SessionService:
         # bumped before and after every change that ends sessions (see the module docstring)
         self._generation = 0
         self._on_sessions_ended = tuple(on_sessions_ended)
+        # ids of session ends already applied here (ours and other nodes'), by time recorded
+        self._ends_seen: OrderedDict[str, int] = OrderedDict()
         self.db_lookups = 0
 
     def token_hash(self, token: str) -> str:
@@ -209,7 +218,10 @@ class SessionService:
         """
         self._bump()
         self._cache.drop_user(user_id)
-        found = await self.store.write(tables.set_disabled(user_id, disabled))
+        write = tables.set_disabled(user_id, disabled)
+        if disabled:
+            write = tables.recording(write, self._end(user_id=user_id))
+        found = await self.store.write(write)
         self._bump()
         self._cache.drop_user(user_id)
         if disabled:
@@ -225,21 +237,31 @@ class SessionService:
         """
         self._bump()
         self._cache.drop_user(user_id, keep=except_token_hash)
-        ended = await self.store.write(tables.delete_sessions_of(user_id, except_token_hash))
+        ended = await self.store.write(
+            tables.recording(
+                tables.delete_sessions_of(user_id, except_token_hash),
+                self._end(user_id=user_id, keep_token_hash=except_token_hash),
+            )
+        )
         self._bump()
         self._cache.drop_user(user_id, keep=except_token_hash)
         self._tell(SessionsEnded(user_id=user_id, keep_token_hash=except_token_hash))
         log.info("sessions_ended", user_id=user_id, count=ended)
         return ended
 
-    def forget_user(self, user_id: str) -> None:
-        """Drop the user's cached sessions, so their next request reads the tables again.
+    async def forget_user(self, user_id: str) -> None:
+        """Drop the user's cached sessions (on every node), so that their next request reads
+        the tables again.
 
         Call it *after* committing a change that a session carries (the role): requests then
-        see the new role. A lookup racing with the change reads again (generation counter).
+        see the new role (on other nodes within about a second). A lookup racing with the
+        change reads again (generation counter).
         """
         self._bump()
         self._cache.drop_user(user_id)
+        await self.store.write(
+            tables.recording(tables.nothing, self._end(user_id=user_id, ended=False))
+        )
 
     async def set_password(
         self, user_id: str, password: str, *, keep_token_hash: str | None = None
@@ -252,7 +274,10 @@ class SessionService:
         self._bump()
         self._cache.drop_user(user_id, keep=keep_token_hash)
         found = await self.store.write(
-            tables.change_password(user_id, password_hash, keep_token_hash)
+            tables.recording(
+                tables.change_password(user_id, password_hash, keep_token_hash),
+                self._end(user_id=user_id, keep_token_hash=keep_token_hash),
+            )
         )
         self._bump()
         self._cache.drop_user(user_id, keep=keep_token_hash)
@@ -338,7 +363,9 @@ class SessionService:
         while len(self._revoked) > self.cache_size:
             self._revoked.popitem(last=False)
         self._cache.pop(token_hash)
-        await self.store.write(tables.delete_session(token_hash))
+        await self.store.write(
+            tables.recording(tables.delete_session(token_hash), self._end(token_hash=token_hash))
+        )
         self._tell(SessionsEnded(token_hash=token_hash))
         log.info("logout")
 
@@ -383,6 +410,57 @@ class SessionService:
     def _remember(self, token_hash: str, session: CachedSession) -> None:
         self._unknown.pop(token_hash, None)
         self._cache.put(token_hash, session)
+
+    # --- several nodes ------------------------------------------------------------------
+
+    async def follow_other_nodes(self, *, interval: float = 1.0, lookback_ms: int = 60_000) -> None:
+        """Apply the session ends other nodes record, forever (a supervised child with
+        several nodes). Reads the last ``lookback_ms`` of ``session_ends`` every ``interval``
+        seconds, so nodes whose clocks differ by less than that miss nothing; what was already
+        applied (ours included) is skipped by id."""
+        while True:
+            since = int(time.time() * 1000) - lookback_ms
+            for end in await self.store.read(tables.session_ends_since(since)):
+                if end.id not in self._ends_seen:
+                    self._seen(end)
+                    self._apply_end(end)
+            while self._ends_seen and next(iter(self._ends_seen.values())) < since:
+                self._ends_seen.popitem(last=False)
+            await trio.sleep(interval)  # the other nodes' changes are read, not announced
+
+    def _end(
+        self,
+        *,
+        user_id: str | None = None,
+        token_hash: str | None = None,
+        keep_token_hash: str | None = None,
+        ended: bool = True,
+    ) -> tables.SessionEnd:
+        """A record of a change made here (applied here already; skipped when read back)."""
+        end = tables.SessionEnd(
+            uuid.uuid4().hex, int(time.time() * 1000), user_id, token_hash, keep_token_hash, ended
+        )
+        self._seen(end)
+        return end
+
+    def _seen(self, end: tables.SessionEnd) -> None:
+        self._ends_seen[end.id] = end.at
+        while len(self._ends_seen) > self.cache_size:
+            self._ends_seen.popitem(last=False)
+
+    def _apply_end(self, end: tables.SessionEnd) -> None:
+        """Another node's change: drop what it ended (or changed) from this node's cache."""
+        self._bump()
+        if end.token_hash is not None:
+            self._revoked[end.token_hash] = None
+            while len(self._revoked) > self.cache_size:
+                self._revoked.popitem(last=False)
+            self._cache.pop(end.token_hash)
+        if end.user_id is not None:
+            self._cache.drop_user(end.user_id, keep=end.keep_token_hash)
+        if end.ended:
+            self._tell(SessionsEnded(end.user_id, end.token_hash, end.keep_token_hash))
+        log.info("sessions_ended_elsewhere", user_id=end.user_id)
 
     def _tell(self, ended: SessionsEnded) -> None:
         for callback in self._on_sessions_ended:

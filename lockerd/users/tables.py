@@ -16,8 +16,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from store.base import SqlTx
+
+T = TypeVar("T")
 
 DDL: tuple[str, ...] = (
     # the shape of the first release; later columns come from MIGRATIONS
@@ -50,7 +53,25 @@ MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "CREATE INDEX IF NOT EXISTS user_sessions_user ON user_sessions (user_id)",
         ),
     ),
+    (
+        "session_ends",
+        (
+            # what every node must drop from its session cache (lockerd.users.sessions)
+            """CREATE TABLE IF NOT EXISTS session_ends (
+                id TEXT PRIMARY KEY,
+                at BIGINT NOT NULL,
+                user_id TEXT,
+                token_hash TEXT,
+                keep_token_hash TEXT,
+                ended BIGINT NOT NULL
+            )""",
+            "CREATE INDEX IF NOT EXISTS session_ends_at ON session_ends (at)",
+        ),
+    ),
 )
+
+#: milliseconds a session end stays in ``session_ends`` for the other nodes to see
+SESSION_END_RETENTION_MS = 10 * 60 * 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +82,19 @@ class UserRow:
     role: str
     password_hash: str
     disabled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEnd:
+    """A change to sessions every node's cache must follow: sessions that ended (``ended``),
+    or a user whose cached sessions must be read again (a role change)."""
+
+    id: str
+    at: int  # unix milliseconds, the writer's clock
+    user_id: str | None
+    token_hash: str | None
+    keep_token_hash: str | None
+    ended: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,3 +260,38 @@ def change_password(
         return changed == 1
 
     return write
+
+
+def recording(write: Callable[[SqlTx], T], end: SessionEnd) -> Callable[[SqlTx], T]:
+    """``write`` plus the record of ``end`` for the other nodes, in the same transaction
+    (rows older than :data:`SESSION_END_RETENTION_MS` are forgotten on the way)."""
+
+    def both(tx: SqlTx) -> T:
+        result = write(tx)
+        tx.execute("DELETE FROM session_ends WHERE at < ?", (end.at - SESSION_END_RETENTION_MS,))
+        tx.execute(
+            "INSERT INTO session_ends (id, at, user_id, token_hash, keep_token_hash, ended)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (end.id, end.at, end.user_id, end.token_hash, end.keep_token_hash, int(end.ended)),
+        )
+        return result
+
+    return both
+
+
+def session_ends_since(at: int) -> Callable[[SqlTx], list[SessionEnd]]:
+    """Every recorded session end at or after ``at`` (unix milliseconds), oldest first."""
+
+    def read(tx: SqlTx) -> list[SessionEnd]:
+        rows = tx.query(
+            "SELECT id, at, user_id, token_hash, keep_token_hash, ended FROM session_ends"
+            " WHERE at >= ? ORDER BY at, id",
+            (at,),
+        )
+        return [SessionEnd(str(i), int(t), u, h, k, bool(e)) for i, t, u, h, k, e in rows]
+
+    return read
+
+
+def nothing(tx: SqlTx) -> None:
+    """A write that changes nothing (to record a :class:`SessionEnd` on its own)."""

@@ -295,3 +295,24 @@ async def test_an_existing_database_gets_the_disabled_column(
             assert (await me(app, user.headers)).json()["name"] == "Old"
             await app.context.sessions.set_disabled(user.id, True)
             await app.context.sessions.set_disabled(user.id, False)
+
+
+async def test_forget_user_makes_the_next_request_read_the_role_again(
+    mosquitto: MosquittoBroker, tmp_path: Path
+) -> None:
+    async with running_app(mosquitto.url, tmp_path / "lockerd.db") as app:
+        user = await app.signed_in_user()
+        sessions: SessionService = app.context.sessions
+        assert (await me(app, user.headers)).json()["role"] == "user"
+        lookups = sessions.db_lookups
+
+        def promote(tx: SqlTx) -> None:
+            tx.execute("UPDATE users SET role = 'admin' WHERE id = ?", (user.id,))
+
+        await app.context.tables.write(promote)
+        assert (await me(app, user.headers)).json()["role"] == "user"  # still cached
+        await sessions.forget_user(user.id)
+        assert (await me(app, user.headers)).json()["role"] == "admin"
+        assert sessions.db_lookups == lookups + 1
+        admin_route = await app.http.get("/api/admin/locker-banks", headers=user.headers)
+        assert admin_route.status_code == 200
