@@ -23,9 +23,9 @@ How it is kept current, in one place each:
   append committed and before the actor answers its asker, so a 202 from ``POST …/open``
   is never followed by a ``GET`` that does not know the transaction yet. It mirrors the SQL
   projections (:mod:`lockerd.banks.projections`): every event that changes what the app sees
-  must be handled in both (``tests/lockerd/banks/test_live.py`` compares them). On several
-  nodes (issue 17), every node must feed its model the events of every append, through this
-  same method;
+  must be handled in both (``tests/lockerd/banks/test_live.py`` compares them). With several
+  nodes every node's model gets every node's events through this same method (it is one of
+  the listeners the cluster's event feed calls, see ``lockerd/service.py``);
 * :meth:`LiveModel.watch_presence` is one subscriber of the fleet view (one coalesced dirty
   set, whatever the number of app clients) that notices presence changes.
 
