@@ -9,6 +9,7 @@ dashboard, while the rest of the fleet carries on.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
@@ -101,6 +102,7 @@ class BankRegistry:
     def _drain_failed(self, entry: BankEntry) -> None:
         while (envelope := entry.mailbox.get_nowait()) is not None:
             self.services.observer.message_dropped(envelope.kind, "bank_failed")
+            envelope.done()
             if envelope.reply is not None:
                 envelope.reply.send_nowait(Outcome(BankState(), crashed="bank actor failed"))
 
@@ -112,15 +114,22 @@ class BankRegistry:
         kind: str | None = None,
         secret: str | None = None,
         allow_new: bool = False,
+        on_done: Callable[[], None] | None = None,
     ) -> Outcome:
-        """Send a command and wait for its outcome; raises UnknownBank or BankUnavailable."""
+        """Send a command and wait for its outcome; raises UnknownBank or BankUnavailable.
+
+        ``on_done`` (see :class:`~actors.bank.Envelope`) is called when the bank has handled
+        the command, or at once when the bank has failed; not when it never got into the
+        mailbox (too slow)."""
         entry = self._entry(bank_id, allow_new=allow_new)
         if entry.failed:
             self.services.observer.message_dropped(kind, "bank_failed")
+            if on_done is not None:
+                on_done()
             raise BankUnavailable(f"bank {bank_id} has failed")
         send, receive = trio.open_memory_channel[Outcome](1)
         with trio.fail_after(self.ask_timeout):
-            await entry.mailbox.put(Envelope(command, kind, send, secret))
+            await entry.mailbox.put(Envelope(command, kind, send, secret, on_done))
             outcome = await receive.receive()
         if outcome.crashed is not None:
             raise BankUnavailable(f"bank {bank_id}: {outcome.crashed}")
@@ -133,23 +142,35 @@ class BankRegistry:
         *,
         kind: str | None = None,
         secret: str | None = None,
+        on_done: Callable[[], None] | None = None,
     ) -> Outcome | None:
         """:meth:`ask`, with None instead of :class:`BankUnavailable` or ``trio.TooSlowError``.
 
         Still raises :class:`UnknownBank` (the caller should have checked :meth:`is_known`).
         """
         try:
-            return await self.ask(bank_id, command, kind=kind, secret=secret)
+            return await self.ask(bank_id, command, kind=kind, secret=secret, on_done=on_done)
         except (BankUnavailable, trio.TooSlowError):
             return None
 
-    async def tell(self, bank_id: str, command: c.BankCommand, *, kind: str | None = None) -> None:
-        """Send without waiting for the outcome; waits for mailbox room (backpressure)."""
+    async def tell(
+        self,
+        bank_id: str,
+        command: c.BankCommand,
+        *,
+        kind: str | None = None,
+        on_done: Callable[[], None] | None = None,
+    ) -> None:
+        """Send without waiting for the outcome; waits for mailbox room (backpressure).
+
+        ``on_done``: see :class:`~actors.bank.Envelope`; called at once for a failed bank."""
         entry = self._entry(bank_id)
         if entry.failed:
             self.services.observer.message_dropped(kind, "bank_failed")
+            if on_done is not None:
+                on_done()
             return
-        await entry.mailbox.put(Envelope(command, kind))
+        await entry.mailbox.put(Envelope(command, kind, on_done=on_done))
 
     def tell_nowait(self, bank_id: str, command: c.BankCommand) -> bool:
         try:

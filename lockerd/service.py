@@ -53,6 +53,7 @@ from lockerd.banks.liveness import fill_fleet, flush_last_seen
 from lockerd.banks.projections import PROJECTIONS
 from lockerd.brokerauth import routes as brokerauth_routes
 from lockerd.brokerauth.checks import BrokerAuth
+from lockerd.brokerauth.revocation import revocation_window_seconds
 from lockerd.config import Settings
 from lockerd.dashboard import routes as dashboard_routes
 from lockerd.dashboard.hub import DashboardMetrics, StatusHub
@@ -148,6 +149,8 @@ def mqtt_settings(settings: Settings) -> MqttSettings:
         password=settings.mqtt.password,
         clean_session=False,
         will=Will(topics.SERVER_STATUS, outbound.server_status(False), qos=1, retain=True),
+        # PUBACK only once a message is applied or dropped (contract §2)
+        manual_ack=True,
     )
 
 
@@ -213,6 +216,9 @@ async def running_service(
                     command_timeout=settings.command_timeout,
                     accept_status_topic=settings.accept_status_topic,
                     metric_sink=pipeline.mqtt_sink,
+                    revocation_window_seconds=revocation_window_seconds(
+                        settings.broker_auth_cache_seconds
+                    ),
                 )
                 service = Service(
                     settings=settings,
