@@ -17,6 +17,7 @@ or, in a test, the ``goauth_broker_factory`` fixture (tests/support/fixtures.py)
 
 from __future__ import annotations
 
+import base64
 import functools
 import hashlib
 import json
@@ -37,13 +38,14 @@ from tests.support.mosquitto import MosquittoBroker, find_mosquitto
 
 PLUGIN_SOURCE = Path(__file__).with_name("goauth_plugin") / "goauth_plugin.c"
 CFLAGS = ("-Wall", "-Wextra", "-Werror", "-O2", "-fPIC", "-shared")
-LIBS = ("-lcurl",)
-DEBIAN_PACKAGES = ("mosquitto-dev", "libcurl4-openssl-dev")
+LIBS = ("-lcurl", "-lcrypto")
+DEBIAN_PACKAGES = ("mosquitto-dev", "libcurl4-openssl-dev", "libssl-dev")
 # header → the Debian package that provides it
 HEADERS = {
     "mosquitto_broker.h": "mosquitto-dev",
     "mosquitto_plugin.h": "mosquitto-dev",
     "curl/curl.h": "libcurl4-openssl-dev",
+    "openssl/evp.h": "libssl-dev",
 }
 INSTALL_HINT = f"install the Debian packages {' and '.join(DEBIAN_PACKAGES)} (scripts/bootstrap.sh)"
 
@@ -219,6 +221,40 @@ class GoAuthConfig:
                 raise ValueError(f"cannot put option {key!r}={value!r} in mosquitto.conf")
             lines.append(f"plugin_opt_{key} {value}")
         return lines
+
+
+def goauth_password_hash(
+    password: str, *, iterations: int = 100_000, salt: bytes | None = None
+) -> str:
+    """A password hash as go-auth's ``pw`` tool writes it (its defaults: PBKDF2-SHA512, 16 bytes
+    of salt, a 64-byte key): ``PBKDF2$sha512$<iterations>$<salt b64>$<hash b64>``. go-auth's
+    files backend (and our plugin's) verify these."""
+    salt = os.urandom(16) if salt is None else salt
+    key = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations, 64)
+    encoded = base64.b64encode(salt).decode(), base64.b64encode(key).decode()
+    return f"PBKDF2$sha512${iterations}${encoded[0]}${encoded[1]}"
+
+
+def write_files_backend(
+    directory: Path,
+    users: Mapping[str, str],
+    acl: str,
+    *,
+    iterations: int = 100_000,
+) -> dict[str, str]:
+    """Write go-auth files-backend files (``username:hash`` lines; ``acl`` as given) and return
+    the plugin options naming them (``files_password_path``, ``files_acl_path``)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    passwords = directory / "go-auth-passwords"
+    acls = directory / "go-auth-acls"
+    passwords.write_text(
+        "".join(
+            f"{user}:{goauth_password_hash(pw, iterations=iterations)}\n"
+            for user, pw in users.items()
+        )
+    )
+    acls.write_text(acl)
+    return {"files_password_path": str(passwords), "files_acl_path": str(acls)}
 
 
 class GoAuthBroker(MosquittoBroker):
