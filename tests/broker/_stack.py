@@ -1,0 +1,184 @@
+"""lockerd behind a real Mosquitto that asks it as mosquitto-go-auth does.
+
+Two broker configurations:
+
+* **compose**: exactly the deployment's (docker/mosquitto/ rendered by its entrypoint): go-auth's
+  files backend answers for lockerd's own user, everyone else is asked over HTTP (``/acl`` only,
+  no ``/superuser``), the cache as ``LOCKERD_BROKER_AUTH_CACHE_SECONDS`` says, the deployment's
+  queue limits;
+* **http-only**: every check, lockerd's own included, asked over HTTP (the configuration the
+  issue found failing): what lockerd's start-up and shutdown order must survive.
+
+lockerd runs in-process (:func:`running_app`) on a fixed loopback port, which the broker was
+configured with before either started.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from tests.support.device import Credentials, now_iso
+from tests.support.fixtures import ComposeBrokerFactory, GoAuthBrokerFactory
+from tests.support.goauth import registrar
+from tests.support.goauth_broker import GoAuthBroker
+from tests.support.mosquitto import free_port
+from tests.support.service import BACKEND_PASSWORD, BACKEND_USER, MOSQ_SECRET
+from tests.support.users import App, MovableClock, running_app
+
+PROVISIONING_USER = "provisioning_client"
+PROVISIONING_PASSWORD = "provisioning-password"  # tests.support.service.test_settings
+
+Kind = Literal["compose", "http-only"]
+
+
+@dataclass
+class Broker:
+    """A started broker and how lockerd reaches it."""
+
+    goauth: GoAuthBroker
+    http_port: int  # lockerd's HTTP port, which the broker asks
+    kind: Kind
+
+    @property
+    def url(self) -> str:
+        """For devices (credentials per client)."""
+        return self.goauth.url
+
+    @property
+    def backend_url(self) -> str:
+        """lockerd's LOCKERD_MQTT_URL: its own broker user."""
+        return f"mqtt://{BACKEND_USER}:{BACKEND_PASSWORD}@{self.goauth.host}:{self.goauth.port}"
+
+    def requests(self, **match: Any) -> list[dict[str, Any]]:
+        """The plugin's HTTP requests whose fields equal ``match``."""
+        return [
+            entry
+            for entry in self.goauth.plugin_requests()
+            if all(entry.get(key) == value for key, value in match.items())
+        ]
+
+    def log_entries(self, **match: Any) -> list[dict[str, Any]]:
+        return [
+            entry
+            for entry in self.goauth.plugin_log()
+            if all(entry.get(key) == value for key, value in match.items())
+        ]
+
+
+def start_broker(
+    kind: Kind,
+    *,
+    compose_broker_factory: ComposeBrokerFactory,
+    goauth_broker_factory: GoAuthBrokerFactory,
+    cache_seconds: int = 0,
+) -> Broker:
+    http_port = free_port()
+    if kind == "compose":
+        goauth = compose_broker_factory(
+            http_port=http_port,
+            secret=MOSQ_SECRET,
+            backend_user=BACKEND_USER,
+            backend_password=BACKEND_PASSWORD,
+            cache_seconds=cache_seconds,
+        )
+    else:
+        goauth = goauth_broker_factory(
+            http_port=http_port,
+            secret=MOSQ_SECRET,
+            superuser_uri=None,  # every ACL check of lockerd's own user is an /acl request
+            cache=cache_seconds > 0,
+            auth_cache_seconds=cache_seconds or 30,
+            acl_cache_seconds=cache_seconds or 30,
+        )
+    return Broker(goauth, http_port, kind)
+
+
+@asynccontextmanager
+async def lockerd_at(
+    broker: Broker, db_path: Path, clock: MovableClock | None = None, **env: str
+) -> AsyncIterator[App]:
+    """lockerd on the port the broker asks, as its backend user."""
+    cache = "0"
+    if broker.goauth.compose is not None:
+        cache = broker.goauth.compose.plugin_options["acl_cache_seconds"]
+    elif broker.goauth.goauth.cache:
+        cache = str(broker.goauth.goauth.acl_cache_seconds)
+    settings_env = {
+        "LOCKERD_HTTP": f"127.0.0.1:{broker.http_port}",
+        "LOCKERD_BROKER_AUTH_CACHE_SECONDS": cache,
+        **env,
+    }
+    async with running_app(broker.backend_url, db_path, clock, **settings_env) as app:
+        await app.context.mqtt.wait_connected()
+        yield app
+
+
+async def provision(broker: Broker, token: str, client_id: str) -> Credentials:
+    """Redeem a provisioning token through the broker, as the shared provisioning user."""
+    async with registrar(
+        broker.url, client_id, username=PROVISIONING_USER, password=PROVISIONING_PASSWORD
+    ) as device:
+        reply = await device.register(token, within=20.0)
+    assert reply.ok, reply.body
+    return Credentials(client_id=client_id, **reply.data)
+
+
+def heartbeat_payload(
+    uptime: int, session_id: str | None = None, timestamp: str | None = None
+) -> bytes:
+    payload: dict[str, Any] = {
+        "type": "state",
+        "state": "heartbeat",
+        "data": {"timestamp": timestamp or now_iso(), "uptime_seconds": uptime},
+    }
+    if session_id is not None:
+        payload["session_id"] = session_id
+    return json.dumps(payload).encode()
+
+
+# --------------------------------------------------------------------------- lockerd serve
+
+
+def serve_env(broker: Broker, db_path: Path, **env: str) -> dict[str, str]:
+    """The environment of a ``lockerd serve`` process behind ``broker``."""
+    import os
+
+    from tests.support.service import ADMIN_TOKEN
+
+    cache = "0"
+    if broker.goauth.compose is not None:
+        cache = broker.goauth.compose.plugin_options["acl_cache_seconds"]
+    return {
+        **os.environ,
+        "LOCKERD_HTTP": f"127.0.0.1:{broker.http_port}",
+        "LOCKERD_MQTT_URL": broker.backend_url,
+        "LOCKERD_DATABASE": f"sqlite:///{db_path}",
+        "LOCKERD_ADMIN_TOKEN": ADMIN_TOKEN,
+        "LOCKERD_SECRET_KEY": "test-secret-key",
+        "LOCKERD_MOSQ_SECRET": MOSQ_SECRET,
+        "LOCKERD_PROVISIONING_PASSWORD": PROVISIONING_PASSWORD,
+        "LOCKERD_BROKER_AUTH_CACHE_SECONDS": cache,
+        "LOCKERD_LOG_LEVEL": "warning",
+        **env,
+    }
+
+
+async def wait_healthy(base_url: str, within: float = 30.0) -> None:
+    import httpx
+
+    from tests.support.service import eventually
+
+    async with httpx.AsyncClient(base_url=base_url, timeout=2.0) as client:
+
+        async def healthy() -> bool:
+            try:
+                return (await client.get("/healthz")).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        await eventually(healthy, within=within)
