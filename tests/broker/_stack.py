@@ -182,3 +182,133 @@ async def wait_healthy(base_url: str, within: float = 30.0) -> None:
                 return False
 
         await eventually(healthy, within=within)
+
+
+# --------------------------------------------------------------------------- raw MQTT
+
+
+class RawMqtt:
+    """MQTT 3.1.1 over a bare socket, byte for byte: what a device's firmware sends, including
+    a QoS 1 retransmission (DUP) of a message sent on an earlier connection."""
+
+    def __init__(self, host: str, port: int) -> None:
+        import socket
+
+        self.sock = socket.create_connection((host, port), timeout=10)
+
+    @staticmethod
+    def _utf8(value: str | bytes) -> bytes:
+        import struct
+
+        data = value.encode() if isinstance(value, str) else value
+        return struct.pack("!H", len(data)) + data
+
+    @staticmethod
+    def _packet(first: int, body: bytes) -> bytes:
+        length = bytearray()
+        n = len(body)
+        while True:
+            byte, n = n % 128, n // 128
+            length.append(byte | (0x80 if n else 0))
+            if not n:
+                return bytes([first]) + bytes(length) + body
+
+    def _read(self, n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = self.sock.recv(n - len(data))
+            if not chunk:
+                return data
+            data += chunk
+        return data
+
+    def connect(
+        self,
+        client_id: str,
+        username: str,
+        password: str,
+        *,
+        clean: bool,
+        will: tuple[str, bytes] | None = None,
+    ) -> tuple[int, bool]:
+        """CONNECT; returns (CONNACK return code, session present)."""
+        import struct
+
+        flags = 0xC0 | (0x02 if clean else 0)
+        payload = self._utf8(client_id)
+        if will is not None:
+            flags |= 0x04 | 0x08 | 0x20  # will, QoS 1, retained
+            payload += self._utf8(will[0]) + self._utf8(will[1])
+        payload += self._utf8(username) + self._utf8(password)
+        header = self._utf8("MQTT") + bytes([4, flags]) + struct.pack("!H", 60)
+        self.sock.sendall(self._packet(0x10, header + payload))
+        answer = self._read(4)
+        assert answer[:1] == b"\x20", answer
+        return answer[3], bool(answer[2] & 1)
+
+    def publish(
+        self, topic: str, payload: bytes, *, packet_id: int, retain: bool = True, dup: bool = False
+    ) -> None:
+        """PUBLISH at QoS 1 and wait for its PUBACK."""
+        import struct
+
+        first = 0x32 | (0x01 if retain else 0) | (0x08 if dup else 0)
+        body = self._utf8(topic) + struct.pack("!H", packet_id) + payload
+        self.sock.sendall(self._packet(first, body))
+        answer = self._read(4)
+        assert answer == b"\x40\x02" + struct.pack("!H", packet_id), answer
+
+    def abort(self) -> None:
+        """Drop the connection without DISCONNECT: the broker publishes the will."""
+        self.sock.close()
+
+
+async def wait_for_plugin_log(
+    broker: Broker, predicate: Any, *, within: float = 15.0, what: str = "a plugin log entry"
+) -> list[dict[str, Any]]:
+    """Wait until ``predicate(entries)`` holds for the plugin's log; return the entries.
+
+    The log is a file another process writes: there is nothing to await, so it is polled.
+    """
+    import trio
+
+    with trio.fail_after(within):
+        while True:
+            entries = broker.goauth.plugin_log()
+            if predicate(entries):
+                return entries
+            await trio.sleep(0.05)  # another process's file: polled
+
+
+class LockerdRun:
+    """lockerd running in a task of its own, so that clients can outlive it (a restart)."""
+
+    def __init__(self, app: App, stop: Any, stopped: Any) -> None:
+        self.app = app
+        self._stop = stop
+        self._stopped = stopped
+
+    @classmethod
+    async def start(cls, broker: Broker, db_path: Path, nursery: Any, **env: str) -> LockerdRun:
+        import trio
+
+        stop, stopped, started = trio.Event(), trio.Event(), trio.Event()
+        holder: list[App] = []
+
+        async def run() -> None:
+            try:
+                async with lockerd_at(broker, db_path, **env) as app:
+                    holder.append(app)
+                    started.set()
+                    await stop.wait()
+            finally:
+                stopped.set()
+
+        nursery.start_soon(run)
+        await started.wait()
+        return cls(holder[0], stop, stopped)
+
+    async def stop(self) -> None:
+        """Stop gracefully (what SIGTERM does) and wait until lockerd has finished."""
+        self._stop.set()
+        await self._stopped.wait()

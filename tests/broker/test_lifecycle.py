@@ -25,15 +25,16 @@ from gateway.mqtt import MqttClient, open_mqtt_client
 from tests.broker._stack import (
     Broker,
     Kind,
+    LockerdRun,
     lockerd_at,
     serve_env,
     start_broker,
+    wait_for_plugin_log,
     wait_healthy,
 )
 from tests.support.device import client_settings
 from tests.support.fixtures import ComposeBrokerFactory, GoAuthBrokerFactory
 from tests.support.service import BACKEND_PASSWORD, BACKEND_USER
-from tests.support.users import App
 
 KINDS: tuple[Kind, ...] = ("http-only", "compose")
 
@@ -113,38 +114,15 @@ async def test_lockerd_listens_before_it_connects_and_its_first_connect_succeeds
     assert backend_errors(broker) == []
 
 
-@asynccontextmanager
-async def lockerd_in_background(
-    broker: Broker, db: Path, nursery: trio.Nursery
-) -> AsyncIterator[tuple[App, trio.Event, trio.Event]]:
-    """lockerd running in its own task; set the first event to stop it, await the second."""
-    stop, stopped, started = trio.Event(), trio.Event(), trio.Event()
-    holder: list[App] = []
-
-    async def run() -> None:
-        async with lockerd_at(broker, db) as app:
-            holder.append(app)
-            started.set()
-            await stop.wait()
-        stopped.set()
-
-    nursery.start_soon(run)
-    await started.wait()
-    yield holder[0], stop, stopped
-
-
 async def test_a_graceful_stop_delivers_the_retained_offline_while_http_answers(
     broker: Broker, tmp_path: Path
 ) -> None:
-    async with (
-        trio.open_nursery() as nursery,
-        lockerd_in_background(broker, tmp_path / "l.db", nursery) as (app, stop, done),
-    ):
-        base, client_id = app.base_url, app.context.settings.mqtt_client_id
+    async with trio.open_nursery() as nursery:
+        run = await LockerdRun.start(broker, tmp_path / "l.db", nursery)
+        base, client_id = run.app.base_url, run.app.context.settings.mqtt_client_id
         async with watching(broker) as watcher:
             await watcher.wait_for("online")
-            stop.set()  # what SIGTERM does (lockerd.commands.serve)
-            await done.wait()
+            await run.stop()  # what SIGTERM does (lockerd.commands.serve)
             await watcher.wait_for("offline")
     assert watcher.statuses[-1] == "offline"
     # lockerd's HTTP is down now ...
@@ -214,8 +192,8 @@ async def test_after_kill_9_the_last_will_needs_a_backend_user_independent_of_lo
             assert will_check()[-1]["outcome"] == "allow"
         else:
             # nobody answers the broker's question about lockerd's will: dropped
-            with trio.fail_after(15):
-                while not any(e["outcome"] == "error" for e in will_check()):
-                    await trio.sleep(0.05)  # the broker's log file: nothing to await
+            await wait_for_plugin_log(
+                broker, lambda _: any(e["outcome"] == "error" for e in will_check())
+            )
             assert [e["outcome"] for e in will_check()] == ["allow", "error"]  # online, will
             assert "offline" not in watcher.statuses
