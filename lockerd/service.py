@@ -31,7 +31,6 @@ from datetime import UTC, datetime
 
 import structlog
 import trio
-from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 from quart import Blueprint
 
@@ -59,6 +58,7 @@ from lockerd.dashboard import routes as dashboard_routes
 from lockerd.dashboard.hub import DashboardMetrics, StatusHub
 from lockerd.http import ops
 from lockerd.http.app import LockerdApp, create_app
+from lockerd.http.server import harden, hypercorn_config
 from lockerd.keystore import load_keyring
 from lockerd.metrics import Metrics
 from lockerd.telemetry import routes as telemetry_routes
@@ -131,13 +131,10 @@ async def serve_http(
     *,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``app`` on the already listening ``sock`` (Hypercorn takes the descriptor over)."""
-    config = HypercornConfig()
-    config.bind = [f"fd://{sock.detach()}"]
-    config.accesslog = None
-    config.errorlog = None
-    config.graceful_timeout = 2.0
-    await hypercorn_serve(app, config, task_status=task_status)
+    """Serve ``app`` on the already listening ``sock`` (Hypercorn takes the descriptor over),
+    hardened against the keep-alive stall of Hypercorn + Quart-Trio (docs/http-server.md)."""
+    config = hypercorn_config(f"fd://{sock.detach()}")
+    await hypercorn_serve(harden(app), config, task_status=task_status)
 
 
 def mqtt_settings(settings: Settings) -> MqttSettings:

@@ -14,6 +14,7 @@ from lockerd.http.openapi import MsgspecOpenAPIProvider
 
 if TYPE_CHECKING:
     from lockerd.wiring import Service
+from lockerd.http.server import BODY_READ_TIMEOUT
 
 MAX_BODY_BYTES = 64 * 1024
 
@@ -29,6 +30,7 @@ class LockerdApp(QuartTrio):
 def create_app(service: Service, blueprints: Iterable[Blueprint]) -> LockerdApp:
     app = LockerdApp(service)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.config["BODY_TIMEOUT"] = BODY_READ_TIMEOUT  # an incomplete body: 408, then close
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the contract's field order
     QuartSchema(
         app,
