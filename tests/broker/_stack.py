@@ -312,3 +312,43 @@ class LockerdRun:
         """Stop gracefully (what SIGTERM does) and wait until lockerd has finished."""
         self._stop.set()
         await self._stopped.wait()
+
+
+def publish_blob(messages: list[tuple[str, bytes]], *, first_id: int = 1) -> bytes:
+    """One buffer of QoS 1 PUBLISH packets (packet ids from ``first_id``, cycling)."""
+    import struct
+
+    parts = []
+    for index, (topic, payload) in enumerate(messages):
+        packet_id = (first_id + index - 1) % 65535 + 1
+        body = RawMqtt._utf8(topic) + struct.pack("!H", packet_id) + payload
+        parts.append(RawMqtt._packet(0x32, body))
+    return b"".join(parts)
+
+
+def send_burst(conn: RawMqtt, blob: bytes, count: int) -> None:
+    """Write ``count`` pre-encoded QoS 1 publishes at once and read their PUBACKs (blocking:
+    run it in a thread)."""
+    import threading
+
+    acked = bytearray()
+    failure: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            while len(acked) < 4 * count:
+                chunk = conn.sock.recv(65536)
+                if not chunk:
+                    raise ConnectionError("broker closed the connection during the burst")
+                acked.extend(chunk)
+        except BaseException as exc:  # reported to the caller
+            failure.append(exc)
+
+    reader = threading.Thread(target=read, name="burst-pubacks")
+    reader.start()
+    conn.sock.settimeout(60)
+    conn.sock.sendall(blob)
+    reader.join(120)
+    if failure:
+        raise failure[0]
+    assert len(acked) == 4 * count, (len(acked), 4 * count)
