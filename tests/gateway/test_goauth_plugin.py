@@ -1301,7 +1301,7 @@ def test_files_only_without_an_acl_file_allows_everything(
 def test_bad_backend_options_stop_the_broker(
     options: dict[str, str], broker_for: Callable[..., GoAuthBroker]
 ) -> None:
-    with pytest.raises(Exception, match="exited|did not accept"):
+    with pytest.raises(Exception, match=r"exited|did not accept"):
         broker_for(extra_options=options)
 
 
@@ -1331,5 +1331,5 @@ def test_the_cache_jitter_spreads_expiries_within_ttl_plus_minus_jitter(
         time.sleep(0.1)  # polling an external broker's cache: nothing to await
     lifetimes = sorted(expired_at.values())
     assert len(lifetimes) == len(topics)
-    assert 0.8 <= lifetimes[0] and lifetimes[-1] <= 3.4, lifetimes
+    assert lifetimes[0] >= 0.8 and lifetimes[-1] <= 3.4, lifetimes
     assert lifetimes[-1] - lifetimes[0] > 0.5, lifetimes  # spread, not all at 2 s
