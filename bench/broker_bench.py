@@ -318,13 +318,16 @@ def report(results: dict[str, Any]) -> str:
         ratio = entry.get("ratio_vs_no_auth", 1.0)
         lines.append(
             f"| {name} | {entry['rate_median']:,.0f} | {ratio:.2f} | {sample['http_checks']} "
-            f"| {sample['lockerd_cpu_us_per_msg']:.0f} | {sample['broker_cpu_us_per_msg']:.0f} |"
+            f"| {entry['lockerd_cpu_us_median']:.0f} | {entry['broker_cpu_us_median']:.0f} |"
         )
     ack = results["ack"]
     lines += [
         "",
         f"manual PUBACK {ack['manual']['rate_median']:,.0f} heartbeats/s, automatic "
-        f"{ack['auto']['rate_median']:,.0f}/s: ratio {ack['ratio_manual_vs_auto']:.2f}",
+        f"{ack['auto']['rate_median']:,.0f}/s: ratio {ack['ratio_manual_vs_auto']:.2f}; "
+        f"lockerd CPU {ack['manual']['lockerd_cpu_us_median']:.0f} vs "
+        f"{ack['auto']['lockerd_cpu_us_median']:.0f} µs/heartbeat: ratio "
+        f"{ack['cpu_ratio_manual_vs_auto']:.2f}",
         f"zero loss: {results['zero_loss']} {results['losses'] or ''}",
     ]
     return "\n".join(lines)

@@ -20,8 +20,10 @@ from typing import Final
 
 #: go-auth's jitter in our deployment: a tenth of the cache time, whole seconds, rounded down.
 JITTER_DIVISOR: Final = 10
-#: Seconds added to the longest cache lifetime; lockerd logs a revocation whose append took
-#: longer than this (the window's assumption).
+#: Seconds added to the longest cache lifetime. The window starts when the bank actor decides
+#: the revocation; the directory stops allowing the old credentials once the revocation is
+#: stored, and the broker caches an answer a round trip after lockerd gave it: the margin
+#: covers both (an append that takes longer than this would eat into it).
 REVOCATION_MARGIN_SECONDS: Final = 2
 
 
