@@ -73,7 +73,7 @@ def serve(auto_ack: bool) -> int:
 
     if auto_ack:
         original = service.mqtt_settings
-        service.mqtt_settings = lambda settings: dataclasses.replace(  # type: ignore[assignment]
+        service.mqtt_settings = lambda settings: dataclasses.replace(
             original(settings), manual_ack=False
         )
     return main(["serve"])
@@ -115,7 +115,8 @@ class Stack:
     @property
     def lockerd_mqtt_url(self) -> str:
         if not self.auth:
-            return self.broker.url
+            url: str = self.broker.url
+            return url
         return f"mqtt://{BACKEND_USER}:{BACKEND_PASSWORD}@{self.broker.host}:{self.broker.port}"
 
 
