@@ -285,13 +285,22 @@ async def run(count: int, runs: int, ack_banks: int) -> dict[str, Any]:
         results["through_broker"][name]["ratio_vs_no_auth"] = (
             results["through_broker"][name]["rate_median"] / base
         )
+    for name, samples in through.items():
+        entry = results["through_broker"][name]
+        entry["lockerd_cpu_us_median"] = median([s["lockerd_cpu_us_per_msg"] for s in samples])
+        entry["broker_cpu_us_median"] = median([s["broker_cpu_us_per_msg"] for s in samples])
     for mode, samples in ack.items():
         results["ack"][mode] = {
             "rate_median": median([s["rate"] for s in samples]),
+            "lockerd_cpu_us_median": median([s["lockerd_cpu_us_per_msg"] for s in samples]),
             "samples": samples,
         }
     results["ack"]["ratio_manual_vs_auto"] = (
         results["ack"]["manual"]["rate_median"] / results["ack"]["auto"]["rate_median"]
+    )
+    results["ack"]["cpu_ratio_manual_vs_auto"] = (
+        results["ack"]["manual"]["lockerd_cpu_us_median"]
+        / results["ack"]["auto"]["lockerd_cpu_us_median"]
     )
     lost = [
         (name, s["handled"], s["broker_dropped_lines"])
