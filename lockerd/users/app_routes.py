@@ -37,6 +37,11 @@ REFUSALS: dict[str, tuple[int, str]] = {
     "no_grant": (403, "you have no valid grant for this compartment"),
     "offline": (409, "the locker bank is not online"),
     "command_pending": (409, "a command for this compartment is still pending"),
+    "revocation_pending": (
+        409,
+        "the locker bank's device was just provisioned anew; commands resume once the broker"
+        " can no longer admit the old device (docs/broker-auth.md)",
+    ),
 }
 
 
@@ -168,7 +173,11 @@ async def my_compartments() -> list[dict[str, Any]]:
     401,
     (403, "No valid grant for this compartment (`reason` no_grant); the refusal is recorded."),
     404,
-    (409, "The locker bank refused the open: `reason` says why (offline, command_pending)."),
+    (
+        409,
+        "The locker bank refused the open: `reason` says why (offline, command_pending,"
+        " revocation_pending).",
+    ),
     503,
 )
 async def open_compartment(compartment_id: str) -> tuple[dict[str, Any], int]:
