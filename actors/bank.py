@@ -93,6 +93,13 @@ class BankServices:
     clock: Clock
     snapshot_every: int = 100
     listeners: list[StoredEventListener] = field(default_factory=list)
+    #: More than one node: ``CommandDispatched`` is stored with the request, before the
+    #: publish, so an owner that takes over after a crash never publishes a command the dead
+    #: node may already have published (a crash in between ends in ``timeout``, never twice).
+    record_dispatch_first: bool = False
+    #: More than one node: a message being handled is finished even when the actor is stopped
+    #: (its bank moves to another node), so a handover never leaves an asker without an answer.
+    finish_in_flight: bool = False
 
 
 ALERT_EVENTS = (e.UncommandedDoorOpening, e.CommandFailed, e.CommandTimedOut)
@@ -122,15 +129,16 @@ class BankActor:
         self.s.timers.schedule(self.bank_id, self.state.next_deadline())
         while True:
             envelope = await self.mailbox.get()
-            try:
-                await self._handle(envelope)
-            except BaseException as exc:
-                self._answer(envelope, Outcome(self.state, crashed=repr(exc)))
-                if not isinstance(exc, trio.Cancelled):
-                    self.s.observer.message_dropped(envelope.kind, "actor_crashed")
-                    # a message that crashed the actor must not come back forever
-                    envelope.done()
-                raise
+            with trio.CancelScope(shield=self.s.finish_in_flight):
+                try:
+                    await self._handle(envelope)
+                except BaseException as exc:
+                    self._answer(envelope, Outcome(self.state, crashed=repr(exc)))
+                    if not isinstance(exc, trio.Cancelled):
+                        self.s.observer.message_dropped(envelope.kind, "actor_crashed")
+                        # a message that crashed the actor must not come back forever
+                        envelope.done()
+                    raise
 
     async def _load(self) -> None:
         state = BankState()
@@ -155,6 +163,9 @@ class BankActor:
         now = self.s.clock()
         for tx in self.state.pending():
             if not tx.dispatched and tx.expires_at > now:
+                if self.s.record_dispatch_first:
+                    # recorded before it goes out, as every command is with several nodes
+                    await self._handle(Envelope(c.MarkDispatched(tx.transaction_id)))
                 await self._dispatch_command(tx.transaction_id, now)
 
     async def _handle(self, envelope: Envelope) -> None:
@@ -175,6 +186,8 @@ class BankActor:
             self._answer(envelope, Outcome(self.state, rejected=rejection))
             envelope.done()
             return
+        if self.s.record_dispatch_first:
+            decided = self._with_dispatch_records(decided, now)
         durable = [ev for ev in decided if e.is_durable(ev)]
         stored: list[StoredEvent] = []
         if durable:
@@ -209,6 +222,23 @@ class BankActor:
                 Snapshot(self.bank_id, self.state.version, encode_snapshot(self.state))
             )
             self._snapshot_version = self.state.version
+
+    def _with_dispatch_records(self, decided: list[e.Event], now: datetime) -> list[e.Event]:
+        """``decided`` plus a ``CommandDispatched`` for every command it requests, so the
+        request and its dispatch record are appended in one transaction (no extra round trip
+        on the open path)."""
+        requested = [
+            ev.transaction_id
+            for ev in decided
+            if isinstance(ev, (e.CompartmentOpeningRequested, e.ConfigApplyRequested))
+        ]
+        if not requested:
+            return decided
+        interim = fold(self.state, decided)
+        records: list[e.Event] = []
+        for transaction_id in requested:
+            records += decide(interim, c.MarkDispatched(transaction_id), now)
+        return [*decided, *records]
 
     def _answer(self, envelope: Envelope, outcome: Outcome) -> None:
         if envelope.reply is not None:
@@ -255,7 +285,7 @@ class BankActor:
             Delivery(
                 device_command(self.state, tx),
                 deadline=trio.current_time() + remaining,
-                on_sent=sent,
+                on_sent=None if self.s.record_dispatch_first else sent,
             )
         )
 

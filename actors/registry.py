@@ -9,11 +9,13 @@ dashboard, while the rest of the fleet carries on.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import structlog
 import trio
+import trio.lowlevel
 
 from actors.bank import BankActor, BankServices, Envelope, Outcome
 from actors.mailbox import Mailbox, MailboxFull
@@ -33,11 +35,55 @@ class UnknownBank(Exception):
     pass
 
 
+class NotOwner(Exception):
+    """This node does not own the bank (more than one node): ask its owner."""
+
+
+class BankCameHere(Exception):
+    """Raised by a placement: while it looked for the bank's owner, this node became it."""
+
+
+#: ``Outcome.crashed`` of a message that was still queued when its bank's actor was handed
+#: over to another node: nothing of it was applied, and the registry sends it on to the owner.
+MOVED = "bank moved to another node"
+
+
+class BankPlacement(Protocol):
+    """Where banks live when there is more than one node (``lockerd.cluster``).
+
+    Without a placement every bank lives here. With one, a message for a bank this node does
+    not own is handed to :meth:`ask_remote` / :meth:`tell_remote`, which deliver it to the
+    owner; a timer tick for such a bank is dropped (its owner has its own timers).
+    """
+
+    def is_local(self, bank_id: str) -> bool: ...
+
+    async def ask_remote(
+        self,
+        bank_id: str,
+        command: c.BankCommand,
+        *,
+        kind: str | None,
+        secret: str | None,
+        allow_new: bool,
+    ) -> Outcome:
+        """The owner's outcome; raises UnknownBank, BankUnavailable or trio.TooSlowError."""
+        ...
+
+    async def tell_remote(self, bank_id: str, command: c.BankCommand, *, kind: str | None) -> None:
+        """Deliver to the owner without waiting for the outcome (dropped, counted, if stale)."""
+        ...
+
+
 @dataclass(slots=True)
 class BankEntry:
     bank_id: str
     mailbox: Mailbox[Envelope]
     child: ChildInfo | None = None
+    #: set when the actor is being stopped for good (its bank moves to another node)
+    stopping: bool = False
+    scope: trio.CancelScope | None = None
+    stopped: trio.Event = field(default_factory=trio.Event)
 
     @property
     def failed(self) -> bool:
@@ -54,8 +100,10 @@ class BankRegistry:
         mailbox_capacity: int = 1000,
         policy: RestartPolicy = RestartPolicy(),
         ask_timeout: float = 10.0,
+        placement: BankPlacement | None = None,
     ) -> None:
         self.services = services
+        self.placement = placement
         self.catalog = catalog
         self.mailbox_capacity = mailbox_capacity
         self.ask_timeout = ask_timeout
@@ -78,7 +126,11 @@ class BankRegistry:
         mailbox = entry.mailbox
 
         async def incarnation() -> None:
-            await BankActor(bank_id, mailbox, services).run()
+            if entry.stopping:
+                return
+            with trio.CancelScope() as scope:
+                entry.scope = scope
+                await BankActor(bank_id, mailbox, services).run()
 
         entry.child = self.supervisor.start_child(bank_id, incarnation)
         self.services.observer.bank_actors_running(len(self.entries))
@@ -92,11 +144,13 @@ class BankRegistry:
         status.last_error = child.last_error
         if child.status == "restarting":
             self.services.observer.bank_actor_restarted()
+        entry = self.entries.get(child.name)
         if child.status == "failed":
             self.services.observer.bank_actor_failed()
-            entry = self.entries.get(child.name)
             if entry is not None:
                 self._drain_failed(entry)
+        if child.status in ("failed", "stopped") and entry is not None:
+            entry.stopped.set()
         fleet.changed(child.name)
 
     def _drain_failed(self, entry: BankEntry) -> None:
@@ -118,10 +172,64 @@ class BankRegistry:
     ) -> Outcome:
         """Send a command and wait for its outcome; raises UnknownBank or BankUnavailable.
 
+        A bank owned by another node is asked there (through the placement).
+
         ``on_done`` (see :class:`~actors.bank.Envelope`) is called when the bank has handled
-        the command, or at once when the bank has failed; not when it never got into the
-        mailbox (too slow)."""
+        the command, at once when the bank has failed, and when a remote owner answered; not
+        when it never got into a mailbox (too slow).
+        """
+        placement = self.placement
+        with trio.fail_after(self.ask_timeout):
+            while True:
+                if placement is not None and not placement.is_local(bank_id):
+                    try:
+                        remote = await placement.ask_remote(
+                            bank_id, command, kind=kind, secret=secret, allow_new=allow_new
+                        )
+                    except BankCameHere:
+                        continue
+                    if on_done is not None:
+                        on_done()  # the owner has handled it
+                    return remote
+                try:
+                    outcome = await self.ask_local(
+                        bank_id,
+                        command,
+                        kind=kind,
+                        secret=secret,
+                        allow_new=allow_new,
+                        on_done=on_done,
+                    )
+                except NotOwner:
+                    continue  # it moved away between the two looks
+                if outcome.crashed == MOVED and placement is not None:
+                    # the handover is under way: ask wherever the bank is now
+                    await trio.lowlevel.checkpoint()
+                    continue
+                if outcome.crashed is not None:
+                    raise BankUnavailable(f"bank {bank_id}: {outcome.crashed}")
+                return outcome
+
+    async def ask_local(
+        self,
+        bank_id: str,
+        command: c.BankCommand,
+        *,
+        kind: str | None = None,
+        secret: str | None = None,
+        allow_new: bool = False,
+        on_done: Callable[[], None] | None = None,
+    ) -> Outcome:
+        """Ask the actor on this node; raises :class:`NotOwner` for a bank owned elsewhere.
+
+        Unlike :meth:`ask`, a crashed outcome is returned, not raised (``MOVED`` included:
+        then ``on_done`` has not been called and goes with the command to the new owner).
+        """
+        if self.placement is not None and not self.placement.is_local(bank_id):
+            raise NotOwner(bank_id)
         entry = self._entry(bank_id, allow_new=allow_new)
+        if entry.stopping:
+            return Outcome(BankState(), crashed=MOVED)
         if entry.failed:
             self.services.observer.message_dropped(kind, "bank_failed")
             if on_done is not None:
@@ -130,10 +238,7 @@ class BankRegistry:
         send, receive = trio.open_memory_channel[Outcome](1)
         with trio.fail_after(self.ask_timeout):
             await entry.mailbox.put(Envelope(command, kind, send, secret, on_done))
-            outcome = await receive.receive()
-        if outcome.crashed is not None:
-            raise BankUnavailable(f"bank {bank_id}: {outcome.crashed}")
-        return outcome
+            return await receive.receive()
 
     async def ask_if_available(
         self,
@@ -163,8 +268,21 @@ class BankRegistry:
     ) -> None:
         """Send without waiting for the outcome; waits for mailbox room (backpressure).
 
-        ``on_done``: see :class:`~actors.bank.Envelope`; called at once for a failed bank."""
+        ``on_done``: see :class:`~actors.bank.Envelope`; called at once for a failed bank. A
+        message for a bank owned by another node is acknowledged once it is handed to the
+        forwarder (this node cannot learn when the owner applied it)."""
+        placement = self.placement
+        if placement is not None and not placement.is_local(bank_id):
+            await placement.tell_remote(bank_id, command, kind=kind)
+            if on_done is not None:
+                on_done()
+            return
         entry = self._entry(bank_id)
+        if entry.stopping and placement is not None:
+            await placement.tell_remote(bank_id, command, kind=kind)
+            if on_done is not None:
+                on_done()
+            return
         if entry.failed:
             self.services.observer.message_dropped(kind, "bank_failed")
             if on_done is not None:
@@ -173,11 +291,13 @@ class BankRegistry:
         await entry.mailbox.put(Envelope(command, kind, on_done=on_done))
 
     def tell_nowait(self, bank_id: str, command: c.BankCommand) -> bool:
+        if self.placement is not None and not self.placement.is_local(bank_id):
+            return True  # its owner's timers tick it there
         try:
             entry = self._entry(bank_id)
         except UnknownBank:
             return True  # nothing to deliver to
-        if entry.failed:
+        if entry.failed or entry.stopping:
             return True
         try:
             entry.mailbox.put_nowait(Envelope(command))
@@ -187,3 +307,48 @@ class BankRegistry:
 
     def mailbox_total(self) -> int:
         return sum(entry.mailbox.depth for entry in self.entries.values())
+
+    def running_count(self) -> int:
+        """Bank actors on this node that have not been stopped (failed ones included)."""
+        return sum(1 for entry in self.entries.values() if not entry.stopping)
+
+    def start(self, bank_ids: Iterable[str]) -> None:
+        """Start the actors of known banks now rather than on their first message.
+
+        A node that takes banks over starts them at once, so that their deadlines (pending
+        commands' timeouts, presence) fire on time here.
+        """
+        for bank_id in bank_ids:
+            if self.catalog.is_bank(bank_id):
+                self._entry(bank_id)
+
+    async def stop(self, bank_ids: Iterable[str]) -> list[tuple[str, Envelope]]:
+        """Stop these banks' actors for good (their banks now live on another node).
+
+        The message being handled is finished first (the actor shields it when its services
+        ask for that); messages still queued are not handled here: asks are answered
+        :data:`MOVED` (the asker sends them on) and the rest is returned for the caller to
+        deliver to the new owner. Returns once every actor has ended.
+        """
+        entries = [self.entries[b] for b in bank_ids if b in self.entries]
+        left: list[tuple[str, Envelope]] = []
+        for entry in entries:
+            entry.stopping = True
+            if entry.scope is not None:
+                entry.scope.cancel()
+        for entry in entries:
+            if entry.child is not None and entry.child.status not in ("failed", "stopped"):
+                await entry.stopped.wait()
+            while (envelope := entry.mailbox.get_nowait()) is not None:
+                if envelope.reply is not None:
+                    envelope.reply.send_nowait(Outcome(BankState(), crashed=MOVED))
+                else:
+                    # handed on to the new owner by the caller: acknowledged with the hand-over
+                    envelope.done()
+                    left.append((entry.bank_id, envelope))
+            if self.entries.get(entry.bank_id) is entry:
+                del self.entries[entry.bank_id]
+            if entry.child is not None:
+                self.supervisor.children.pop(entry.bank_id, None)
+        self.services.observer.bank_actors_running(len(self.entries))
+        return left

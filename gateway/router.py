@@ -123,6 +123,8 @@ class Gateway:
         metric_sink: MetricSink | None = None,
         revocation_window_seconds: int = 0,
         clock: Callable[[], float] = time.monotonic,
+        subscriptions: Sequence[tuple[str, int]] = topics.SUBSCRIPTIONS,
+        keep_server_online: bool = False,
     ) -> None:
         self.mqtt = mqtt
         self.banks = banks
@@ -138,6 +140,11 @@ class Gateway:
             REGISTRATION_FAILURES, REGISTRATION_WINDOW_SECONDS, clock=clock
         )
         self._online_wanted = trio.Event()
+        #: the topic filters subscribed at start (more than one node: see topics)
+        self.subscriptions = tuple(subscriptions)
+        #: more than one node: ``server/status`` is online while any node is, so an
+        #: ``offline`` seen there (another node's will or last words) is answered ``online``
+        self.keep_server_online = keep_server_online
 
     async def run(self) -> None:
         """Announce, subscribe and route until cancelled; announce offline on the way out."""
@@ -145,7 +152,7 @@ class Gateway:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._announce_online)
-                await self.mqtt.subscribe(topics.SUBSCRIPTIONS)
+                await self.mqtt.subscribe(self.subscriptions)
                 receive = self.mqtt.messages()
                 while True:
                     try:
@@ -167,6 +174,14 @@ class Gateway:
                     await self.mqtt.publish(
                         topics.SERVER_STATUS, outbound.server_status(False), qos=1, retain=True
                     )
+
+    def announce_online(self) -> None:
+        """Publish the retained ``online`` again (soon, from the gateway's own task).
+
+        With several nodes, a node that has taken banks over calls it: devices beat at once on
+        ``online``, so their new owner sees them without waiting for their next heartbeat.
+        """
+        self._online_wanted.set()
 
     def _connection_changed(self, connected: bool) -> None:
         self.observer.mqtt_connection(connected)
@@ -194,6 +209,13 @@ class Gateway:
         dropped here is acknowledged here; one handed over is acknowledged by its taker.
         """
         done = message.ack
+        if self.keep_server_online and message.topic == topics.SERVER_STATUS:
+            # not a device message, but counted like every message (kind unknown)
+            self.observer.message_dropped("unknown", "server_status")
+            if message.payload != outbound.server_status(True):
+                self._online_wanted.set()  # another node went away; we are still here
+            done()
+            return
         try:
             parsed = topics.parse_topic(message.topic, accept_status=self.accept_status_topic)
         except topics.TopicError as exc:

@@ -24,6 +24,16 @@ SUBSCRIPTIONS: tuple[tuple[str, int], ...] = (
     ("metrics/#", 1),
 )
 
+#: With more than one node: registrations and metrics go to any one node (MQTT shared
+#: subscriptions), bank topics are subscribed per bank by the bank's owner, and every node
+#: watches ``server/status`` to put ``online`` back after another node's last will.
+SHARED_GROUP = "lockerd"
+CLUSTER_SUBSCRIPTIONS: tuple[tuple[str, int], ...] = (
+    (f"$share/{SHARED_GROUP}/locker/register/+", 1),
+    (f"$share/{SHARED_GROUP}/metrics/#", 1),
+    (SERVER_STATUS, 1),
+)
+
 
 def is_uuid(text: str) -> bool:
     return _UUID.fullmatch(text) is not None

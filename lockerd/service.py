@@ -27,6 +27,7 @@ import contextlib
 import errno
 import socket
 from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 
 import structlog
@@ -37,6 +38,7 @@ from quart import Blueprint
 from actors.bank import BankServices
 from actors.dispatcher import Dispatcher
 from actors.fleet import FleetView
+from actors.ports import StoredEventListener
 from actors.registry import BankRegistry
 from actors.supervisor import RestartPolicy, Supervisor
 from actors.timers import TimerService
@@ -53,13 +55,22 @@ from lockerd.banks.projections import PROJECTIONS
 from lockerd.brokerauth import routes as brokerauth_routes
 from lockerd.brokerauth.checks import BrokerAuth
 from lockerd.brokerauth.revocation import revocation_window_seconds
+from lockerd.cluster import routes as cluster_routes
+from lockerd.cluster.link import DuplicateNode, LinkLost
+from lockerd.cluster.node import (
+    ClusterNode,
+    ClusterStart,
+    log_end,
+    open_cluster,
+    take_startup_turn,
+)
 from lockerd.config import Settings
 from lockerd.dashboard import routes as dashboard_routes
 from lockerd.dashboard.hub import DashboardMetrics, StatusHub
 from lockerd.http import ops
 from lockerd.http.app import LockerdApp, create_app
 from lockerd.http.server import harden, hypercorn_config
-from lockerd.keystore import load_keyring
+from lockerd.keystore import KEY_TABLE_DDL, load_keyring
 from lockerd.metrics import Metrics
 from lockerd.telemetry import routes as telemetry_routes
 from lockerd.telemetry import schema as telemetry_schema
@@ -92,6 +103,7 @@ BLUEPRINTS = (
     telemetry_routes.blueprint,
     brokerauth_routes.blueprint,
     dashboard_routes.blueprint,
+    cluster_routes.blueprint,
 )
 
 
@@ -100,6 +112,13 @@ def create_plain_tables(tx: SqlTx) -> None:
     queries.create_plain_tables(tx)
     user_tables.create_tables(tx)
     telemetry_schema.create_tables(tx)
+
+
+def create_plain_tables_in_turn(tx: SqlTx) -> None:
+    """:func:`create_plain_tables` when several nodes may start at once (PostgreSQL)."""
+    take_startup_turn(tx)
+    tx.execute(KEY_TABLE_DDL)
+    create_plain_tables(tx)
 
 
 def bind_http(settings: Settings) -> socket.socket:
@@ -125,6 +144,15 @@ def http_url(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
+def advertised_url(sock: socket.socket) -> str:
+    """The URL other nodes reach this one at: the bound address, or, when bound to every
+    address (``0.0.0.0``, ``::``), this host's name (a container's name under compose)."""
+    host, port = sock.getsockname()[:2]
+    if host in ("0.0.0.0", "::"):
+        return f"http://{socket.gethostname()}:{port}"
+    return http_url(sock)
+
+
 async def serve_http(
     app: LockerdApp,
     sock: socket.socket,
@@ -137,11 +165,24 @@ async def serve_http(
     await hypercorn_serve(harden(app), config, task_status=task_status)
 
 
+def is_clustered(settings: Settings) -> bool:
+    """Whether this node joins a cluster: with PostgreSQL it does (it may be the only node);
+    with SQLite there is exactly one node and no cluster layer (contract §7)."""
+    return settings.database.split("://", 1)[0].startswith("postgres")
+
+
+def mqtt_client_id(settings: Settings) -> str:
+    """Each node of a cluster has its own persistent session: ``<client id>-<node id>``."""
+    if is_clustered(settings):
+        return f"{settings.mqtt_client_id}-{settings.node_id}"
+    return settings.mqtt_client_id
+
+
 def mqtt_settings(settings: Settings) -> MqttSettings:
     return MqttSettings(
         host=settings.mqtt.host,
         port=settings.mqtt.port,
-        client_id=settings.mqtt_client_id,
+        client_id=mqtt_client_id(settings),
         username=settings.mqtt.username,
         password=settings.mqtt.password,
         clean_session=False,
@@ -166,10 +207,13 @@ async def running_service(
     ``StoreUnavailable`` before anything else has started.
     """
     listener = bind_http(settings)
+    clustered = is_clustered(settings)
     try:
-        async with open_store(settings.database, PROJECTIONS) as store:
-            await store.write(create_plain_tables)
+        async with open_store(settings.database, PROJECTIONS) as store, AsyncExitStack() as stack:
+            await store.write(create_plain_tables_in_turn if clustered else create_plain_tables)
             keyring = await load_keyring(store, settings.secret_key)
+            # read before the directory: the cluster's event feed starts here (never misses)
+            log_position = await store.read(log_end) if clustered else 0
             start = await store.read(queries.starting_point)
             directory = Directory()
             directory.load(start)
@@ -183,6 +227,33 @@ async def running_service(
             await sessions.hasher.prepare()
             mqtt = MqttClient(mqtt_settings(settings))
             shutdown = trio.Event()
+            # Stored-event listeners that keep an in-memory view every node needs (read models)
+            # go in ``listeners``: with a cluster they also get the events appended by other
+            # nodes (the event feed). A reaction that must run once per event (a side effect)
+            # must not: add it to BankServices.listeners below, where the bank's actor runs.
+            listeners: list[StoredEventListener] = [directory.follow]
+            cluster: ClusterNode | None = None
+            if clustered:
+                try:
+                    cluster = await stack.enter_async_context(
+                        open_cluster(
+                            ClusterStart(
+                                database_url=settings.database,
+                                node_id=settings.node_id,
+                                http_url=advertised_url(listener),
+                                store=store,
+                                keyring=keyring,
+                                listeners=list(listeners),
+                                fleet=fleet,
+                                known_banks=lambda: list(directory.banks),
+                                after_position=log_position,
+                                dropped=metrics.message_dropped,
+                            )
+                        )
+                    )
+                except (DuplicateNode, LinkLost) as exc:
+                    raise StartupError(str(exc)) from None
+                listeners = cluster.local_listeners()
 
             async with trio.open_nursery() as nursery:
                 dispatcher = Dispatcher(MqttOutbox(mqtt), metrics)
@@ -199,9 +270,16 @@ async def running_service(
                     timers=timers,
                     observer=metrics,
                     clock=clock,
-                    listeners=[directory.follow],
+                    listeners=listeners,
+                    record_dispatch_first=cluster is not None,
+                    finish_in_flight=cluster is not None,
                 )
-                registry = BankRegistry(nursery, bank_services, directory)
+                registry = BankRegistry(
+                    nursery,
+                    bank_services,
+                    directory,
+                    placement=None if cluster is None else cluster.ownership,
+                )
                 pipeline = MetricsPipeline(store, agents, metrics, clock, next_seq=next_seq)
                 gateway = Gateway(
                     mqtt,
@@ -216,6 +294,10 @@ async def running_service(
                     revocation_window_seconds=revocation_window_seconds(
                         settings.broker_auth_cache_seconds
                     ),
+                    subscriptions=(
+                        topics.SUBSCRIPTIONS if cluster is None else topics.CLUSTER_SUBSCRIPTIONS
+                    ),
+                    keep_server_online=cluster is not None,
                 )
                 service = Service(
                     settings=settings,
@@ -248,12 +330,20 @@ async def running_service(
                     gateway=gateway,
                     clock=clock,
                     shutdown=shutdown,
+                    cluster=cluster,
                 )
                 root = Supervisor(nursery, name="root", policy=RestartPolicy(), escalate=True)
                 root.start_child("dispatcher", dispatcher.run)
                 root.start_child("timers", timers.run)
-                root.start_child("last-seen", lambda: flush_last_seen(store, fleet))
+                owned = None if cluster is None else cluster.ownership.is_local
+                root.start_child("last-seen", lambda: flush_last_seen(store, fleet, owned))
                 root.start_child("metrics-pipeline", pipeline.run)
+                if cluster is not None:
+                    node = cluster
+                    root.start_child(
+                        "cluster",
+                        lambda: node.run(registry, mqtt, announce_online=gateway.announce_online),
+                    )
                 for bank_id in start.banks_with_pending_commands:
                     # wake every bank with a pending command now: its actor resumes its
                     # outbox (publishes what was recorded but never sent) and schedules
@@ -261,9 +351,7 @@ async def running_service(
                     timers.schedule(bank_id, clock())
                 await nursery.start(serve_http, create_app(service, blueprints), listener)
                 async with running(mqtt), trio.open_nursery() as edge:
-                    Supervisor(edge, name="edge", escalate=True).start_child(
-                        "gateway", gateway.run
-                    )
+                    Supervisor(edge, name="edge", escalate=True).start_child("gateway", gateway.run)
                     log.info(
                         "lockerd_started",
                         http=service.http_url,
@@ -274,6 +362,10 @@ async def running_service(
                     try:
                         yield service
                     finally:
+                        if cluster is not None:
+                            # hand every bank over at once, while MQTT and HTTP still run
+                            with trio.CancelScope(shield=True), trio.move_on_after(10.0):
+                                await cluster.leave()
                         # the gateway publishes "offline" on its way out, while MQTT and
                         # HTTP (go-auth's backend) still run
                         edge.cancel_scope.cancel()

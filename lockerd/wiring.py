@@ -20,6 +20,7 @@ from gateway.mqtt import MqttClient
 from gateway.router import Gateway
 from lockerd.banks.directory import Directory
 from lockerd.brokerauth.checks import BrokerAuth
+from lockerd.cluster.node import ClusterNode
 from lockerd.config import Settings
 from lockerd.dashboard.hub import StatusHub
 from lockerd.metrics import Metrics
@@ -50,3 +51,5 @@ class Service:
     clock: Callable[[], datetime]
     #: set when the service is asked to stop (SIGTERM); long-lived streams close on it
     shutdown: trio.Event
+    #: this node's part in a cluster (PostgreSQL); None with SQLite: one node owns every bank
+    cluster: ClusterNode | None = None

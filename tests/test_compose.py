@@ -41,6 +41,8 @@ ENV_EXAMPLE = DOCKER / ".env.example"
 TEMPLATE = DOCKER / "mosquitto" / "mosquitto.conf.template"
 ENTRYPOINT = DOCKER / "mosquitto" / "entrypoint.sh"
 DOCKERFILE = DOCKER / "Dockerfile"
+HAPROXY = DOCKER / "haproxy" / "haproxy.cfg"
+NODES = ("lockerd-1", "lockerd-2")
 
 GOAUTH_URI_OPTIONS = (
     "auth_opt_http_getuser_uri",
@@ -161,7 +163,7 @@ def docker_compose_available() -> bool:
 def test_compose_file_is_valid(tmp_path: Path) -> None:
     """``docker compose config`` when the plugin is there; the YAML checks below always."""
     compose = load_compose()
-    assert set(compose["services"]) == {"mosquitto", "lockerd", "postgres"}
+    assert set(compose["services"]) == {"mosquitto", *NODES, "proxy", "postgres"}
     if docker_compose_available():
         project = tmp_path / "project"
         project.mkdir()
@@ -194,34 +196,95 @@ def test_compose_file_is_valid(tmp_path: Path) -> None:
 
 def test_services_images_health_and_order() -> None:
     services = load_compose()["services"]
-    mosquitto, lockerd_, postgres = services["mosquitto"], services["lockerd"], services["postgres"]
+    mosquitto, postgres, proxy = services["mosquitto"], services["postgres"], services["proxy"]
 
     assert mosquitto["image"].startswith("iegomez/mosquitto-go-auth")
-    assert lockerd_["build"] == {"context": ".", "dockerfile": "docker/Dockerfile"}
-    assert (ROOT / lockerd_["build"]["context"] / lockerd_["build"]["dockerfile"]).is_file()
     assert postgres["image"].startswith("postgres:")
+    assert proxy["image"].startswith("haproxy:")
+    for name in NODES:
+        node = services[name]
+        assert node["build"] == {"context": ".", "dockerfile": "docker/Dockerfile"}
+        assert (ROOT / node["build"]["context"] / node["build"]["dockerfile"]).is_file()
+        health = " ".join(node["healthcheck"]["test"])
+        assert "/healthz" in health and "8080" in health
+        assert node["depends_on"]["postgres"]["condition"] == "service_healthy"
+        # the broker is healthy without lockerd (go-auth's files backend knows lockerd's user)
+        assert node["depends_on"]["mosquitto"]["condition"] == "service_healthy"
+        assert "ports" not in node  # reached through the proxy only
+        assert node["stop_grace_period"] == "20s"
 
     for name, service in services.items():
         assert "healthcheck" in service, f"{name} has no health check"
         assert service.get("restart") == "unless-stopped", name
-    health = " ".join(lockerd_["healthcheck"]["test"])
-    assert "/healthz" in health and "8080" in health
-    assert lockerd_["depends_on"]["postgres"]["condition"] == "service_healthy"
-    # the broker is healthy without lockerd (go-auth's files backend knows lockerd's user)
-    assert lockerd_["depends_on"]["mosquitto"]["condition"] == "service_healthy"
     broker_health = " ".join(mosquitto["healthcheck"]["test"])
     assert "mosquitto_sub" in broker_health and "$LOCKERD_BACKEND_MQTT_PASSWORD" in broker_health
     assert read_env_file(ENV_EXAMPLE)["LOCKERD_BACKEND_MQTT_PASSWORD"] not in broker_health
 
-    # PostgreSQL keeps its data in a named volume; the broker keeps lockerd's session.
+    # PostgreSQL keeps its data in a named volume; the broker keeps lockerd's sessions.
     volumes = load_compose()["volumes"]
     assert "postgres-data:/var/lib/postgresql/data" in postgres["volumes"]
     assert "postgres-data" in volumes and "mosquitto-data" in volumes
     assert "mosquitto-data:/var/lib/mosquitto" in mosquitto["volumes"]
-    # Only MQTT is published to the world; HTTP to the host's loopback (reverse proxy), no DB.
+    # Only MQTT is published to the world; HTTP (the proxy) to the host's loopback, no DB.
     assert mosquitto["ports"] == ["1883:1883"]
-    assert lockerd_["ports"] == ["127.0.0.1:8080:8080"]
+    assert proxy["ports"] == ["127.0.0.1:8080:8080"]
     assert "ports" not in postgres
+
+
+def haproxy_lines() -> list[str]:
+    return [
+        line.strip()
+        for line in HAPROXY.read_text().splitlines()
+        if line.strip() and not line.strip().startswith("#")
+    ]
+
+
+def test_two_nodes_behind_the_proxy_each_with_its_own_name() -> None:
+    """Contract §7: two nodes, one database and broker, one HTTP entry in front of them."""
+    services = load_compose()["services"]
+    proxy = services["proxy"]
+    assert "./docker/haproxy/haproxy.cfg:/usr/local/etc/haproxy/haproxy.cfg:ro" in proxy["volumes"]
+    assert sorted(proxy["depends_on"]) == sorted(NODES)
+    # go-auth asks "lockerd:8080" (the Mosquitto template): that name is the proxy, so the
+    # broker's checks go to whichever node is up
+    network = proxy["networks"]["backend"]
+    assert "lockerd" in network["aliases"]
+    assert template_options()["auth_opt_http_host"] == ["lockerd"]
+    # every node: the same settings but its name; its host name is how the other reaches it
+    example = read_env_file(ENV_EXAMPLE)
+    settings = [
+        load_settings({**example, **env_list(services[name]["environment"])}, {}) for name in NODES
+    ]
+    assert [s.node_id for s in settings] == list(NODES)
+    assert [services[name]["hostname"] for name in NODES] == list(NODES)
+    assert len({s.database for s in settings}) == 1
+    assert len({(s.mqtt.host, s.mqtt.port, s.mqtt.username) for s in settings}) == 1
+    # X-Forwarded-For is believed from the proxy's fixed address only
+    subnet = load_compose()["networks"]["backend"]["ipam"]["config"][0]["subnet"]
+    import ipaddress
+
+    address = ipaddress.ip_address(network["ipv4_address"])
+    assert address in ipaddress.ip_network(subnet)
+    for one in settings:
+        assert [str(n) for n in one.trusted_proxies] == [f"{address}/32"]
+
+
+def test_the_proxy_balances_every_node_and_keeps_streams_open() -> None:
+    lines = haproxy_lines()
+    servers = [line.split() for line in lines if line.startswith("server ")]
+    assert [(s[1], s[2]) for s in servers] == [(n, f"{n}:8080") for n in NODES]
+    assert all("check" in s for s in servers)
+    assert "bind :8080" in lines and "mode http" in lines
+    # websockets (/ws/status, /ws/app) and SSE stay open past the request timeouts
+    tunnel = [line for line in lines if line.startswith("timeout tunnel")]
+    assert tunnel == ["timeout tunnel 1h"]
+    assert not any(line.startswith("option http-buffer-request") for line in lines)
+    # a node is in rotation while it answers: 503 (MQTT not up yet) still answers go-auth
+    assert "option httpchk GET /healthz" in lines
+    assert "http-check expect rstatus ^(200|503)$" in lines
+    assert "option forwardfor" in lines and "option redispatch" in lines
+    # the nodes' internal route is for the nodes only (they call each other directly)
+    assert "http-request deny deny_status 404 if { path_beg /internal/ }" in lines
 
 
 def test_bind_mounts_exist_and_the_entrypoint_is_the_generator() -> None:
@@ -249,13 +312,15 @@ def test_secrets_come_from_env_file_and_are_required() -> None:
         env = {k: v for k, v in example.items() if k != secret}
         with pytest.raises(MissingVariable, match=secret):
             load_compose(env)
-    assert load_compose()["services"]["lockerd"]["env_file"] == ".env"
+    for name in NODES:
+        assert load_compose()["services"][name]["env_file"] == ".env"
 
 
-def test_lockerd_gets_a_valid_configuration() -> None:
-    """The environment compose gives lockerd passes lockerd's own configuration loader."""
+@pytest.mark.parametrize("node", NODES)
+def test_lockerd_gets_a_valid_configuration(node: str) -> None:
+    """The environment compose gives each node passes lockerd's own configuration loader."""
     example = read_env_file(ENV_EXAMPLE)
-    service = load_compose()["services"]["lockerd"]
+    service = load_compose()["services"][node]
     env = {**example, **env_list(service["environment"])}
     settings = load_settings(env, {})
     database = parse_database_url(settings.database)
@@ -463,10 +528,11 @@ def test_entrypoint_defaults_to_a_30_second_cache(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert rendered_options(tmp_path)["auth_opt_acl_cache_seconds"] == ["30"]
     compose = load_compose()["services"]
-    assert (
-        env_list(compose["lockerd"]["environment"])["LOCKERD_BROKER_AUTH_CACHE_SECONDS"]
-        == (read_env_file(ENV_EXAMPLE)["LOCKERD_BROKER_AUTH_CACHE_SECONDS"])
-    )
+    for node in NODES:
+        assert (
+            env_list(compose[node]["environment"])["LOCKERD_BROKER_AUTH_CACHE_SECONDS"]
+            == read_env_file(ENV_EXAMPLE)["LOCKERD_BROKER_AUTH_CACHE_SECONDS"]
+        )
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ most once per bank every :data:`LAST_SEEN_FLUSH_SECONDS`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 
 import trio
@@ -18,16 +19,25 @@ from store.base import Tables
 LAST_SEEN_FLUSH_SECONDS = 5.0
 
 
-async def flush_last_seen(tables: Tables, fleet: FleetView) -> None:
-    """Persist ``last_seen`` coalesced, forever (a supervised child of the service)."""
+async def flush_last_seen(
+    tables: Tables, fleet: FleetView, owned: Callable[[str], bool] | None = None
+) -> None:
+    """Persist ``last_seen`` coalesced, forever (a supervised child of the service).
+
+    With several nodes, ``owned`` says which banks this node writes (those whose actor runs
+    here): each row has one writer, so two nodes never write the same rows concurrently.
+    Rows are written in bank id order, so concurrent writers cannot deadlock on them anyway.
+    """
     written: dict[str, datetime] = {}
     while True:
         await trio.sleep(LAST_SEEN_FLUSH_SECONDS)
-        rows = [
+        rows = sorted(
             (bank_id, status.last_seen)
             for bank_id, status in fleet.banks.items()
-            if status.last_seen is not None and written.get(bank_id) != status.last_seen
-        ]
+            if status.last_seen is not None
+            and written.get(bank_id) != status.last_seen
+            and (owned is None or owned(bank_id))
+        )
         if not rows:
             continue
         await tables.write(queries.save_last_seen(rows))

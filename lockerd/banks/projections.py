@@ -267,4 +267,3 @@ TRANSACTIONS = _TableProjection(
 )
 
 PROJECTIONS: tuple[Projection, ...] = (BANKS, GRANTS, TRANSACTIONS)
-

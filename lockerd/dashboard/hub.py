@@ -219,5 +219,3 @@ class StatusHub:
                 await trio.sleep(self.close_timeout)
                 log.info("dashboard_client_aborted", reason="close frame not written in time")
                 transport.abort()
-
-

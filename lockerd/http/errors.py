@@ -81,7 +81,6 @@ def install_error_handlers(app: Quart) -> None:
         return error_response(500, "internal_error", "internal error")
 
 
-
 class ErrorOut(msgspec.Struct):
     """A contract-shaped error."""
 

@@ -22,6 +22,8 @@ class HealthOut(msgspec.Struct):
     status: Literal["ok", "degraded"]
     mqtt: Literal["connected", "disconnected"]
     store: Literal["ok", "unavailable"]
+    node: str
+    banks: int
 
 
 HEALTHY: Final = ResponseSpec("Everything is up.", {"application/json": HealthOut})
@@ -48,7 +50,16 @@ async def healthz() -> Response:
     except StoreUnavailable:
         store = "unavailable"
     healthy = mqtt == "connected" and store == "ok"
-    response = jsonify({"status": "ok" if healthy else "degraded", "mqtt": mqtt, "store": store})
+    response = jsonify(
+        {
+            "status": "ok" if healthy else "degraded",
+            "mqtt": mqtt,
+            "store": store,
+            # contract §7: this node's name and how many bank actors it owns
+            "node": service.settings.node_id,
+            "banks": service.registry.running_count(),
+        }
+    )
     response.status_code = 200 if healthy else 503
     return response
 

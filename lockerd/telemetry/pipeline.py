@@ -273,8 +273,9 @@ class MetricsPipeline:
         except Rejected as exc:
             self._points.labels("http", "rejected").inc()
             self.stats.rejected += 1
-            log.info("metric_rejected", reason=exc.reason, agent_id=agent.agent_id,
-                     detail=exc.message)
+            log.info(
+                "metric_rejected", reason=exc.reason, agent_id=agent.agent_id, detail=exc.message
+            )
             self._changed()
             raise
         return await self.submit(point)
@@ -320,8 +321,11 @@ class MetricsPipeline:
                     subscriber.send.send_nowait(point)
                 except trio.WouldBlock:
                     self.stats.subscribers_dropped += 1
-                    log.warning("metric_subscriber_dropped", reason="too_slow",
-                                tenant_id=subscriber.tenant_id)
+                    log.warning(
+                        "metric_subscriber_dropped",
+                        reason="too_slow",
+                        tenant_id=subscriber.tenant_id,
+                    )
                     alive = False
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     alive = False  # the subscriber went away
@@ -383,8 +387,15 @@ class MetricsPipeline:
         seq = self._seq
         for item in fresh:
             point = item[0]
-            row: Row = (seq, point.tenant_id, point.agent_id, point.metric, point.value,
-                        point.ts_us, point.dedupe_id)
+            row: Row = (
+                seq,
+                point.tenant_id,
+                point.agent_id,
+                point.metric,
+                point.value,
+                point.ts_us,
+                point.dedupe_id,
+            )
             seq += 1
             if point.dedupe_id is None:
                 plain.append(row)

@@ -218,9 +218,7 @@ def check_dedupe_id(dedupe_id: str | None) -> str | None:
     if dedupe_id is None:
         return None
     if not dedupe_id or len(dedupe_id) > MAX_DEDUPE_ID:
-        raise Rejected(
-            "invalid_dedupe_id", f"dedupe_id must have 1 to {MAX_DEDUPE_ID} characters"
-        )
+        raise Rejected("invalid_dedupe_id", f"dedupe_id must have 1 to {MAX_DEDUPE_ID} characters")
     return dedupe_id
 
 

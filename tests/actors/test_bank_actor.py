@@ -23,7 +23,7 @@ from actors.bank import BankServices, Outcome
 from actors.dispatcher import Dispatcher
 from actors.fleet import FleetView
 from actors.ports import StoredEventListener
-from actors.registry import BankRegistry, BankUnavailable
+from actors.registry import BankPlacement, BankRegistry, BankUnavailable
 from actors.supervisor import RestartPolicy
 from actors.timers import TimerService
 from domain import commands as c
@@ -81,6 +81,8 @@ async def world(
     snapshot_every: int = 100,
     policy: RestartPolicy = POLICY,
     listeners: Sequence[StoredEventListener] = (),
+    record_dispatch_first: bool = False,
+    placement: BankPlacement | None = None,
 ) -> AsyncIterator[World]:
     """The bank actors as ``lockerd.service`` wires them, with fakes for the ports."""
     clock = FakeClock(EPOCH, follow_trio=True)
@@ -105,13 +107,15 @@ async def world(
             observer=observer,
             clock=clock,
             snapshot_every=snapshot_every,
+            record_dispatch_first=record_dispatch_first,
+            finish_in_flight=placement is not None,
             listeners=[
                 catalog.follow,
                 lambda bank_id, stored: listened.append((bank_id, list(stored))),
                 *listeners,
             ],
         )
-        registry = BankRegistry(nursery, services, catalog, policy=policy)
+        registry = BankRegistry(nursery, services, catalog, policy=policy, placement=placement)
         nursery.start_soon(dispatcher.run)
         nursery.start_soon(timers.run)
         with trio.fail_after(WORLD_DEADLINE):

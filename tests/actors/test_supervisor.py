@@ -22,8 +22,9 @@ def autojump_clock() -> trio.testing.MockClock:
     return trio.testing.MockClock(autojump_threshold=0)
 
 
-POLICY = RestartPolicy(max_restarts=3, within_seconds=10.0, backoff_initial=0.1,
-                       backoff_max=1.0, jitter=0.0)
+POLICY = RestartPolicy(
+    max_restarts=3, within_seconds=10.0, backoff_initial=0.1, backoff_max=1.0, jitter=0.0
+)
 
 
 async def test_crashing_child_is_restarted_with_exponential_backoff(
@@ -63,7 +64,9 @@ async def test_budget_exceeded_escalates(autojump_clock: trio.testing.MockClock)
     with pytest.raises(ExceptionGroup) as caught:
         async with trio.open_nursery() as nursery:
             supervisor = Supervisor(
-                nursery, name="test", policy=POLICY,
+                nursery,
+                name="test",
+                policy=POLICY,
                 on_change=lambda info: infos.append(info.status),
             )
             supervisor.start_child("doomed", always_crashes)
@@ -96,8 +99,9 @@ async def test_without_escalation_failure_is_reported_and_siblings_live(
         await trio.sleep_forever()
 
     async with trio.open_nursery() as nursery:
-        supervisor = Supervisor(nursery, name="banks", policy=POLICY, escalate=False,
-                                on_change=changed)
+        supervisor = Supervisor(
+            nursery, name="banks", policy=POLICY, escalate=False, on_change=changed
+        )
         supervisor.start_child("sibling", sibling)
         failed = supervisor.start_child("poison", always_crashes)
         await poison_failed.wait()

@@ -101,7 +101,13 @@ async def test_heartbeat_brings_bank_online_and_health(
         bank = await svc.create_bank(heartbeat_interval_seconds=1)
         health = await svc.http.get("/healthz")
         assert health.status_code == 200
-        assert health.json() == {"status": "ok", "mqtt": "connected", "store": "ok"}
+        assert health.json() == {
+            "status": "ok",
+            "mqtt": "connected",
+            "store": "ok",
+            "node": svc.context.settings.node_id,
+            "banks": 1,  # the bank just created; its actor runs on this (only) node
+        }
         publish(mosquitto, f"locker/{bank['id']}/state", heartbeat())
 
         async def online() -> bool:
@@ -203,6 +209,8 @@ async def test_healthz_degraded_while_broker_is_down(
                 "status": "degraded",
                 "mqtt": "disconnected",
                 "store": "ok",
+                "node": svc.context.settings.node_id,
+                "banks": 0,
             }
 
         await eventually(degraded)

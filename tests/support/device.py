@@ -169,7 +169,7 @@ class TestDevice:
     # --- receiving ----------------------------------------------------------------------
 
     async def next_command(
-        self, action: str | None = None, *, within: float = 10.0
+        self, action: str | None = None, *, within: float = 30.0
     ) -> dict[str, Any]:
         """The next command not returned before (optionally of one action), waiting for it."""
         with trio.fail_after(within):
@@ -254,7 +254,7 @@ class Credentials:
     client_id: str
 
 
-async def provision(broker_url: str, token: str, *, within: float = 10.0) -> Credentials:
+async def provision(broker_url: str, token: str, *, within: float = 30.0) -> Credentials:
     """Redeem a provisioning token the way a device does (§2): register, await the reply."""
     client_id = f"test-device-{uuid.uuid4().hex[:12]}"
     async with open_mqtt_client(client_settings(broker_url, client_id)) as client:
@@ -277,7 +277,7 @@ async def wait_until(
     fleet: FleetView,
     check: Callable[[], Awaitable[Any]],
     *,
-    within: float = 10.0,
+    within: float = 30.0,
     what: str = "the condition",
 ) -> Any:
     """Wait for ``check()`` to return something truthy, and return it; no fixed sleeps.

@@ -130,14 +130,14 @@ class Registrar:
         data = raw if isinstance(raw, bytes) else raw.encode()
         await self.client.publish(f"locker/register/{token}", data, qos=1)
 
-    async def reply(self, within: float = 10.0) -> Reply:
+    async def reply(self, within: float = 30.0) -> Reply:
         with trio.fail_after(within):
             async for message in self.client.messages():
                 if message.topic == self.reply_topic:
                     return Reply(message.topic, json.loads(message.payload))
         raise AssertionError("MQTT client stopped before a reply arrived")
 
-    async def register(self, token: str, within: float = 10.0) -> Reply:
+    async def register(self, token: str, within: float = 30.0) -> Reply:
         await self.send(token)
         return await self.reply(within)
 
@@ -184,7 +184,7 @@ async def metric_value(http: httpx.AsyncClient, name: str, **labels: str) -> flo
 
 
 async def wait_for_metric(
-    http: httpx.AsyncClient, name: str, at_least: float, within: float = 10.0, **labels: str
+    http: httpx.AsyncClient, name: str, at_least: float, within: float = 30.0, **labels: str
 ) -> float:
     """Wait until a counter on /metrics reaches ``at_least`` (state behind HTTP: polled)."""
     with trio.fail_after(within):

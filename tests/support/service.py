@@ -79,7 +79,7 @@ async def lockerd(settings: Settings) -> AsyncIterator[RunningLockerd]:
             yield RunningLockerd(context, client, base)
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], within: float = 10.0) -> None:
+async def eventually(check: Callable[[], Awaitable[bool]], within: float = 30.0) -> None:
     """Poll an outside view (HTTP, /metrics) until ``check`` holds; fail after ``within`` s.
 
     Used only where no event can be awaited: the state lives behind an HTTP API.

@@ -76,7 +76,7 @@ CONTRACT_FIELDS = {
         "transaction_id", "action", "status", "error_code", "message", "requested_at",
         "completed_at", "late_answer",
     },
-    ("get", "/healthz", "200"): {"status", "mqtt", "store"},
+    ("get", "/healthz", "200"): {"status", "mqtt", "store", "node", "banks"},
     ("post", "/api/mosq/auth", "200"): {"ok"},
 }  # fmt: skip
 
