@@ -140,6 +140,9 @@ class Gateway:
             REGISTRATION_FAILURES, REGISTRATION_WINDOW_SECONDS, clock=clock
         )
         self._online_wanted = trio.Event()
+        #: set once the broker has granted the gateway's subscriptions (the first SUBACK):
+        #: from then on nothing published to lockerd's topics is missed
+        self.subscribed = trio.Event()
         #: the topic filters subscribed at start (more than one node: see topics)
         self.subscriptions = tuple(subscriptions)
         #: more than one node: ``server/status`` is online while any node is, so an
@@ -153,6 +156,7 @@ class Gateway:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._announce_online)
                 await self.mqtt.subscribe(self.subscriptions)
+                self.subscribed.set()
                 receive = self.mqtt.messages()
                 while True:
                     try:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -70,6 +70,28 @@ class Broker:
         ]
 
 
+def stable_port() -> int:
+    """A free loopback port below the kernel's ephemeral range: lockerd restarts on it (the
+    broker is configured with it), and no outgoing connection can take it in between, as
+    one could take a port that the kernel handed out (``free_port``)."""
+    import random
+    import socket
+
+    low = 32768
+    with suppress(OSError, ValueError, IndexError):
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(max(1024, low // 2), low)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    return free_port()
+
+
 def start_broker(
     kind: Kind,
     *,
@@ -77,7 +99,7 @@ def start_broker(
     goauth_broker_factory: GoAuthBrokerFactory,
     cache_seconds: int = 0,
 ) -> Broker:
-    http_port = free_port()
+    http_port = stable_port()
     if kind == "compose":
         goauth = compose_broker_factory(
             http_port=http_port,
