@@ -61,6 +61,24 @@ class Envelope:
     kind: str | None = None  # inbound message kind, for the processed/dropped counter
     reply: trio.MemorySendChannel[Outcome] | None = None
     secret: str | None = None  # the plaintext password for a provisioning reply; never stored
+    # Called exactly once when the command has been applied (its events stored), rejected,
+    # found a duplicate, or crashed the actor; never when storing its events failed (the
+    # store is down: the device message stays unacknowledged and the broker delivers it
+    # again) or the actor was cancelled with it. For a device message it is the PUBACK.
+    on_done: Callable[[], None] | None = None
+
+    def done(self) -> None:
+        """Call ``on_done`` if it has not been called (or withheld) yet."""
+        on_done, self.on_done = self.on_done, None
+        if on_done is not None:
+            try:
+                on_done()
+            except Exception as exc:  # an acknowledgement must never crash the actor
+                log.error("on_done_failed", error=repr(exc))
+
+    def withhold(self) -> None:
+        """Never call ``on_done``: the command was not applied and must come again."""
+        self.on_done = None
 
 
 @dataclass(slots=True)
@@ -118,6 +136,8 @@ class BankActor:
                     self._answer(envelope, Outcome(self.state, crashed=repr(exc)))
                     if not isinstance(exc, trio.Cancelled):
                         self.s.observer.message_dropped(envelope.kind, "actor_crashed")
+                        # a message that crashed the actor must not come back forever
+                        envelope.done()
                     raise
 
     async def _load(self) -> None:
@@ -164,6 +184,7 @@ class BankActor:
                     detail=rejection.message,
                 )
             self._answer(envelope, Outcome(self.state, rejected=rejection))
+            envelope.done()
             return
         if self.s.record_dispatch_first:
             decided = self._with_dispatch_records(decided, now)
@@ -171,13 +192,19 @@ class BankActor:
         stored: list[StoredEvent] = []
         if durable:
             started = trio.current_time()
-            stored = await self.s.store.append(
-                self.bank_id,
-                self.state.version,
-                [NewEvent(e.event_type(ev), e.event_data(ev)) for ev in durable],
-            )
+            try:
+                stored = await self.s.store.append(
+                    self.bank_id,
+                    self.state.version,
+                    [NewEvent(e.event_type(ev), e.event_data(ev)) for ev in durable],
+                )
+            except BaseException:
+                # not applied: a device message must be delivered again, not acknowledged
+                envelope.withhold()
+                raise
             observer.append_took(trio.current_time() - started)
         self.state = fold(self.state, decided)
+        envelope.done()
         if stored:
             for listener in self.s.listeners:
                 listener(self.bank_id, stored)

@@ -9,7 +9,7 @@ dashboard, while the rest of the fleet carries on.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -156,6 +156,7 @@ class BankRegistry:
     def _drain_failed(self, entry: BankEntry) -> None:
         while (envelope := entry.mailbox.get_nowait()) is not None:
             self.services.observer.message_dropped(envelope.kind, "bank_failed")
+            envelope.done()
             if envelope.reply is not None:
                 envelope.reply.send_nowait(Outcome(BankState(), crashed="bank actor failed"))
 
@@ -167,24 +168,37 @@ class BankRegistry:
         kind: str | None = None,
         secret: str | None = None,
         allow_new: bool = False,
+        on_done: Callable[[], None] | None = None,
     ) -> Outcome:
         """Send a command and wait for its outcome; raises UnknownBank or BankUnavailable.
 
         A bank owned by another node is asked there (through the placement).
+
+        ``on_done`` (see :class:`~actors.bank.Envelope`) is called when the bank has handled
+        the command, at once when the bank has failed, and when a remote owner answered; not
+        when it never got into a mailbox (too slow).
         """
         placement = self.placement
         with trio.fail_after(self.ask_timeout):
             while True:
                 if placement is not None and not placement.is_local(bank_id):
                     try:
-                        return await placement.ask_remote(
+                        remote = await placement.ask_remote(
                             bank_id, command, kind=kind, secret=secret, allow_new=allow_new
                         )
                     except BankCameHere:
                         continue
+                    if on_done is not None:
+                        on_done()  # the owner has handled it
+                    return remote
                 try:
                     outcome = await self.ask_local(
-                        bank_id, command, kind=kind, secret=secret, allow_new=allow_new
+                        bank_id,
+                        command,
+                        kind=kind,
+                        secret=secret,
+                        allow_new=allow_new,
+                        on_done=on_done,
                     )
                 except NotOwner:
                     continue  # it moved away between the two looks
@@ -204,10 +218,12 @@ class BankRegistry:
         kind: str | None = None,
         secret: str | None = None,
         allow_new: bool = False,
+        on_done: Callable[[], None] | None = None,
     ) -> Outcome:
         """Ask the actor on this node; raises :class:`NotOwner` for a bank owned elsewhere.
 
-        Unlike :meth:`ask`, a crashed outcome is returned, not raised (``MOVED`` included).
+        Unlike :meth:`ask`, a crashed outcome is returned, not raised (``MOVED`` included:
+        then ``on_done`` has not been called and goes with the command to the new owner).
         """
         if self.placement is not None and not self.placement.is_local(bank_id):
             raise NotOwner(bank_id)
@@ -216,10 +232,12 @@ class BankRegistry:
             return Outcome(BankState(), crashed=MOVED)
         if entry.failed:
             self.services.observer.message_dropped(kind, "bank_failed")
+            if on_done is not None:
+                on_done()
             raise BankUnavailable(f"bank {bank_id} has failed")
         send, receive = trio.open_memory_channel[Outcome](1)
         with trio.fail_after(self.ask_timeout):
-            await entry.mailbox.put(Envelope(command, kind, send, secret))
+            await entry.mailbox.put(Envelope(command, kind, send, secret, on_done))
             return await receive.receive()
 
     async def ask_if_available(
@@ -229,30 +247,48 @@ class BankRegistry:
         *,
         kind: str | None = None,
         secret: str | None = None,
+        on_done: Callable[[], None] | None = None,
     ) -> Outcome | None:
         """:meth:`ask`, with None instead of :class:`BankUnavailable` or ``trio.TooSlowError``.
 
         Still raises :class:`UnknownBank` (the caller should have checked :meth:`is_known`).
         """
         try:
-            return await self.ask(bank_id, command, kind=kind, secret=secret)
+            return await self.ask(bank_id, command, kind=kind, secret=secret, on_done=on_done)
         except (BankUnavailable, trio.TooSlowError):
             return None
 
-    async def tell(self, bank_id: str, command: c.BankCommand, *, kind: str | None = None) -> None:
-        """Send without waiting for the outcome; waits for mailbox room (backpressure)."""
+    async def tell(
+        self,
+        bank_id: str,
+        command: c.BankCommand,
+        *,
+        kind: str | None = None,
+        on_done: Callable[[], None] | None = None,
+    ) -> None:
+        """Send without waiting for the outcome; waits for mailbox room (backpressure).
+
+        ``on_done``: see :class:`~actors.bank.Envelope`; called at once for a failed bank. A
+        message for a bank owned by another node is acknowledged once it is handed to the
+        forwarder (this node cannot learn when the owner applied it)."""
         placement = self.placement
         if placement is not None and not placement.is_local(bank_id):
             await placement.tell_remote(bank_id, command, kind=kind)
+            if on_done is not None:
+                on_done()
             return
         entry = self._entry(bank_id)
         if entry.stopping and placement is not None:
             await placement.tell_remote(bank_id, command, kind=kind)
+            if on_done is not None:
+                on_done()
             return
         if entry.failed:
             self.services.observer.message_dropped(kind, "bank_failed")
+            if on_done is not None:
+                on_done()
             return
-        await entry.mailbox.put(Envelope(command, kind))
+        await entry.mailbox.put(Envelope(command, kind, on_done=on_done))
 
     def tell_nowait(self, bank_id: str, command: c.BankCommand) -> bool:
         if self.placement is not None and not self.placement.is_local(bank_id):
@@ -307,6 +343,8 @@ class BankRegistry:
                 if envelope.reply is not None:
                     envelope.reply.send_nowait(Outcome(BankState(), crashed=MOVED))
                 else:
+                    # handed on to the new owner by the caller: acknowledged with the hand-over
+                    envelope.done()
                     left.append((entry.bank_id, envelope))
             if self.entries.get(entry.bank_id) is entry:
                 del self.entries[entry.bank_id]

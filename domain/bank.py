@@ -57,7 +57,19 @@ def decide(state: BankState, command: c.BankCommand, now: datetime) -> list[e.Ev
     return due + _decide_now(state, command, now)
 
 
+# Device messages that a revoked session could have sent while its credentials may still pass
+# the broker's cache (docs/broker-auth.md): not applied during the revocation window.
+_DEVICE_MESSAGES = (c.RecordHeartbeat, c.RecordAnswer, c.RecordDeviceEvent, c.RecordLastWill)
+
+
 def _decide_now(state: BankState, command: c.BankCommand, now: datetime) -> list[e.Event]:
+    if isinstance(command, _DEVICE_MESSAGES) and state.revocation_pending(now):
+        raise c.CommandRejected(
+            "revoked_session",
+            "the bank's previous device credentials were revoked and the broker may still"
+            f" honour them until {_iso(state.revocation_window_ends_at)}: MQTT cannot tell"
+            " their messages from the new device's, so none is applied until then",
+        )
     match command:
         case c.IssueProvisioningToken():
             return [
@@ -89,6 +101,14 @@ def _decide_now(state: BankState, command: c.BankCommand, now: datetime) -> list
         case c.RequestOpen():
             return _request_open(state, command, now)
         case c.RequestApplyConfig():
+            if state.revocation_pending(now):
+                raise c.CommandRejected(
+                    "revocation_pending",
+                    "the bank's previous device credentials were revoked and may still reach"
+                    f" the device's commands until {_iso(state.revocation_window_ends_at)};"
+                    " the configuration is pushed by itself when the bank comes online after"
+                    " that, or ask again then",
+                )
             if state.pending_config() is not None:
                 raise c.CommandRejected("conflict", "an apply_config command is still pending")
             return [
@@ -164,6 +184,13 @@ def _provision(state: BankState, command: c.Provision, now: datetime) -> list[e.
             return failed("token_used")
     else:
         return failed("token_unknown")
+    window_ends: datetime | None = None
+    if state.mqtt_user is not None and command.revocation_window_seconds > 0:
+        # the previous credentials are revoked now; cached allows for them may outlive this
+        # moment by the broker's cache time: wait that out before talking to the bank again
+        window_ends = now + timedelta(seconds=command.revocation_window_seconds)
+        if state.revocation_window_ends_at is not None:
+            window_ends = max(window_ends, state.revocation_window_ends_at)
     return [
         e.LockerBankProvisioned(
             client_id=command.client_id,
@@ -172,6 +199,7 @@ def _provision(state: BankState, command: c.Provision, now: datetime) -> list[e.
             token_hash=command.token_hash,
             provisioned_at=now,
             previous_mqtt_user=state.mqtt_user,
+            revocation_window_ends_at=window_ends,
         )
     ]
 
@@ -219,6 +247,8 @@ def _open_refusal(
     """Why an open must be refused, in the contract's order of precedence; None to allow."""
     if not state.grant_valid(compartment.id, user_id, now):
         return "no_grant"
+    if state.revocation_pending(now):
+        return "revocation_pending"
     if state.presence != "online":
         return "offline"
     if state.pending_for(compartment.number) is not None:
@@ -318,16 +348,40 @@ def _answer(state: BankState, command: c.RecordAnswer, now: datetime) -> list[e.
     ]
 
 
+def _heartbeat_in_order(state: BankState, command: c.RecordHeartbeat) -> bool:
+    """False for a heartbeat older than the latest one applied: QoS 1 redelivers a heartbeat
+    that was in flight when the device (or lockerd) was cut off after newer ones.
+
+    Older means an earlier device clock (``data.timestamp``), or, within one connection
+    (``session_id``, new for every connection), a lower uptime: uptime only drops across a
+    reboot, and a reboot is a new connection.
+    """
+    latest, sent = state.heartbeat_device_time, command.device_time
+    if latest is not None and sent is not None and sent < latest:
+        return False
+    return not (
+        command.session_id is not None
+        and command.session_id == state.session_id
+        and command.uptime_seconds is not None
+        and state.uptime_seconds is not None
+        and command.uptime_seconds < state.uptime_seconds
+    )
+
+
 def _heartbeat(state: BankState, command: c.RecordHeartbeat, now: datetime) -> list[e.Event]:
+    in_order = _heartbeat_in_order(state, command)
     result: list[e.Event] = [
         e.HeartbeatReceived(
             received_at=now,
             uptime_seconds=command.uptime_seconds,
             session_id=command.session_id,
+            device_time=command.device_time,
+            in_order=in_order,
         )
     ]
     if (
-        command.uptime_seconds is not None
+        in_order
+        and command.uptime_seconds is not None
         and state.uptime_seconds is not None
         and command.uptime_seconds < state.uptime_seconds
     ):
@@ -339,7 +393,8 @@ def _heartbeat(state: BankState, command: c.RecordHeartbeat, now: datetime) -> l
             )
         )
     if state.presence != "online":
-        result.append(e.LockerBankCameOnline(at=now, session_id=command.session_id))
+        session = command.session_id if in_order else state.session_id
+        result.append(e.LockerBankCameOnline(at=now, session_id=session))
         if (
             state.config_hash is not None
             and state.config_hash != state.applied_config_hash
@@ -524,6 +579,7 @@ def _apply(s: BankState, event: e.Event) -> BankState:
                 mqtt_user=event.mqtt_user,
                 credential_hash=event.credential_hash,
                 credentials_seen_in_use=False,
+                **_revoked(s, event),
             )
         case e.CompartmentAccessGranted():
             users = s.grants.get(event.compartment_id, pmap())
@@ -589,12 +645,17 @@ def _apply(s: BankState, event: e.Event) -> BankState:
         case e.LateAnswerReceived():
             return _update_tx(s, event.transaction_id, has_late_answer=True)
         case e.HeartbeatReceived():
+            if not event.in_order:  # a sign of life, but not the latest heartbeat
+                return replace(
+                    s, presence="online", last_seen=event.received_at, credentials_seen_in_use=True
+                )
             return replace(
                 s,
                 presence="online",
                 last_seen=event.received_at,
                 session_id=event.session_id if event.session_id is not None else s.session_id,
                 uptime_seconds=event.uptime_seconds,
+                heartbeat_device_time=event.device_time,
                 credentials_seen_in_use=True,
             )
         case e.DeviceCredentialsUsed():
@@ -633,6 +694,26 @@ def _apply(s: BankState, event: e.Event) -> BankState:
         case e.ProvisioningReplyFailed() | e.DeviceRebooted() | e.RegistrationRefused():
             return s
     raise AssertionError(f"unhandled event {event!r}")  # pragma: no cover
+
+
+def _revoked(s: BankState, event: e.LockerBankProvisioned) -> dict[str, Any]:
+    """What revoking the previous credentials changes: their session's liveness says nothing
+    about the new device (presence is ``unknown`` until its first heartbeat), and the window
+    during which the broker may still honour them."""
+    if event.previous_mqtt_user is None:
+        return {}
+    return {
+        "credentials_revoked_at": event.provisioned_at,
+        "revocation_window_ends_at": event.revocation_window_ends_at,
+        "presence": "unknown",
+        "session_id": None,
+        "uptime_seconds": None,
+        "heartbeat_device_time": None,
+    }
+
+
+def _iso(moment: datetime | None) -> str:
+    return "now" if moment is None else moment.isoformat(timespec="milliseconds")
 
 
 def _update_tx(s: BankState, transaction_id: str, **changes: Any) -> BankState:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import fields, replace
+from dataclasses import fields
 from datetime import datetime
 from typing import Any
 
@@ -24,6 +24,8 @@ _DATETIME_FIELDS = {
     "expires_at",
     "completed_at",
     "last_provisioning_failure_at",
+    "credentials_revoked_at",
+    "revocation_window_ends_at",
 }
 
 
@@ -44,7 +46,7 @@ def _thaw(value: Any) -> Any:
 
 def encode_snapshot(state: BankState) -> bytes:
     # Live presence is not part of a snapshot: a rebuilt bank starts "unknown".
-    state = replace(state, presence="unknown", last_seen=None, session_id=None, uptime_seconds=None)
+    state = state.rehydrated()
     body = {
         f.name: _thaw(getattr(state, f.name))
         for f in fields(state)

@@ -75,6 +75,12 @@ class BankState:
     credential_hash: str | None = None
     credentials_seen_in_use: bool = False
     last_provisioning_failure_at: datetime | None = None
+    # revocation of the previous device credentials (re-provisioning; decommissioning may set
+    # these too): until ``revocation_window_ends_at`` the broker may still serve cached allows
+    # to the revoked session, so nothing is sent to the bank and nothing from it is applied
+    # (docs/broker-auth.md, "Revocation with a caching broker")
+    credentials_revoked_at: datetime | None = None
+    revocation_window_ends_at: datetime | None = None
     # access: compartment id -> user id -> expiry (None: no expiry)
     grants: PMap[str, PMap[str, datetime | None]] = field(default_factory=pmap)
     # commands
@@ -86,6 +92,8 @@ class BankState:
     last_seen: datetime | None = None
     session_id: str | None = None
     uptime_seconds: int | None = None
+    # the device's own clock (data.timestamp) in the latest in-order heartbeat
+    heartbeat_device_time: datetime | None = None
     # deduplication of device events and single use of QR codes: id -> first seen
     seen_event_ids: PMap[str, datetime] = field(default_factory=pmap)
     used_qr_nonces: PMap[str, datetime] = field(default_factory=pmap)
@@ -114,12 +122,25 @@ class BankState:
         """The state as a freshly (re)started actor holds it: presence is live knowledge, so it
         is ``unknown`` until the retained state or a new heartbeat arrives."""
         return replace(
-            self, presence="unknown", last_seen=None, session_id=None, uptime_seconds=None
+            self,
+            presence="unknown",
+            last_seen=None,
+            session_id=None,
+            uptime_seconds=None,
+            heartbeat_device_time=None,
         )
 
     @property
     def exists(self) -> bool:
         return self.version > 0
+
+    def revocation_pending(self, now: datetime) -> bool:
+        """Whether revoked device credentials may still pass the broker's cached checks at
+        ``now``: then no command may be published to the bank and nothing it publishes may be
+        applied, because MQTT 3.1.1 cannot tell the revoked session's messages from the new
+        device's."""
+        ends = self.revocation_window_ends_at
+        return ends is not None and now < ends
 
     def compartment_by_id(self, compartment_id: str) -> Compartment | None:
         for compartment in self.compartments.values():

@@ -58,6 +58,7 @@ from lockerd.banks.liveness import fill_fleet, flush_last_seen
 from lockerd.banks.projections import PROJECTIONS
 from lockerd.brokerauth import routes as brokerauth_routes
 from lockerd.brokerauth.checks import BrokerAuth
+from lockerd.brokerauth.revocation import revocation_window_seconds
 from lockerd.cluster import routes as cluster_routes
 from lockerd.cluster.link import DuplicateNode, LinkLost
 from lockerd.cluster.node import (
@@ -193,6 +194,8 @@ def mqtt_settings(settings: Settings) -> MqttSettings:
         password=settings.mqtt.password,
         clean_session=False,
         will=Will(topics.SERVER_STATUS, outbound.server_status(False), qos=1, retain=True),
+        # PUBACK only once a message is applied or dropped (contract §2)
+        manual_ack=True,
     )
 
 
@@ -305,6 +308,9 @@ async def running_service(
                     command_timeout=settings.command_timeout,
                     accept_status_topic=settings.accept_status_topic,
                     metric_sink=pipeline.mqtt_sink,
+                    revocation_window_seconds=revocation_window_seconds(
+                        settings.broker_auth_cache_seconds
+                    ),
                     subscriptions=(
                         topics.SUBSCRIPTIONS if cluster is None else topics.CLUSTER_SUBSCRIPTIONS
                     ),

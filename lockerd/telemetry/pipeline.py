@@ -24,6 +24,9 @@ Shape
 * **Nothing half-stored**: a batch is one savepoint of the store's transaction; if it fails,
   none of its points is stored, the MQTT ones are dropped ``store_unavailable`` and the HTTP
   callers get the failure (503).
+* **Acknowledgement**: an MQTT point's ``on_done`` (its PUBACK) is called once the point was
+  stored, found a duplicate or refused, never when its batch failed: the broker then delivers
+  it again on the next connection (contract §2).
 """
 
 from __future__ import annotations
@@ -113,7 +116,7 @@ class _Reply:
         self.done.set()
 
 
-Item = tuple[MetricPoint, _Reply | None]
+Item = tuple[MetricPoint, _Reply | None, Callable[[], None] | None]
 
 
 @dataclass(slots=True)
@@ -187,9 +190,17 @@ class MetricsPipeline:
     def queued(self) -> int:
         return self._send.statistics().current_buffer_used
 
-    async def mqtt_sink(self, tenant_id: str, agent_id: str, metric: str, payload: bytes) -> None:
+    async def mqtt_sink(
+        self,
+        tenant_id: str,
+        agent_id: str,
+        metric: str,
+        payload: bytes,
+        on_done: Callable[[], None] | None = None,
+    ) -> None:
         """The gateway's ``metric_sink`` (``metrics/{tenant}/{agent}/{metric}``): admit one
-        MQTT point or drop it with a reason."""
+        MQTT point or drop it with a reason. ``on_done`` is called once it is stored or
+        dropped (not when its batch failed)."""
         try:
             point = self._mqtt_point(tenant_id, agent_id, metric, payload)
         except Rejected as exc:
@@ -197,8 +208,10 @@ class MetricsPipeline:
             self._points.labels("mqtt", "rejected").inc()
             self.stats.rejected += 1
             self._changed()
+            if on_done is not None:
+                on_done()
             return
-        item: Item = (point, None)
+        item: Item = (point, None, on_done)
         try:
             self._send.send_nowait(item)
         except trio.WouldBlock:
@@ -270,7 +283,7 @@ class MetricsPipeline:
     async def submit(self, point: MetricPoint) -> Outcome:
         """Queue an already valid point and wait for its outcome ("stored" or "duplicate")."""
         reply = _Reply()
-        await self._send.send((point, reply))
+        await self._send.send((point, reply, None))
         await reply.done.wait()
         if reply.outcome == "failed":
             raise PipelineUnavailable("the metric store is unavailable; nothing was stored")
@@ -424,6 +437,8 @@ class MetricsPipeline:
             stored.append(item[0])
             if item[1] is None:
                 mqtt_stored += 1
+                if item[2] is not None:
+                    item[2]()  # stored: acknowledge the MQTT message
             else:
                 item[1].resolve("stored")
         for item, _ in repeats:
@@ -446,8 +461,9 @@ class MetricsPipeline:
         self._changed()
 
     def _finish(self, item: Item, outcome: Literal["duplicate", "failed"]) -> None:
-        """A point that was not stored: tell its HTTP caller, or count and log the MQTT drop."""
-        point, reply = item
+        """A point that was not stored: tell its HTTP caller, or count and log the MQTT drop
+        (and acknowledge a duplicate; a failed one must come again)."""
+        point, reply, on_done = item
         source = point.source
         if outcome == "duplicate":
             self.stats.duplicates += 1
@@ -458,6 +474,8 @@ class MetricsPipeline:
             reply.resolve(outcome)
             return
         reason = "duplicate" if outcome == "duplicate" else "store_unavailable"
+        if outcome == "duplicate" and on_done is not None:
+            on_done()
         self.metrics.message_dropped("metric", reason)
         log.warning(
             "metric_dropped",

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from functools import wraps
-from typing import TYPE_CHECKING, Annotated, Any, Literal, ParamSpec, TypeVar
+from typing import Annotated, Any, Literal, ParamSpec, TypeVar
 
 import msgspec
 from quart import Blueprint, request
@@ -40,9 +40,6 @@ from lockerd.users.sessions import (
 )
 
 blueprint = Blueprint("app_users", __name__)
-
-if TYPE_CHECKING:
-    pass
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -231,7 +228,11 @@ async def my_compartments() -> list[dict[str, Any]]:
     401,
     (403, "No valid grant for this compartment (`reason` no_grant); the refusal is recorded."),
     404,
-    (409, "The locker bank refused the open: `reason` says why (offline, command_pending)."),
+    (
+        409,
+        "The locker bank refused the open: `reason` says why (offline, command_pending,"
+        " revocation_pending).",
+    ),
     503,
 )
 async def open_compartment(compartment_id: str) -> tuple[dict[str, Any], int]:

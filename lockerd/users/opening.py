@@ -22,6 +22,11 @@ REFUSALS: dict[str, tuple[int, str]] = {
     "no_grant": (403, "you have no valid grant for this compartment"),
     "offline": (409, "the locker bank is not online"),
     "command_pending": (409, "a command for this compartment is still pending"),
+    "revocation_pending": (
+        409,
+        "the locker bank's device was just provisioned anew; commands resume once the broker"
+        " can no longer admit the old device (docs/broker-auth.md)",
+    ),
 }
 
 
