@@ -75,6 +75,24 @@ class Envelope:
     kind: str | None = None  # inbound message kind, for the processed/dropped counter
     reply: trio.MemorySendChannel[Outcome] | None = None
     secret: str | None = None  # the plaintext password for a provisioning reply; never stored
+    # Called exactly once when the command has been applied (its events stored), rejected,
+    # found a duplicate, or crashed the actor; never when storing its events failed (the
+    # store is down: the device message stays unacknowledged and the broker delivers it
+    # again) or the actor was cancelled with it. For a device message it is the PUBACK.
+    on_done: Callable[[], None] | None = None
+
+    def done(self) -> None:
+        """Call ``on_done`` if it has not been called (or withheld) yet."""
+        on_done, self.on_done = self.on_done, None
+        if on_done is not None:
+            try:
+                on_done()
+            except Exception as exc:  # an acknowledgement must never crash the actor
+                log.error("on_done_failed", error=repr(exc))
+
+    def withhold(self) -> None:
+        """Never call ``on_done``: the command was not applied and must come again."""
+        self.on_done = None
 
 
 @dataclass(slots=True)
@@ -161,12 +179,15 @@ class BankActor:
                             command=type(envelope.command).__name__,
                             error=repr(exc),
                         )
+                        # a message that crashed the actor must not come back forever
+                        envelope.done()
                     raise
 
     def refuse_failed(self, envelope: Envelope) -> None:
         """Answer and count a message that a failed bank does not handle."""
         self.s.observer.message_dropped(envelope.kind, "bank_failed")
         self._answer(envelope, Outcome(self.state, crashed="bank actor failed"))
+        envelope.done()
 
     async def _load(self) -> None:
         state = BankState()
@@ -212,6 +233,7 @@ class BankActor:
                     detail=rejection.message,
                 )
             self._answer(envelope, Outcome(self.state, rejected=rejection))
+            envelope.done()
             return
         if self.s.record_dispatch_first:
             decided = self._with_dispatch_records(decided, now)
@@ -226,14 +248,22 @@ class BankActor:
                     [NewEvent(e.event_type(ev), e.event_data(ev)) for ev in durable],
                 )
             except ConcurrencyError:
-                raise  # another writer got there first: crash, the restart reloads
+                # another writer got there first: crash, the restart reloads; not applied, so
+                # a device message must be delivered again, not acknowledged
+                envelope.withhold()
+                raise
             except Exception as exc:
                 if isinstance(exc, self.s.transient_store_errors):
-                    raise  # the store is down: crash, the restart reloads
-                self._refuse_unstorable(envelope, durable, exc)
+                    envelope.withhold()  # the store is down: crash, redelivered later
+                    raise
+                self._refuse_unstorable(envelope, durable, exc)  # dropped: acknowledged
                 return
+            except BaseException:
+                envelope.withhold()  # cancelled: not applied
+                raise
             observer.append_took(trio.current_time() - started)
         self.state = fold(self.state, decided)
+        envelope.done()
         if stored:
             for listener in self.s.listeners:
                 listener(self.bank_id, stored)
@@ -247,10 +277,13 @@ class BankActor:
         self.s.timers.schedule(self.bank_id, self.state.next_deadline())
         self._answer(envelope, Outcome(self.state, tuple(decided), tuple(stored)))
         if self.state.version - self._snapshot_version >= self.s.snapshot_every:
-            await self.s.store.save_snapshot(
-                Snapshot(self.bank_id, self.state.version, encode_snapshot(self.state))
-            )
-            self._snapshot_version = self.state.version
+            state = self.state
+            # encoding grows with the remembered transactions (about 35 ms at 10,000): off
+            # the loop, so that other banks and HTTP are not stalled meanwhile (the state is
+            # immutable, so the thread can read it while this actor waits)
+            encoded = await trio.to_thread.run_sync(encode_snapshot, state)
+            await self.s.store.save_snapshot(Snapshot(self.bank_id, state.version, encoded))
+            self._snapshot_version = state.version
 
     def _refuse_unstorable(
         self, envelope: Envelope, durable: list[e.Event], error: Exception
@@ -267,6 +300,7 @@ class BankActor:
             error=repr(error),
         )
         self._answer(envelope, Outcome(self.state, rejected=UNSTORABLE))
+        envelope.done()  # it can never be stored: it must not come back
 
     def _with_dispatch_records(self, decided: list[e.Event], now: datetime) -> list[e.Event]:
         """``decided`` plus a ``CommandDispatched`` for every command it requests, so the

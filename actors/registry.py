@@ -19,7 +19,7 @@ With more than one node (a :class:`BankPlacement`), a bank owned elsewhere is as
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -221,6 +221,7 @@ class BankRegistry:
                 keep.append(envelope)
                 continue
             self.services.observer.message_dropped(envelope.kind, "bank_failed")
+            envelope.done()
             if envelope.reply is not None:
                 # the asker may have given up waiting
                 with suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
@@ -295,26 +296,39 @@ class BankRegistry:
         kind: str | None = None,
         secret: str | None = None,
         allow_new: bool = False,
+        on_done: Callable[[], None] | None = None,
     ) -> Outcome:
         """Send a command and wait for its outcome; raises UnknownBank or BankUnavailable.
 
         A bank owned by another node is asked there (through the placement). With
         ``allow_new`` (a ``CreateBank`` for a bank nobody knows yet) the actor is started for
         the occasion and forgotten again if the bank does not exist afterwards.
+
+        ``on_done`` (see :class:`~actors.bank.Envelope`) is called when the bank has handled
+        the command, at once when the bank has failed, and when a remote owner answered; not
+        when it never got into a mailbox (too slow).
         """
         placement = self.placement
         with trio.fail_after(self.ask_timeout):
             while True:
                 if placement is not None and not placement.is_local(bank_id):
                     try:
-                        return await placement.ask_remote(
+                        remote = await placement.ask_remote(
                             bank_id, command, kind=kind, secret=secret, allow_new=allow_new
                         )
                     except BankCameHere:
                         continue
+                    if on_done is not None:
+                        on_done()  # the owner has handled it
+                    return remote
                 try:
                     outcome = await self.ask_local(
-                        bank_id, command, kind=kind, secret=secret, allow_new=allow_new
+                        bank_id,
+                        command,
+                        kind=kind,
+                        secret=secret,
+                        allow_new=allow_new,
+                        on_done=on_done,
                     )
                 except NotOwner:
                     continue  # it moved away between the two looks
@@ -340,10 +354,12 @@ class BankRegistry:
         kind: str | None = None,
         secret: str | None = None,
         allow_new: bool = False,
+        on_done: Callable[[], None] | None = None,
     ) -> Outcome:
         """Ask the actor on this node; raises :class:`NotOwner` for a bank owned elsewhere.
 
-        Unlike :meth:`ask`, a crashed outcome is returned, not raised (``MOVED`` included).
+        Unlike :meth:`ask`, a crashed outcome is returned, not raised (``MOVED`` included:
+        then ``on_done`` has not been called and goes with the command to the new owner).
         """
         if self.placement is not None and not self.placement.is_local(bank_id):
             raise NotOwner(bank_id)
@@ -352,12 +368,14 @@ class BankRegistry:
             return Outcome(BankState(), crashed=MOVED)
         if entry.failed:
             self.services.observer.message_dropped(kind, "bank_failed")
+            if on_done is not None:
+                on_done()
             raise BankUnavailable(self._failed_message(entry))
         send, receive = trio.open_memory_channel[Outcome](1)
         outcome: Outcome | None = None
         try:
             with trio.fail_after(self.ask_timeout):
-                await entry.mailbox.put(Envelope(command, kind, send, secret))
+                await entry.mailbox.put(Envelope(command, kind, send, secret, on_done))
                 outcome = await receive.receive()
         finally:
             if allow_new and (outcome is None or outcome.crashed != MOVED):
@@ -382,30 +400,48 @@ class BankRegistry:
         *,
         kind: str | None = None,
         secret: str | None = None,
+        on_done: Callable[[], None] | None = None,
     ) -> Outcome | None:
         """:meth:`ask`, with None instead of :class:`BankUnavailable` or ``trio.TooSlowError``.
 
         Still raises :class:`UnknownBank` (the caller should have checked :meth:`is_known`).
         """
         try:
-            return await self.ask(bank_id, command, kind=kind, secret=secret)
+            return await self.ask(bank_id, command, kind=kind, secret=secret, on_done=on_done)
         except (BankUnavailable, trio.TooSlowError):
             return None
 
-    async def tell(self, bank_id: str, command: c.BankCommand, *, kind: str | None = None) -> None:
-        """Send without waiting for the outcome; waits for mailbox room (backpressure)."""
+    async def tell(
+        self,
+        bank_id: str,
+        command: c.BankCommand,
+        *,
+        kind: str | None = None,
+        on_done: Callable[[], None] | None = None,
+    ) -> None:
+        """Send without waiting for the outcome; waits for mailbox room (backpressure).
+
+        ``on_done``: see :class:`~actors.bank.Envelope`; called at once for a failed bank. A
+        message for a bank owned by another node is acknowledged once it is handed to the
+        forwarder (this node cannot learn when the owner applied it)."""
         placement = self.placement
         if placement is not None and not placement.is_local(bank_id):
             await placement.tell_remote(bank_id, command, kind=kind)
+            if on_done is not None:
+                on_done()
             return
         entry = self._entry(bank_id)
         if entry.stopping and placement is not None:
             await placement.tell_remote(bank_id, command, kind=kind)
+            if on_done is not None:
+                on_done()
             return
         if entry.failed:
             self.services.observer.message_dropped(kind, "bank_failed")
+            if on_done is not None:
+                on_done()
             return
-        await entry.mailbox.put(Envelope(command, kind))
+        await entry.mailbox.put(Envelope(command, kind, on_done=on_done))
 
     def tell_nowait(self, bank_id: str, command: c.BankCommand) -> bool:
         """Queue an internal command without waiting; False if it was not delivered (the
@@ -472,6 +508,8 @@ class BankRegistry:
                 if envelope.reply is not None:
                     envelope.reply.send_nowait(Outcome(BankState(), crashed=MOVED))
                 else:
+                    # handed on to the new owner by the caller: acknowledged with the hand-over
+                    envelope.done()
                     left.append((entry.bank_id, envelope))
             if self.entries.get(entry.bank_id) is entry:
                 del self.entries[entry.bank_id]

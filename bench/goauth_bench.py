@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/goauth_bench.py            # ~20 s, prints a table
     .venv/bin/python bench/goauth_bench.py --smoke    # ~2 s, for CI: fails on any error/5xx
+    .venv/bin/python bench/goauth_bench.py --wrk      # the same targets with wrk as the client
+                                                      # (installs Debian's wrk if missing)
 
 go-auth calls ``/api/mosq/acl`` synchronously from mosquitto's single thread for every publish and
 every delivery (research/goauth.md §1), so two numbers matter: the latency of one call at a time
@@ -12,7 +14,10 @@ every delivery (research/goauth.md §1), so two numbers matter: the latency of o
   users (allowed and denied rows, acc 1/2/4), the real endpoint with its parsing, secret check,
   identity lookup, ACL function and metrics counter, and
 * ``bare`` — ``POST /bench/bare`` on the same Quart app and Hypercorn server, returning 200 with no
-  work at all: the floor set by the HTTP stack,
+  work at all: the floor set by the HTTP stack with Quart-Trio, and
+* ``asgi`` — a bare ASGI callable (reads the body, answers 200) served by Hypercorn's trio worker
+  with lockerd's own Hypercorn configuration, in the same process on a second port: the floor
+  of the server alone, without Quart,
 
 alternating so that drift hits both. The server runs in a child process (this script with
 ``--serve``), on 127.0.0.1 only, with a throwaway SQLite database and 10,000 synthetic device
@@ -34,6 +39,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -75,15 +81,57 @@ async def serve(device_count: int) -> None:
         async def bare() -> Response:
             return Response(b'{"ok":true}', status=200, content_type="application/json")
 
-        async with running_service(settings, blueprints=(*BLUEPRINTS, baseline)) as context:
+        async with (
+            running_service(settings, blueprints=(*BLUEPRINTS, baseline)) as context,
+            trio.open_nursery() as nursery,
+        ):
             for n in range(device_count):
                 context.directory.device_users[device_user(n)] = DeviceCredential(
                     bank_of(n), "0" * 64
                 )
-            print(f"READY {context.http_url}", flush=True)
+            asgi_binds = await nursery.start(serve_bare_asgi)
+            print(f"READY {context.http_url} {asgi_binds[0]}", flush=True)
             stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
             while await stdin.receive_some(1024):  # until the parent closes stdin
                 pass
+            nursery.cancel_scope.cancel()
+
+
+async def bare_asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The smallest HTTP application: read the request body, answer 200 with go-auth's body."""
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    more = True
+    while more:
+        message = await receive()
+        more = message.get("more_body", False)
+    body = b'{"ok":true}'
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", b"11")],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def serve_bare_asgi(*, task_status: trio.TaskStatus[list[str]]) -> None:
+    from hypercorn.trio import serve as hypercorn_serve
+
+    from lockerd.http.server import hypercorn_config
+
+    await hypercorn_serve(
+        bare_asgi,  # type: ignore[arg-type]
+        hypercorn_config("127.0.0.1:0"),
+        task_status=task_status,
+    )
 
 
 def device_user(n: int) -> str:
@@ -216,6 +264,84 @@ async def load(
             await conn.stream.aclose()
 
 
+WRK_SCRIPT = """
+bodies = {%s}
+paths = {%s}
+n = 0
+request = function()
+  n = n + 1
+  local i = (n %% #bodies) + 1
+  return wrk.format("POST", paths[i], {["Content-Type"] = "application/json",
+    ["User-Agent"] = "mosquitto-2.0.11"}, bodies[i])
+end
+"""
+
+
+def ensure_wrk() -> str:
+    import shutil
+
+    found = shutil.which("wrk")
+    if found:
+        return found
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    subprocess.run(
+        [*sudo, "apt-get", "install", "-y", "-qq", "--no-install-recommends", "wrk"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+    )
+    found = shutil.which("wrk")
+    if not found:
+        raise SystemExit("wrk could not be installed")
+    return found
+
+
+def wrk_run(
+    wrk: str, url: str, paths: list[str], bodies: list[bytes], concurrency: int, seconds: float
+) -> tuple[float, float, float]:
+    """(requests/s, p50 ms, p99 ms) of one wrk run with these POST bodies."""
+    lua = WRK_SCRIPT % (
+        ", ".join(json.dumps(body.decode()) for body in bodies),
+        ", ".join(json.dumps(path) for path in paths),
+    )
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(lua)
+    try:
+        out = subprocess.run(
+            [
+                wrk,
+                "-t1",
+                f"-c{concurrency}",
+                f"-d{max(1, round(seconds))}s",
+                "--latency",
+                "-s",
+                script.name,
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=seconds + 60,
+            check=True,
+        ).stdout
+    finally:
+        os.unlink(script.name)
+
+    def latency(label: str) -> float:
+        for line in out.splitlines():
+            parts = line.split()
+            if parts and parts[0] == label:
+                value = parts[1]
+                for unit, factor in (("us", 1e-3), ("ms", 1.0), ("s", 1e3)):
+                    if value.endswith(unit):
+                        return float(value[: -len(unit)]) * factor
+        return float("nan")
+
+    rate = next(
+        float(line.split()[1]) for line in out.splitlines() if line.startswith("Requests/sec")
+    )
+    return rate, latency("50%"), latency("99%")
+
+
 def pure_function_cost(samples: int = 200_000) -> float:
     """µs per ``acl.identify`` + ``acl.allowed`` in this process, for reference."""
     from gateway import acl
@@ -250,7 +376,8 @@ async def bench(args: argparse.Namespace) -> int:
     levels = [1, 8] if not smoke else [1, 4]
     deadline = 15.0 if smoke else 60.0 + rounds * len(levels) * 2 * slice_seconds * 1.5
 
-    with trio.fail_after(deadline):
+    wrk = ensure_wrk() if args.wrk else None
+    with trio.fail_after(deadline if wrk is None else deadline * 4):
         process = await trio.lowlevel.open_process(
             [sys.executable, str(SCRIPT), "--serve"],
             stdin=subprocess.PIPE,
@@ -266,23 +393,72 @@ async def bench(args: argparse.Namespace) -> int:
                 if not chunk:
                     raise SystemExit("the bench server exited at start-up")
                 line += chunk
-            url = line.split()[1].decode()
+            url, asgi_url = (part.decode() for part in line.split()[1:3])
             host, port_text = url.removeprefix("http://").rsplit(":", 1)
-            if host != "127.0.0.1":
+            asgi_host, asgi_port_text = asgi_url.removeprefix("http://").rsplit(":", 1)
+            if {host, asgi_host} != {"127.0.0.1"}:
                 raise SystemExit("loopback only")
-            port = int(port_text)
+            port, asgi_port = int(port_text), int(asgi_port_text)
             results: dict[tuple[str, int], Result] = {}
             # warm-up: route compilation, first-request hooks, caches
             warm = Result("warm", 1)
             await load(host, port, acl_requests, 2, 0.2 if smoke else 1.0, warm)
             await load(host, port, bare_requests, 2, 0.1 if smoke else 0.5, warm)
+            await load(asgi_host, asgi_port, bare_requests, 2, 0.1 if smoke else 0.5, warm)
+            if wrk is not None:
+                acl_bodies_list = acl_bodies(200, random.Random(7))
+                acl_path = f"/api/mosq/acl?mosq_secret={SECRET}"
+                print(
+                    f"{'target':<6} {'conc':>4} {'checks/s':>10} {'p50 ms':>8} {'p99 ms':>8} (wrk)"
+                )
+                for concurrency in levels:
+                    runs: dict[str, list[tuple[float, float, float]]] = {}
+                    for _ in range(rounds):  # alternating, as the built-in client does
+                        for target, target_port, path in (
+                            ("asgi", asgi_port, "/bench/bare"),
+                            ("bare", port, "/bench/bare"),
+                            ("acl", port, acl_path),
+                        ):
+                            paths = [path] * len(acl_bodies_list)
+                            runs.setdefault(target, []).append(
+                                await trio.to_thread.run_sync(
+                                    wrk_run,
+                                    wrk,
+                                    f"http://{host}:{target_port}",
+                                    paths,
+                                    acl_bodies_list,
+                                    concurrency,
+                                    slice_seconds,
+                                )
+                            )
+                    figures = {
+                        target: tuple(
+                            statistics.median(run[i] for run in samples) for i in range(3)
+                        )
+                        for target, samples in runs.items()
+                    }
+                    for target, (rate, p50, p99) in figures.items():
+                        print(
+                            f"{target:<6} {concurrency:>4} {rate:>10,.0f} {p50:>8.2f} {p99:>8.2f}"
+                        )
+                    for baseline in ("bare", "asgi"):
+                        print(
+                            f"concurrency {concurrency} (wrk): acl/{baseline} throughput ratio "
+                            f"{figures['acl'][0] / figures[baseline][0]:.2f}, p99 ratio "
+                            f"{figures['acl'][2] / figures[baseline][2]:.2f}"
+                        )
+            targets = (
+                ("asgi", asgi_port, bare_requests),
+                ("bare", port, bare_requests),
+                ("acl", port, acl_requests),
+            )
             for _ in range(rounds):
                 for concurrency in levels:
-                    for target, requests in (("bare", bare_requests), ("acl", acl_requests)):
+                    for target, target_port, requests in targets:
                         result = results.setdefault(
                             (target, concurrency), Result(target, concurrency)
                         )
-                        await load(host, port, requests, concurrency, slice_seconds, result)
+                        await load(host, target_port, requests, concurrency, slice_seconds, result)
         finally:
             await process.stdin.aclose()
             with trio.move_on_after(5):
@@ -306,15 +482,17 @@ async def bench(args: argparse.Namespace) -> int:
         if not result.latencies:
             problems.append(f"{target}@{concurrency}: no request completed")
     for concurrency in levels:
-        acl_result, bare_result = results[("acl", concurrency)], results[("bare", concurrency)]
-        if bare_result.rate:
-            ratio = acl_result.rate / bare_result.rate
-            acl_p99 = acl_result.percentile(0.99) * 1e3
-            bare_p99 = bare_result.percentile(0.99) * 1e3
-            print(
-                f"concurrency {concurrency}: acl/bare throughput ratio {ratio:.2f},"
-                f" p99 {acl_p99:.2f} vs {bare_p99:.2f} ms"
-            )
+        acl_result = results[("acl", concurrency)]
+        for baseline in ("bare", "asgi"):
+            base = results[(baseline, concurrency)]
+            if base.rate:
+                ratio = acl_result.rate / base.rate
+                acl_p99 = acl_result.percentile(0.99) * 1e3
+                base_p99 = base.percentile(0.99) * 1e3
+                print(
+                    f"concurrency {concurrency}: acl/{baseline} throughput ratio {ratio:.2f},"
+                    f" p99 {acl_p99:.2f} vs {base_p99:.2f} ms (ratio {acl_p99 / base_p99:.2f})"
+                )
     denied = results[("acl", levels[0])].statuses.get(403, 0)
     if not denied:
         problems.append("the ACL mix produced no denies: the endpoint is not deciding")
@@ -337,6 +515,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=2.0, help="seconds per measured slice")
     parser.add_argument("--rounds", type=int, default=2, help="alternations of bare/acl")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--wrk", action="store_true", help="also measure with wrk as the client")
     args = parser.parse_args()
     if args.serve:
         import logging

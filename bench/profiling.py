@@ -159,3 +159,35 @@ def summarize(path: Path, top: int = 15) -> dict[str, Any]:
         "packages_self": share(packages, 12),
         "packages_inclusive": share(package_inclusive, 12),
     }
+
+
+def breakdown(path: Path, anchor: str, depth: int = 1, top: int = 12) -> dict[str, Any]:
+    """Where the samples under a function go: the share of all samples whose stack passes
+    through ``anchor`` (a frame name prefix, e.g. ``"BankActor._handle"``), split by the
+    ``depth`` frames right below it. Line numbers are ignored."""
+    total = 0
+    under = 0
+    children: Counter[str] = Counter()
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        frames = [_frame_name(f)[0] for f in stack.split(";") if f]
+        for index, name in enumerate(frames):
+            if name.startswith(anchor):
+                under += count
+                below = frames[index + 1 : index + 1 + depth]
+                children[" > ".join(below) or "(itself)"] += count
+                break
+    if total == 0:
+        return {"samples": 0, "percent": 0.0, "below": []}
+    return {
+        "samples": total,
+        "percent": round(100.0 * under / total, 1),
+        "below": [
+            {"name": name, "percent": round(100.0 * value / total, 1)}
+            for name, value in children.most_common(top)
+        ],
+    }

@@ -28,10 +28,23 @@ def _string(data: bytes) -> bytes:
     return struct.pack("!H", len(data)) + data
 
 
-def connect_packet(client_id: str, *, clean: bool = True, keepalive: int = 0) -> bytes:
+def connect_packet(
+    client_id: str,
+    *,
+    clean: bool = True,
+    keepalive: int = 0,
+    username: str | None = None,
+    password: str | None = None,
+) -> bytes:
     flags = 0x02 if clean else 0x00
+    if username is not None:
+        flags |= 0x80 | (0x40 if password is not None else 0)
     body = _string(b"MQTT") + bytes([4, flags]) + struct.pack("!H", keepalive)
     body += _string(client_id.encode())
+    if username is not None:
+        body += _string(username.encode())
+        if password is not None:
+            body += _string(password.encode())
     return b"\x10" + _remaining_length(len(body)) + body
 
 
@@ -60,10 +73,20 @@ def publish_burst(
 class RawPublisher:
     """One raw MQTT connection (keepalive 0, so no PINGREQ is needed)."""
 
-    def __init__(self, host: str, port: int, client_id: str) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        client_id: str,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
         self.host = host
         self.port = port
         self.client_id = client_id
+        self.username = username
+        self.password = password
         self.sock: socket.socket | None = None
         self.acked_bytes = 0
         self._reader: threading.Thread | None = None
@@ -72,7 +95,9 @@ class RawPublisher:
     def __enter__(self) -> RawPublisher:
         sock = socket.create_connection((self.host, self.port), timeout=10.0)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.sendall(connect_packet(self.client_id))
+        sock.sendall(
+            connect_packet(self.client_id, username=self.username, password=self.password)
+        )
         connack = b""
         while len(connack) < 4:
             chunk = sock.recv(4 - len(connack))

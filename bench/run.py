@@ -5,7 +5,8 @@
     python bench/run.py --only ingest,open --runs 5 --out /tmp/bench
 
 Benchmarks: ingest (heartbeat ingestion), open (open round trip), fleet (fleet scale),
-recovery (start-to-ready with many events), storm (provisioning storm). Each starts its own
+recovery (start-to-ready with many events), storm (provisioning storm), app (the citizen app's
+open path: polling, long poll, websocket; bench/bench_app.py). Each starts its own
 mosquitto and ``lockerd serve`` child and measures its baseline in the same run. Also runs
 ``bench/goauth_bench.py`` and ``bench/metrics_bench.py`` (owned by their modules) if present.
 """
@@ -32,6 +33,7 @@ if str(REPO) not in sys.path:
 import trio  # noqa: E402
 
 from bench import (  # noqa: E402
+    bench_app,
     bench_fleet,
     bench_ingest,
     bench_open,
@@ -48,6 +50,7 @@ BENCHMARKS = {
     "fleet": bench_fleet.run,
     "recovery": bench_recovery.run,
     "storm": bench_storm.run,
+    "app": bench_app.run,
 }
 
 FULL: dict[str, dict[str, Any]] = {
@@ -65,6 +68,7 @@ FULL: dict[str, dict[str, Any]] = {
     "fleet": {"banks": 10_000, "interval": 10.0, "window": 30.0, "timeout": 900.0},
     "recovery": {"banks": 200, "events": 1000, "timeout": 300.0},
     "storm": {"devices": 2000},
+    "app": bench_app.FULL,
 }
 
 SMOKE: dict[str, dict[str, Any]] = {
@@ -82,6 +86,7 @@ SMOKE: dict[str, dict[str, Any]] = {
     "fleet": {"banks": 5, "interval": 1.0, "window": 1.0, "timeout": 60.0},
     "recovery": {"banks": 3, "events": 120, "timeout": 60.0},
     "storm": {"devices": 5},
+    "app": bench_app.SMOKE,
 }
 
 EXTERNAL = ("goauth_bench.py", "metrics_bench.py")

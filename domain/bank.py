@@ -18,7 +18,14 @@ from pyrsistent import PMap, pmap
 from domain import commands as c
 from domain import events as e
 from domain.config_hash import config_compartments, config_hash
-from domain.state import DEDUP_WINDOW, MAX_REMEMBERED, BankState, Compartment, Transaction
+from domain.state import (
+    DEDUP_WINDOW,
+    MAX_REMEMBERED,
+    BankState,
+    Compartment,
+    Transaction,
+    opens_the_door,
+)
 
 # A device that lost its provisioning reply may redeem the same token with the same client id
 # again within this window, until its issued credentials have been seen in use.
@@ -50,7 +57,19 @@ def decide(state: BankState, command: c.BankCommand, now: datetime) -> list[e.Ev
     return due + _decide_now(state, command, now)
 
 
+# Device messages that a revoked session could have sent while its credentials may still pass
+# the broker's cache (docs/broker-auth.md): not applied during the revocation window.
+_DEVICE_MESSAGES = (c.RecordHeartbeat, c.RecordAnswer, c.RecordDeviceEvent, c.RecordLastWill)
+
+
 def _decide_now(state: BankState, command: c.BankCommand, now: datetime) -> list[e.Event]:
+    if isinstance(command, _DEVICE_MESSAGES) and state.revocation_pending(now):
+        raise c.CommandRejected(
+            "revoked_session",
+            "the bank's previous device credentials were revoked and the broker may still"
+            f" honour them until {_iso(state.revocation_window_ends_at)}: MQTT cannot tell"
+            " their messages from the new device's, so none is applied until then",
+        )
     match command:
         case c.IssueProvisioningToken():
             return [
@@ -82,6 +101,14 @@ def _decide_now(state: BankState, command: c.BankCommand, now: datetime) -> list
         case c.RequestOpen():
             return _request_open(state, command, now)
         case c.RequestApplyConfig():
+            if state.revocation_pending(now):
+                raise c.CommandRejected(
+                    "revocation_pending",
+                    "the bank's previous device credentials were revoked and may still reach"
+                    f" the device's commands until {_iso(state.revocation_window_ends_at)};"
+                    " the configuration is pushed by itself when the bank comes online after"
+                    " that, or ask again then",
+                )
             if state.pending_config() is not None:
                 raise c.CommandRejected("conflict", "an apply_config command is still pending")
             return [
@@ -97,9 +124,7 @@ def _decide_now(state: BankState, command: c.BankCommand, now: datetime) -> list
             tx = state.transactions.get(command.transaction_id)
             if tx is None or tx.dispatched:
                 return []
-            return [
-                e.CommandDispatched(transaction_id=tx.transaction_id, dispatched_at=now)
-            ]
+            return [e.CommandDispatched(transaction_id=tx.transaction_id, dispatched_at=now)]
         case c.RecordAnswer():
             return _answer(state, command, now)
         case c.RecordHeartbeat():
@@ -159,6 +184,13 @@ def _provision(state: BankState, command: c.Provision, now: datetime) -> list[e.
             return failed("token_used")
     else:
         return failed("token_unknown")
+    window_ends: datetime | None = None
+    if state.mqtt_user is not None and command.revocation_window_seconds > 0:
+        # the previous credentials are revoked now; cached allows for them may outlive this
+        # moment by the broker's cache time: wait that out before talking to the bank again
+        window_ends = now + timedelta(seconds=command.revocation_window_seconds)
+        if state.revocation_window_ends_at is not None:
+            window_ends = max(window_ends, state.revocation_window_ends_at)
     return [
         e.LockerBankProvisioned(
             client_id=command.client_id,
@@ -167,6 +199,7 @@ def _provision(state: BankState, command: c.Provision, now: datetime) -> list[e.
             token_hash=command.token_hash,
             provisioned_at=now,
             previous_mqtt_user=state.mqtt_user,
+            revocation_window_ends_at=window_ends,
         )
     ]
 
@@ -214,6 +247,8 @@ def _open_refusal(
     """Why an open must be refused, in the contract's order of precedence; None to allow."""
     if not state.grant_valid(compartment.id, user_id, now):
         return "no_grant"
+    if state.revocation_pending(now):
+        return "revocation_pending"
     if state.presence != "online":
         return "offline"
     if state.pending_for(compartment.number) is not None:
@@ -313,16 +348,40 @@ def _answer(state: BankState, command: c.RecordAnswer, now: datetime) -> list[e.
     ]
 
 
+def _heartbeat_in_order(state: BankState, command: c.RecordHeartbeat) -> bool:
+    """False for a heartbeat older than the latest one applied: QoS 1 redelivers a heartbeat
+    that was in flight when the device (or lockerd) was cut off after newer ones.
+
+    Older means an earlier device clock (``data.timestamp``), or, within one connection
+    (``session_id``, new for every connection), a lower uptime: uptime only drops across a
+    reboot, and a reboot is a new connection.
+    """
+    latest, sent = state.heartbeat_device_time, command.device_time
+    if latest is not None and sent is not None and sent < latest:
+        return False
+    return not (
+        command.session_id is not None
+        and command.session_id == state.session_id
+        and command.uptime_seconds is not None
+        and state.uptime_seconds is not None
+        and command.uptime_seconds < state.uptime_seconds
+    )
+
+
 def _heartbeat(state: BankState, command: c.RecordHeartbeat, now: datetime) -> list[e.Event]:
+    in_order = _heartbeat_in_order(state, command)
     result: list[e.Event] = [
         e.HeartbeatReceived(
             received_at=now,
             uptime_seconds=command.uptime_seconds,
             session_id=command.session_id,
+            device_time=command.device_time,
+            in_order=in_order,
         )
     ]
     if (
-        command.uptime_seconds is not None
+        in_order
+        and command.uptime_seconds is not None
         and state.uptime_seconds is not None
         and command.uptime_seconds < state.uptime_seconds
     ):
@@ -334,7 +393,8 @@ def _heartbeat(state: BankState, command: c.RecordHeartbeat, now: datetime) -> l
             )
         )
     if state.presence != "online":
-        result.append(e.LockerBankCameOnline(at=now, session_id=command.session_id))
+        session = command.session_id if in_order else state.session_id
+        result.append(e.LockerBankCameOnline(at=now, session_id=session))
         if (
             state.config_hash is not None
             and state.config_hash != state.applied_config_hash
@@ -397,31 +457,24 @@ def _door_event(state: BankState, command: c.RecordDeviceEvent, now: datetime) -
     if door not in ("open", "closed"):
         raise c.CommandRejected("invalid", "door state must be 'open' or 'closed'")
     result: list[e.Event] = [
-        e.DoorStateChanged(
-            compartment_number=number, state=door, at=now, event_id=command.event_id
-        )
+        e.DoorStateChanged(compartment_number=number, state=door, at=now, event_id=command.event_id)
     ]
     previous = state.compartments[number].door_state
     if door == "open" and previous != "open" and not _open_expected(state, number, now):
         result.append(
-            e.UncommandedDoorOpening(
-                compartment_number=number, at=now, event_id=command.event_id
-            )
+            e.UncommandedDoorOpening(compartment_number=number, at=now, event_id=command.event_id)
         )
     return result
 
 
 def _open_expected(state: BankState, number: int, now: datetime) -> bool:
-    """A door may open while its open command is pending or shortly after it succeeded."""
-    for tx in state.transactions.values():
-        if tx.action != "open_compartment" or tx.compartment_number != number:
-            continue
-        if tx.status == "pending":
-            return True
-        recently_done = tx.status in ("success", "timeout") and tx.completed_at is not None
-        if recently_done and now - tx.completed_at <= timedelta(minutes=2):  # type: ignore[operator]
-            return True
-    return False
+    """A door may open while its open command is pending or shortly after it succeeded (or
+    timed out: the door may have opened after all)."""
+    pending = state.pending_for(number)
+    if pending is not None and pending.action == "open_compartment":
+        return True
+    done = state.opens_done_at.get(number)
+    return done is not None and now - done <= timedelta(minutes=2)
 
 
 def _qr_scanned(state: BankState, command: c.RecordDeviceEvent, now: datetime) -> list[e.Event]:
@@ -526,6 +579,7 @@ def _apply(s: BankState, event: e.Event) -> BankState:
                 mqtt_user=event.mqtt_user,
                 credential_hash=event.credential_hash,
                 credentials_seen_in_use=False,
+                **_revoked(s, event),
             )
         case e.CompartmentAccessGranted():
             users = s.grants.get(event.compartment_id, pmap())
@@ -552,13 +606,7 @@ def _apply(s: BankState, event: e.Event) -> BankState:
             if event.qr_nonce is not None:
                 used = _remember(used, event.qr_nonce, event.requested_at)
             return _seen(
-                replace(
-                    s,
-                    transactions=_prune(
-                        s.transactions.set(tx.transaction_id, tx), event.requested_at
-                    ),
-                    used_qr_nonces=used,
-                ),
+                replace(_put_tx(s, tx, prune_at=event.requested_at), used_qr_nonces=used),
                 event.event_id,
                 event.requested_at,
             )
@@ -573,9 +621,7 @@ def _apply(s: BankState, event: e.Event) -> BankState:
                 config_hash=event.config_hash,
             )
             return replace(
-                s,
-                transactions=_prune(s.transactions.set(tx.transaction_id, tx), event.requested_at),
-                config_hash=event.config_hash,
+                _put_tx(s, tx, prune_at=event.requested_at), config_hash=event.config_hash
             )
         case e.CommandDispatched():
             return _update_tx(s, event.transaction_id, dispatched=True)
@@ -599,12 +645,17 @@ def _apply(s: BankState, event: e.Event) -> BankState:
         case e.LateAnswerReceived():
             return _update_tx(s, event.transaction_id, has_late_answer=True)
         case e.HeartbeatReceived():
+            if not event.in_order:  # a sign of life, but not the latest heartbeat
+                return replace(
+                    s, presence="online", last_seen=event.received_at, credentials_seen_in_use=True
+                )
             return replace(
                 s,
                 presence="online",
                 last_seen=event.received_at,
                 session_id=event.session_id if event.session_id is not None else s.session_id,
                 uptime_seconds=event.uptime_seconds,
+                heartbeat_device_time=event.device_time,
                 credentials_seen_in_use=True,
             )
         case e.DeviceCredentialsUsed():
@@ -645,11 +696,50 @@ def _apply(s: BankState, event: e.Event) -> BankState:
     raise AssertionError(f"unhandled event {event!r}")  # pragma: no cover
 
 
+def _revoked(s: BankState, event: e.LockerBankProvisioned) -> dict[str, Any]:
+    """What revoking the previous credentials changes: their session's liveness says nothing
+    about the new device (presence is ``unknown`` until its first heartbeat), and the window
+    during which the broker may still honour them."""
+    if event.previous_mqtt_user is None:
+        return {}
+    return {
+        "credentials_revoked_at": event.provisioned_at,
+        "revocation_window_ends_at": event.revocation_window_ends_at,
+        "presence": "unknown",
+        "session_id": None,
+        "uptime_seconds": None,
+        "heartbeat_device_time": None,
+    }
+
+
+def _iso(moment: datetime | None) -> str:
+    return "now" if moment is None else moment.isoformat(timespec="milliseconds")
+
+
 def _update_tx(s: BankState, transaction_id: str, **changes: Any) -> BankState:
     tx = s.transactions.get(transaction_id)
     if tx is None:  # pruned long ago: nothing to update
         return s
-    return replace(s, transactions=s.transactions.set(transaction_id, replace(tx, **changes)))
+    return _put_tx(s, replace(tx, **changes))
+
+
+def _put_tx(s: BankState, tx: Transaction, *, prune_at: datetime | None = None) -> BankState:
+    """Remember ``tx`` and keep the derived indexes (``pending_ids``, ``opens_done_at``)."""
+    transactions = s.transactions.set(tx.transaction_id, tx)
+    if prune_at is not None and len(transactions) > MAX_REMEMBERED:
+        return replace(s, transactions=_prune(transactions, prune_at)).reindexed()
+    if tx.status == "pending":
+        pending = s.pending_ids.add(tx.transaction_id)
+    else:
+        pending = s.pending_ids.discard(tx.transaction_id)
+    done = s.opens_done_at
+    if opens_the_door(tx) and tx.completed_at is not None:
+        number = tx.compartment_number
+        assert number is not None
+        previous = done.get(number)
+        if previous is None or previous < tx.completed_at:
+            done = done.set(number, tx.completed_at)
+    return replace(s, transactions=transactions, pending_ids=pending, opens_done_at=done)
 
 
 def _seen(s: BankState, event_id: str | None, at: datetime) -> BankState:

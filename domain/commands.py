@@ -39,6 +39,9 @@ class Provision:
     client_id: str
     new_mqtt_user: str
     new_credential_hash: str
+    # how long the broker may still honour the previous credentials from its cache (the
+    # revocation window, docs/broker-auth.md); 0 when the broker caches nothing
+    revocation_window_seconds: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +107,9 @@ class RecordHeartbeat:
     session_id: str | None
     spare_transaction_id: str
     command_timeout_seconds: int
+    # the device's clock when it sent the heartbeat (``data.timestamp``): orders heartbeats
+    # that QoS 1 redelivery may hand over out of order
+    device_time: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +166,8 @@ class CommandRejected(Exception):
     """The command is invalid for this bank and changes nothing.
 
     ``code`` is machine-readable: ``not_found``, ``invalid``, ``conflict``, ``duplicate``,
-    ``unknown_transaction``.
+    ``unknown_transaction``, ``revoked_session`` (a device message while the revocation
+    window is open), ``revocation_pending`` (a command for the device then).
     """
 
     def __init__(self, code: str, message: str) -> None:

@@ -52,6 +52,9 @@ class LockerBankProvisioned(Event, frozen=True, kw_only=True):
     token_hash: str
     provisioned_at: datetime
     previous_mqtt_user: str | None = None
+    # set when previous credentials were revoked while the broker may cache its answers:
+    # until then nothing is sent to the bank and nothing from it is applied
+    revocation_window_ends_at: datetime | None = None
 
 
 class ProvisioningFailed(Event, frozen=True, kw_only=True):
@@ -162,11 +165,18 @@ class LateAnswerReceived(Event, frozen=True, kw_only=True):
 
 
 class HeartbeatReceived(Event, frozen=True, kw_only=True):
-    """Ephemeral: folded into the live state, never stored."""
+    """Ephemeral: folded into the live state, never stored.
+
+    ``in_order`` is False for a heartbeat older than the latest one applied (a QoS 1
+    redelivery): it is still a sign of life, but it does not replace the latest heartbeat's
+    session, uptime and device time.
+    """
 
     received_at: datetime
     uptime_seconds: int | None
     session_id: str | None
+    device_time: datetime | None = None
+    in_order: bool = True
 
 
 class DeviceCredentialsUsed(Event, frozen=True, kw_only=True):

@@ -35,6 +35,18 @@ class SlidingWindowLimiter:
 
     def retry_after(self, key: str) -> int | None:
         """Seconds until ``key`` may try again, or None if it may try now."""
+        attempts = self._current(key)
+        if attempts is None or len(attempts) < self.limit:
+            return None
+        return max(1, math.ceil(attempts[0] + self.window - self._clock()))
+
+    def count(self, key: str) -> int:
+        """Attempts of ``key`` within the window now."""
+        attempts = self._current(key)
+        return 0 if attempts is None else len(attempts)
+
+    def _current(self, key: str) -> deque[float] | None:
+        """The attempts of ``key`` still inside the window (None, and forgotten, if none)."""
         attempts = self._attempts.get(key)
         if attempts is None:
             return None
@@ -44,9 +56,7 @@ class SlidingWindowLimiter:
         if not attempts:
             del self._attempts[key]
             return None
-        if len(attempts) < self.limit:
-            return None
-        return max(1, math.ceil(attempts[0] + self.window - now))
+        return attempts
 
     def record(self, key: str) -> None:
         attempts = self._attempts.get(key)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, fields, replace
+from dataclasses import fields
 from datetime import datetime
 from typing import Any
 
@@ -13,6 +13,9 @@ from domain.state import BankState, Compartment, Transaction
 
 SNAPSHOT_FORMAT = 1
 
+# derived from the transactions: not stored, rebuilt on decoding (BankState.reindexed)
+_DERIVED_FIELDS = {"pending_ids", "opens_done_at"}
+
 _DATETIME_FIELDS = {
     "token_expires_at",
     "provisioned_at",
@@ -21,21 +24,34 @@ _DATETIME_FIELDS = {
     "expires_at",
     "completed_at",
     "last_provisioning_failure_at",
+    "credentials_revoked_at",
+    "revocation_window_ends_at",
 }
+
+
+_COMPARTMENT_FIELDS = tuple(f.name for f in fields(Compartment))
+_TRANSACTION_FIELDS = tuple(f.name for f in fields(Transaction))
 
 
 def _thaw(value: Any) -> Any:
     if isinstance(value, PMap):
         return {str(k): _thaw(v) for k, v in value.items()}
-    if isinstance(value, Compartment | Transaction):
-        return asdict(value)
+    # shallow: the fields are scalars and datetimes (dataclasses.asdict would deep-copy each)
+    if isinstance(value, Transaction):
+        return {name: getattr(value, name) for name in _TRANSACTION_FIELDS}
+    if isinstance(value, Compartment):
+        return {name: getattr(value, name) for name in _COMPARTMENT_FIELDS}
     return value
 
 
 def encode_snapshot(state: BankState) -> bytes:
     # Live presence is not part of a snapshot: a rebuilt bank starts "unknown".
-    state = replace(state, presence="unknown", last_seen=None, session_id=None, uptime_seconds=None)
-    body = {f.name: _thaw(getattr(state, f.name)) for f in fields(state)}
+    state = state.rehydrated()
+    body = {
+        f.name: _thaw(getattr(state, f.name))
+        for f in fields(state)
+        if f.name not in _DERIVED_FIELDS
+    }
     return msgspec.json.encode({"format": SNAPSHOT_FORMAT, "state": body})
 
 
@@ -80,4 +96,4 @@ def _decode(raw: bytes) -> BankState:
         grants=pmap(grants),
         seen_event_ids=pmap(seen),
         used_qr_nonces=pmap(nonces),
-    )
+    ).reindexed()

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Literal
 
-from pyrsistent import PMap, pmap
+from pyrsistent import PMap, PSet, pmap, pset
 
 from domain.events import Action, DoorState, Presence
 
@@ -46,6 +46,15 @@ class Transaction:
     config_hash: str | None = None
 
 
+def opens_the_door(tx: Transaction) -> bool:
+    """An open that succeeded or timed out (the door may then open): ``opens_done_at``."""
+    return (
+        tx.action == "open_compartment"
+        and tx.status in ("success", "timeout")
+        and tx.compartment_number is not None
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class BankState:
     """``version`` is the number of stored events folded in (0: the bank does not exist)."""
@@ -66,6 +75,12 @@ class BankState:
     credential_hash: str | None = None
     credentials_seen_in_use: bool = False
     last_provisioning_failure_at: datetime | None = None
+    # revocation of the previous device credentials (re-provisioning; decommissioning may set
+    # these too): until ``revocation_window_ends_at`` the broker may still serve cached allows
+    # to the revoked session, so nothing is sent to the bank and nothing from it is applied
+    # (docs/broker-auth.md, "Revocation with a caching broker")
+    credentials_revoked_at: datetime | None = None
+    revocation_window_ends_at: datetime | None = None
     # access: compartment id -> user id -> expiry (None: no expiry)
     grants: PMap[str, PMap[str, datetime | None]] = field(default_factory=pmap)
     # commands
@@ -77,21 +92,55 @@ class BankState:
     last_seen: datetime | None = None
     session_id: str | None = None
     uptime_seconds: int | None = None
+    # the device's own clock (data.timestamp) in the latest in-order heartbeat
+    heartbeat_device_time: datetime | None = None
     # deduplication of device events and single use of QR codes: id -> first seen
     seen_event_ids: PMap[str, datetime] = field(default_factory=pmap)
     used_qr_nonces: PMap[str, datetime] = field(default_factory=pmap)
     alerts: int = 0
+    # indexes derived from ``transactions`` (kept by ``domain.bank``, rebuilt by
+    # :meth:`reindexed`, never in a snapshot), so that no message costs a scan of every
+    # remembered transaction (up to MAX_REMEMBERED per bank):
+    # the ids of the pending transactions
+    pending_ids: PSet[str] = field(default_factory=pset)
+    # compartment number -> latest completion of a successful or timed-out open
+    opens_done_at: PMap[int, datetime] = field(default_factory=pmap)
+
+    def reindexed(self) -> BankState:
+        """The state with its derived indexes rebuilt from ``transactions``."""
+        pending = [tid for tid, tx in self.transactions.items() if tx.status == "pending"]
+        done: dict[int, datetime] = {}
+        for tx in self.transactions.values():
+            if opens_the_door(tx) and tx.completed_at is not None:
+                number = tx.compartment_number
+                assert number is not None
+                if number not in done or done[number] < tx.completed_at:
+                    done[number] = tx.completed_at
+        return replace(self, pending_ids=pset(pending), opens_done_at=pmap(done))
 
     def rehydrated(self) -> BankState:
         """The state as a freshly (re)started actor holds it: presence is live knowledge, so it
         is ``unknown`` until the retained state or a new heartbeat arrives."""
         return replace(
-            self, presence="unknown", last_seen=None, session_id=None, uptime_seconds=None
+            self,
+            presence="unknown",
+            last_seen=None,
+            session_id=None,
+            uptime_seconds=None,
+            heartbeat_device_time=None,
         )
 
     @property
     def exists(self) -> bool:
         return self.version > 0
+
+    def revocation_pending(self, now: datetime) -> bool:
+        """Whether revoked device credentials may still pass the broker's cached checks at
+        ``now``: then no command may be published to the bank and nothing it publishes may be
+        applied, because MQTT 3.1.1 cannot tell the revoked session's messages from the new
+        device's."""
+        ends = self.revocation_window_ends_at
+        return ends is not None and now < ends
 
     def compartment_by_id(self, compartment_id: str) -> Compartment | None:
         for compartment in self.compartments.values():
@@ -100,17 +149,17 @@ class BankState:
         return None
 
     def pending(self) -> list[Transaction]:
-        return [tx for tx in self.transactions.values() if tx.status == "pending"]
+        return [self.transactions[tid] for tid in self.pending_ids]
 
     def pending_for(self, compartment_number: int) -> Transaction | None:
-        for tx in self.transactions.values():
-            if tx.status == "pending" and tx.compartment_number == compartment_number:
+        for tx in self.pending():
+            if tx.compartment_number == compartment_number:
                 return tx
         return None
 
     def pending_config(self) -> Transaction | None:
-        for tx in self.transactions.values():
-            if tx.status == "pending" and tx.action == "apply_config":
+        for tx in self.pending():
+            if tx.action == "apply_config":
                 return tx
         return None
 
@@ -128,7 +177,7 @@ class BankState:
 
     def next_deadline(self) -> datetime | None:
         """The earliest moment at which time alone changes this bank (a timeout, going offline)."""
-        deadlines = [tx.expires_at for tx in self.transactions.values() if tx.status == "pending"]
+        deadlines = [tx.expires_at for tx in self.pending()]
         heartbeat = self.heartbeat_deadline()
         if heartbeat is not None:
             deadlines.append(heartbeat)

@@ -23,6 +23,11 @@ Threading: paho's connect is blocking (DNS + TCP connect), so that one call runs
 touches the paho object; everything else runs in the Trio thread, so paho's internal
 locks are never contended.
 
+Acknowledgement: with ``MqttSettings.manual_ack`` a QoS 1 message is acknowledged (PUBACK)
+only when its consumer calls :meth:`InboundMessage.ack`, after it has applied or dropped it;
+a message never acknowledged is redelivered by the broker at the next connection of the
+persistent session. Without it paho acknowledges as soon as the message is read.
+
 Keep in mind: PUBACKs for our own publishes travel on the same socket as inbound
 messages. A task that consumes ``messages()`` and awaits a QoS 1 ``publish()`` while the
 inbound channel is full can wait on itself. Keep consumers from blocking on publishes, or
@@ -40,7 +45,7 @@ import socket
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -98,14 +103,32 @@ class MqttSettings:
     reconnect_max_delay: float = 5.0
     connect_timeout: float = 5.0
     inbound_capacity: int = 1000  # bounded inbound channel
+    # PUBACK only when the consumer calls InboundMessage.ack() (see the module docstring)
+    manual_ack: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class InboundMessage:
+    """One message from the broker. ``mid``, ``dup`` and the acknowledger do not take part in
+    comparisons: two deliveries of the same message compare equal."""
+
     topic: str
     payload: bytes
     qos: int
     retain: bool
+    mid: int = field(default=0, compare=False)
+    dup: bool = field(default=False, compare=False)
+    acker: MqttClient | None = field(default=None, compare=False, repr=False)
+
+    def ack(self) -> None:
+        """Acknowledge this message to the broker now (manual acknowledgement).
+
+        Idempotent, and a no-op for QoS 0, for a client without ``manual_ack`` and for a
+        message of an earlier connection (the broker redelivers that one, and its new copy
+        has an ``ack`` of its own). Never raises.
+        """
+        if self.acker is not None:
+            self.acker._ack(self)
 
 
 class MqttError(Exception):
@@ -179,6 +202,7 @@ class MqttClient:
             # Never let paho reconnect by itself (it would block the Trio thread).
             reconnect_on_failure=False,
         )
+        client.manual_ack_set(settings.manual_ack)
         client.connect_timeout = settings.connect_timeout
         if settings.username is not None:
             client.username_pw_set(settings.username, settings.password)
@@ -223,6 +247,9 @@ class MqttClient:
         self._request_waiters: dict[int, _Waiter] = {}
         self._resubscribe_mids: dict[int, list[str]] = {}
         self._listeners: list[Callable[[bool], None]] = []
+        # manual acknowledgement: QoS 1 messages of this connection not yet acknowledged, by
+        # mid (the broker reuses a mid only after its PUBACK)
+        self._unacked: dict[int, InboundMessage] = {}
 
         self._messages_received = 0
         self._messages_published = 0
@@ -248,6 +275,11 @@ class MqttClient:
     @property
     def messages_published(self) -> int:
         return self._messages_published
+
+    @property
+    def unacknowledged(self) -> int:
+        """Messages of the current connection delivered but not yet acknowledged."""
+        return len(self._unacked)
 
     async def wait_connected(self) -> None:
         """Return once connected (at once if already). Raises MqttError if the client stopped."""
@@ -641,12 +673,25 @@ class MqttClient:
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         self._messages_received += 1
-        inbound = InboundMessage(
-            topic=message.topic,
-            payload=bytes(message.payload),
-            qos=message.qos,
-            retain=bool(message.retain),
-        )
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:  # the router drops it as a malformed topic (and acks it)
+            topic = bytes(message._topic).decode("utf-8", "replace")
+        if self._settings.manual_ack and message.qos > 0:
+            inbound = InboundMessage(
+                topic,
+                bytes(message.payload),
+                message.qos,
+                bool(message.retain),
+                message.mid,
+                bool(message.dup),
+                self,
+            )
+            self._unacked[message.mid] = inbound
+        else:
+            inbound = InboundMessage(
+                topic, bytes(message.payload), message.qos, bool(message.retain)
+            )
         if self._overflow:
             self._overflow.append(inbound)
             return
@@ -706,6 +751,17 @@ class MqttClient:
 
     # ------------------------------------------------------------------ internals
 
+    def _ack(self, message: InboundMessage) -> None:
+        """PUBACK ``message`` if it is still unacknowledged on the current connection."""
+        if self._unacked.get(message.mid) is not message:
+            return  # acknowledged already, or of an earlier connection
+        del self._unacked[message.mid]
+        if self._client.socket() is None:
+            return
+        rc = self._client.ack(message.mid, message.qos)
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:  # pragma: no cover - the socket just went
+            _log.debug("MQTT PUBACK for mid %d not sent: %s", message.mid, paho.error_string(rc))
+
     async def _await_request(
         self, rc: MQTTErrorCode, mid: int | None, what: str
     ) -> list[ReasonCode] | None:
@@ -728,6 +784,9 @@ class MqttClient:
     def _connection_lost(self) -> None:
         """An established connection ended: release what will not be answered on it."""
         self._resubscribe_mids.clear()
+        # unacknowledged deliveries are redelivered on the next connection; their mids may
+        # then name other messages
+        self._unacked.clear()
         for mid, (qos, waiter) in list(self._publish_waiters.items()):
             if qos == 0:  # never written; paho drops it on reconnect, the caller resends
                 del self._publish_waiters[mid]
@@ -744,6 +803,7 @@ class MqttClient:
         self._connected = False
         self._closing = True
         self._terminal_error = error
+        self._unacked.clear()
         for _, waiter in self._publish_waiters.values():
             waiter.resolve(_Outcome.FAILED, error=error)
         self._publish_waiters.clear()

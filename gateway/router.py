@@ -5,6 +5,13 @@ to the bank's mailbox. Anything malformed is logged with its reason, counted as 
 goes no further: it never reaches an actor and never changes state. Routing waits for mailbox
 room, so a slow bank slows the socket (TCP backpressure) instead of losing messages.
 
+Acknowledgement (contract §2: PUBACK only once a message is applied or dropped): every message
+is either dropped here, and acknowledged at once, or handed over together with its ``ack``
+(``on_done``) to whoever finishes it: the bank actor (after it stored the events or rejected
+the command) or the metrics pipeline (after the batch committed). A message that nobody
+finished, say because the store was down, stays unacknowledged and the broker delivers it
+again on the next connection.
+
 The router knows the rest of the system only through the small protocols declared here
 (:class:`BankInbox`, :class:`TokenDirectory`, :class:`MessageQueue`, :class:`GatewayObserver`);
 the composition root plugs the bank registry, the directory, the dispatcher and Prometheus in.
@@ -37,8 +44,13 @@ ROUTE_BATCH = 256
 REGISTRATION_FAILURES = 5
 REGISTRATION_WINDOW_SECONDS = 60.0
 
-MetricSink = Callable[[str, str, str, bytes], Awaitable[None]]
-"""Takes a metric point's tenant id, agent id, metric name (from the topic) and payload."""
+Done = Callable[[], None]
+"""Called once a message has been applied or dropped: acknowledges it to the broker."""
+
+MetricSink = Callable[[str, str, str, bytes, Done], Awaitable[None]]
+"""Takes a metric point's tenant id, agent id, metric name (from the topic), payload and the
+message's ``Done``, to be called once the point is stored or dropped (never when its write
+failed: the broker then delivers it again)."""
 
 
 class BankAnswer(Protocol):
@@ -51,8 +63,18 @@ class BankInbox(Protocol):
 
     def is_known(self, bank_id: str) -> bool: ...
 
-    async def tell(self, bank_id: str, command: c.BankCommand, *, kind: str | None = None) -> None:
-        """Queue ``command`` for the bank, waiting for mailbox room (backpressure)."""
+    async def tell(
+        self,
+        bank_id: str,
+        command: c.BankCommand,
+        *,
+        kind: str | None = None,
+        on_done: Done | None = None,
+    ) -> None:
+        """Queue ``command`` for the bank, waiting for mailbox room (backpressure).
+
+        ``on_done`` is called exactly once when the bank has applied, rejected or dropped the
+        command (or crashed on it), and never when storing its events failed."""
         ...
 
     async def ask_if_available(
@@ -62,9 +84,11 @@ class BankInbox(Protocol):
         *,
         kind: str | None = None,
         secret: str | None = None,
+        on_done: Done | None = None,
     ) -> BankAnswer | None:
         """Send and wait for the outcome; None when the bank cannot answer (failed, crashed on
-        this message, or too slow), which the inbox has counted already."""
+        this message, or too slow), which the inbox has counted already. ``on_done`` as for
+        :meth:`tell`."""
         ...
 
 
@@ -97,6 +121,7 @@ class Gateway:
         command_timeout: int,
         accept_status_topic: bool,
         metric_sink: MetricSink | None = None,
+        revocation_window_seconds: int = 0,
         clock: Callable[[], float] = time.monotonic,
         subscriptions: Sequence[tuple[str, int]] = topics.SUBSCRIPTIONS,
         keep_server_online: bool = False,
@@ -110,10 +135,14 @@ class Gateway:
         self.command_timeout = command_timeout
         self.accept_status_topic = accept_status_topic
         self.metric_sink = metric_sink
+        self.revocation_window_seconds = revocation_window_seconds
         self.registration_failures = SlidingWindowLimiter(
             REGISTRATION_FAILURES, REGISTRATION_WINDOW_SECONDS, clock=clock
         )
         self._online_wanted = trio.Event()
+        #: set once the broker has granted the gateway's subscriptions (the first SUBACK):
+        #: from then on nothing published to lockerd's topics is missed
+        self.subscribed = trio.Event()
         #: the topic filters subscribed at start (more than one node: see topics)
         self.subscriptions = tuple(subscriptions)
         #: more than one node: ``server/status`` is online while any node is, so an
@@ -127,6 +156,7 @@ class Gateway:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._announce_online)
                 await self.mqtt.subscribe(self.subscriptions)
+                self.subscribed.set()
                 receive = self.mqtt.messages()
                 while True:
                     try:
@@ -179,28 +209,34 @@ class Gateway:
         """Turn one inbound message into a bank command, a metric point, or a counted drop.
 
         Never raises for anything a message can contain: a routing bug is logged and counted
-        as ``internal_error``, so it cannot take the broker connection down with it.
+        as ``internal_error``, so it cannot take the broker connection down with it. A message
+        dropped here is acknowledged here; one handed over is acknowledged by its taker.
         """
+        done = message.ack
         if self.keep_server_online and message.topic == topics.SERVER_STATUS:
             # not a device message, but counted like every message (kind unknown)
             self.observer.message_dropped("unknown", "server_status")
             if message.payload != outbound.server_status(True):
                 self._online_wanted.set()  # another node went away; we are still here
+            done()
             return
         try:
             parsed = topics.parse_topic(message.topic, accept_status=self.accept_status_topic)
         except topics.TopicError as exc:
             self._drop(exc.kind, "malformed_topic", message.topic[:200], str(exc))
+            done()
             return
+        handed_over = False
         try:
             if parsed.kind == "register":
-                await self._register(parsed.key, message.payload)
+                handed_over = await self._register(parsed.key, message.payload, done)
             elif parsed.kind == "metric":
                 if self.metric_sink is None:
                     self._drop("metric", "not_supported", message.topic, "no metrics pipeline")
                 else:
+                    handed_over = True
                     await self.metric_sink(
-                        parsed.key, parsed.agent_id, parsed.metric, message.payload
+                        parsed.key, parsed.agent_id, parsed.metric, message.payload, done
                     )
             elif not self.banks.is_known(parsed.key):
                 self._drop(parsed.kind, "unknown_bank", message.topic, "no such locker bank")
@@ -210,7 +246,8 @@ class Gateway:
                 self._drop("state", "retained", message.topic, "retained state is not liveness")
             else:
                 command = self._bank_command(parsed, message.payload)
-                await self.banks.tell(parsed.key, command, kind=parsed.kind)
+                handed_over = True
+                await self.banks.tell(parsed.key, command, kind=parsed.kind, on_done=done)
         except payloads.PayloadError as exc:
             self._drop(parsed.kind, "malformed_payload", message.topic, str(exc))
         except Exception as exc:
@@ -218,6 +255,10 @@ class Gateway:
             # would be lost while the gateway restarts. Logged loudly, counted, dropped.
             self.observer.message_dropped(parsed.kind, "internal_error")
             log.error("route_failed", kind=parsed.kind, topic=message.topic, exc_info=exc)
+            # if it failed on its way over, its taker may never see it; acking twice is safe
+            handed_over = False
+        if not handed_over:
+            done()
 
     def _drop(self, kind: str | None, reason: str, topic: str, detail: str) -> None:
         self.observer.message_dropped(kind, reason)
@@ -233,6 +274,7 @@ class Gateway:
                     session_id=state.session_id,
                     spare_transaction_id=str(uuid.uuid4()),
                     command_timeout_seconds=self.command_timeout,
+                    device_time=state.data.timestamp if state.data else None,
                 )
             if state.state == "connection_lost":
                 return c.RecordLastWill(session_id=state.session_id)
@@ -265,41 +307,44 @@ class Gateway:
             command_timeout_seconds=self.command_timeout,
         )
 
-    async def _register(self, token: str, payload: bytes) -> None:
+    async def _register(self, token: str, payload: bytes, done: Done) -> bool:
+        """Handle a registration; True once the message (and ``done``) went to a bank."""
         try:
             client_id = payloads.decode(payloads.RegisterPayload, payload).client_id
         except payloads.PayloadError as exc:
             self._drop("register", "malformed_payload", f"locker/register/{token[:4]}…", str(exc))
-            return
+            return False
         if not topics.is_plain_level(client_id) or len(client_id) > 128:
             # no safe reply topic exists for such a client id
             self._drop("register", "invalid_client_id", "locker/register/…", repr(client_id[:64]))
-            return
+            return False
         if self.registration_failures.retry_after(client_id) is not None:
             self._drop("register", "rate_limited", "locker/register/…", client_id)
             await self.outbox.enqueue(ProvisioningRefused(client_id, "rate_limited"))
-            return
+            return False
         token_hash = self.keyring.hash("provisioning-token", token)
         bank_id = self.tokens.bank_for_token(token_hash)
         if bank_id is None:
             self.registration_failures.record(client_id)
             self._drop("register", "token_unknown", "locker/register/…", client_id)
             await self.outbox.enqueue(ProvisioningRefused(client_id, "token_unknown"))
-            return
+            return False
         password = new_token(32)
         command = c.Provision(
             token_hash=token_hash,
             client_id=client_id,
             new_mqtt_user=f"dev-{uuid.uuid4().hex}",
             new_credential_hash=self.keyring.hash("device-password", password),
+            revocation_window_seconds=self.revocation_window_seconds,
         )
         answer = await self.banks.ask_if_available(
-            bank_id, command, kind="register", secret=password
+            bank_id, command, kind="register", secret=password, on_done=done
         )
         if answer is None:
             # counted where it happened (a failed bank, or still queued in a slow mailbox)
             log.warning("bank_unavailable", kind="register", bank_id=bank_id)
-            return
+            return True
         refused = (e.ProvisioningFailed, e.RegistrationRefused)
         if any(isinstance(ev, refused) for ev in answer.events):
             self.registration_failures.record(client_id)
+        return True

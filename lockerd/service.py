@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import socket
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack
@@ -47,13 +48,17 @@ from gateway import outbound, topics
 from gateway.mqtt import MqttClient, MqttSettings, Will, running
 from gateway.outbound import MqttOutbox
 from gateway.router import Gateway
+from lockerd.appstream import routes as appstream_routes
+from lockerd.appstream.stream import AppStreams, app_stream_metrics
 from lockerd.banks import queries
 from lockerd.banks import routes as bank_routes
 from lockerd.banks.directory import Directory
+from lockerd.banks.live import RECENT_TRANSACTIONS, LiveModel
 from lockerd.banks.liveness import fill_fleet, flush_last_seen
 from lockerd.banks.projections import PROJECTIONS
 from lockerd.brokerauth import routes as brokerauth_routes
 from lockerd.brokerauth.checks import BrokerAuth
+from lockerd.brokerauth.revocation import revocation_window_seconds
 from lockerd.cluster import routes as cluster_routes
 from lockerd.cluster.link import DuplicateNode, LinkLost
 from lockerd.cluster.node import (
@@ -65,9 +70,10 @@ from lockerd.cluster.node import (
 )
 from lockerd.config import Settings
 from lockerd.dashboard import routes as dashboard_routes
-from lockerd.dashboard.hub import DashboardMetrics, StatusHub
+from lockerd.dashboard.hub import StatusHub, dashboard_metrics
 from lockerd.http import ops
 from lockerd.http.app import LockerdApp, create_app
+from lockerd.http.proxies import ASGIApp, behind_trusted_proxies
 from lockerd.http.server import harden, hypercorn_config
 from lockerd.keystore import KEY_TABLE_DDL, load_keyring
 from lockerd.metrics import Metrics
@@ -78,6 +84,7 @@ from lockerd.telemetry.pipeline import MetricsPipeline
 from lockerd.users import admin_routes as user_admin_routes
 from lockerd.users import app_routes as user_app_routes
 from lockerd.users import tables as user_tables
+from lockerd.users.hot_routes import with_hot_routes
 from lockerd.users.sessions import SessionService
 from lockerd.wiring import Service
 from store import open_store
@@ -102,6 +109,7 @@ BLUEPRINTS = (
     telemetry_routes.blueprint,
     brokerauth_routes.blueprint,
     dashboard_routes.blueprint,
+    appstream_routes.blueprint,
     cluster_routes.blueprint,
 )
 
@@ -153,7 +161,7 @@ def advertised_url(sock: socket.socket) -> str:
 
 
 async def serve_http(
-    app: LockerdApp,
+    app: LockerdApp | ASGIApp,
     sock: socket.socket,
     *,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
@@ -186,6 +194,8 @@ def mqtt_settings(settings: Settings) -> MqttSettings:
         password=settings.mqtt.password,
         clean_session=False,
         will=Will(topics.SERVER_STATUS, outbound.server_status(False), qos=1, retain=True),
+        # PUBACK only once a message is applied or dropped (contract §2)
+        manual_ack=True,
     )
 
 
@@ -216,19 +226,29 @@ async def running_service(
             directory.load(start)
             fleet = FleetView()
             fill_fleet(fleet, start)
+            live = LiveModel(fleet)
+            live.load(await store.read(queries.live_start(RECENT_TRANSACTIONS)))
             agents = AgentDirectory()
             await store.read(agents.load)
             next_seq = await store.read(telemetry_schema.max_seq) + 1
             metrics = Metrics()
-            sessions = SessionService(store, keyring, clock)
+            shutdown = trio.Event()
+            app_streams = AppStreams(
+                live=live,
+                shutdown=shutdown,
+                clock=clock,
+                metrics=app_stream_metrics(metrics.registry),
+            )
+            sessions = SessionService(
+                store, keyring, clock, on_sessions_ended=[app_streams.sessions_ended]
+            )
             await sessions.hasher.prepare()
             mqtt = MqttClient(mqtt_settings(settings))
-            shutdown = trio.Event()
             # Stored-event listeners that keep an in-memory view every node needs (read models)
             # go in ``listeners``: with a cluster they also get the events appended by other
             # nodes (the event feed). A reaction that must run once per event (a side effect)
             # must not: add it to BankServices.listeners below, where the bank's actor runs.
-            listeners: list[StoredEventListener] = [directory.follow]
+            listeners: list[StoredEventListener] = [directory.follow, live.follow]
             cluster: ClusterNode | None = None
             if clustered:
                 try:
@@ -289,6 +309,9 @@ async def running_service(
                     command_timeout=settings.command_timeout,
                     accept_status_topic=settings.accept_status_topic,
                     metric_sink=pipeline.mqtt_sink,
+                    revocation_window_seconds=revocation_window_seconds(
+                        settings.broker_auth_cache_seconds
+                    ),
                     subscriptions=(
                         topics.SUBSCRIPTIONS if cluster is None else topics.CLUSTER_SUBSCRIPTIONS
                     ),
@@ -302,6 +325,7 @@ async def running_service(
                     keyring=keyring,
                     directory=directory,
                     fleet=fleet,
+                    live=live,
                     registry=registry,
                     metrics=metrics,
                     sessions=sessions,
@@ -311,8 +335,9 @@ async def running_service(
                         fleet=fleet,
                         shutdown=shutdown,
                         clock=clock,
-                        metrics=DashboardMetrics.register(metrics.registry),
+                        metrics=dashboard_metrics(metrics.registry),
                     ),
+                    app_streams=app_streams,
                     broker_auth=BrokerAuth(
                         settings,
                         keyring,
@@ -333,6 +358,11 @@ async def running_service(
                 owned = None if cluster is None else cluster.ownership.is_local
                 root.start_child("last-seen", lambda: flush_last_seen(store, fleet, owned))
                 root.start_child("metrics-pipeline", pipeline.run)
+                root.start_child("live-presence", live.watch_presence)
+                root.start_child("long-polls", lambda: live.release_waiters_on(shutdown))
+                if clustered:
+                    # other nodes' logouts, password changes, disabled accounts
+                    root.start_child("session-ends", sessions.follow_other_nodes)
                 if cluster is not None:
                     node = cluster
                     root.start_child(
@@ -344,7 +374,11 @@ async def running_service(
                     # outbox (publishes what was recorded but never sent) and schedules
                     # its own deadlines
                     timers.schedule(bank_id, clock())
-                await nursery.start(serve_http, create_app(service, blueprints), listener)
+                app = behind_trusted_proxies(
+                    with_hot_routes(create_app(service, blueprints), service),
+                    settings.trusted_proxies,
+                )
+                await nursery.start(serve_http, app, listener)
                 async with running(mqtt), trio.open_nursery() as edge:
                     Supervisor(edge, name="edge", escalate=True).start_child("gateway", gateway.run)
                     log.info(
@@ -369,9 +403,24 @@ async def running_service(
         listener.close()  # a no-op once Hypercorn has taken the descriptor over
 
 
+def freeze_startup_heap() -> None:
+    """Keep what start-up built (modules, classes, routes, loaded state) out of every later
+    garbage collection.
+
+    A full collection walks every tracked object; with the ~100,000 of a started lockerd each
+    one paused the whole process for up to ~90 ms (measured in bench/bench_app.py: the tail of
+    the open round trip). After ``gc.freeze()`` collections only walk what was made since.
+    Only for a process that runs one service for its whole life (``lockerd serve``): frozen
+    cyclic garbage is never freed, so tests, which start many services, do not call it.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 async def serve(
     settings: Settings, *, task_status: trio.TaskStatus[Service] = trio.TASK_STATUS_IGNORED
 ) -> None:
     async with running_service(settings) as service:
+        freeze_startup_heap()
         task_status.started(service)
         await service.shutdown.wait()

@@ -18,7 +18,9 @@ from actors.registry import BankRegistry
 from domain.keys import Keyring
 from gateway.mqtt import MqttClient
 from gateway.router import Gateway
+from lockerd.appstream.stream import AppStreams
 from lockerd.banks.directory import Directory
+from lockerd.banks.live import LiveModel
 from lockerd.brokerauth.checks import BrokerAuth
 from lockerd.cluster.node import ClusterNode
 from lockerd.config import Settings
@@ -39,12 +41,15 @@ class Service:
     keyring: Keyring
     directory: Directory
     fleet: FleetView
+    #: the app's hot reads (transactions, grants, compartments) kept in memory
+    live: LiveModel
     registry: BankRegistry
     metrics: Metrics
     sessions: SessionService
     agents: AgentDirectory
     pipeline: MetricsPipeline
     status_hub: StatusHub
+    app_streams: AppStreams
     broker_auth: BrokerAuth
     mqtt: MqttClient
     gateway: Gateway

@@ -3,7 +3,7 @@
 # lint, type check, tests. PostgreSQL runs too when a server is reachable.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/bootstrap.sh chromium chromium-driver mosquitto-dev libcurl4-openssl-dev gcc
+scripts/bootstrap.sh chromium chromium-driver mosquitto-dev libcurl4-openssl-dev libssl-dev gcc
 
 if [ -z "${LOCKERD_TEST_POSTGRES_URL:-}" ] && command -v pg_isready >/dev/null \
    && pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then

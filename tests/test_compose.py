@@ -22,6 +22,11 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import yaml
 
+from lockerd.brokerauth.revocation import (
+    REVOCATION_MARGIN_SECONDS,
+    cache_jitter_seconds,
+    revocation_window_seconds,
+)
 from lockerd.config import load_settings
 from lockerd.http.app import create_app
 from lockerd.service import BLUEPRINTS
@@ -41,9 +46,16 @@ NODES = ("lockerd-1", "lockerd-2")
 
 GOAUTH_URI_OPTIONS = (
     "auth_opt_http_getuser_uri",
-    "auth_opt_http_superuser_uri",
     "auth_opt_http_aclcheck_uri",
 )
+# what the template may contain besides the secret: filled in by the entrypoint
+TEMPLATE_VARIABLES = {
+    "LOCKERD_MOSQ_SECRET",
+    "GOAUTH_CACHE",
+    "LOCKERD_BROKER_AUTH_CACHE_SECONDS",
+    "GOAUTH_JITTER_SECONDS",
+    "GOAUTH_FILES_DIR",
+}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -196,13 +208,17 @@ def test_services_images_health_and_order() -> None:
         health = " ".join(node["healthcheck"]["test"])
         assert "/healthz" in health and "8080" in health
         assert node["depends_on"]["postgres"]["condition"] == "service_healthy"
-        assert "mosquitto" in node["depends_on"]
+        # the broker is healthy without lockerd (go-auth's files backend knows lockerd's user)
+        assert node["depends_on"]["mosquitto"]["condition"] == "service_healthy"
         assert "ports" not in node  # reached through the proxy only
         assert node["stop_grace_period"] == "20s"
 
     for name, service in services.items():
         assert "healthcheck" in service, f"{name} has no health check"
         assert service.get("restart") == "unless-stopped", name
+    broker_health = " ".join(mosquitto["healthcheck"]["test"])
+    assert "mosquitto_sub" in broker_health and "$LOCKERD_BACKEND_MQTT_PASSWORD" in broker_health
+    assert read_env_file(ENV_EXAMPLE)["LOCKERD_BACKEND_MQTT_PASSWORD"] not in broker_health
 
     # PostgreSQL keeps its data in a named volume; the broker keeps lockerd's sessions.
     volumes = load_compose()["volumes"]
@@ -319,6 +335,14 @@ def test_lockerd_gets_a_valid_configuration(node: str) -> None:
     assert settings.mosq_secret == example["LOCKERD_MOSQ_SECRET"]
     mosquitto_env = env_list(load_compose()["services"]["mosquitto"]["environment"])
     assert mosquitto_env["LOCKERD_MOSQ_SECRET"] == settings.mosq_secret
+    # the broker's files backend knows lockerd's own login, and caches as long as lockerd
+    # believes (its revocation window)
+    assert mosquitto_env["LOCKERD_BACKEND_MQTT_USER"] == settings.mqtt.username
+    assert mosquitto_env["LOCKERD_BACKEND_MQTT_PASSWORD"] == settings.mqtt.password
+    assert int(mosquitto_env["LOCKERD_BROKER_AUTH_CACHE_SECONDS"]) == (
+        settings.broker_auth_cache_seconds
+    )
+    assert settings.broker_auth_cache_seconds > 0  # go-auth's cache is on in production
     postgres_env = env_list(load_compose()["services"]["postgres"]["environment"])
     assert postgres_env["POSTGRES_PASSWORD"] == parts.password
     assert (postgres_env["POSTGRES_USER"], postgres_env["POSTGRES_DB"]) == ("lockerd", "lockerd")
@@ -335,63 +359,212 @@ def test_mosquitto_template_configures_goauth_http_backend() -> None:
         return options[key][0]
 
     assert one("allow_anonymous") == "false"
+    assert one("per_listener_settings") == "false"
     assert one("auth_plugin") == "/mosquitto/go-auth.so"
-    assert one("auth_opt_backends") == "http"
     assert one("auth_opt_http_host") == "lockerd"
     assert one("auth_opt_http_port") == "8080"
     assert one("auth_opt_http_params_mode") == "json"
     assert one("auth_opt_http_response_mode") == "status"
     assert one("auth_opt_http_method") == "POST"
-    assert one("auth_opt_cache") == "true"
-    assert int(one("auth_opt_auth_cache_seconds")) == 30
-    assert int(one("auth_opt_acl_cache_seconds")) == 30
-    assert "auth_opt_cache_refresh" not in options  # a hit must not keep a revoked entry alive
     assert one("persistence") == "true"
     assert options["listener"] == ["1883"]
     for key in GOAUTH_URI_OPTIONS:
         query = parse_qs(urlsplit(one(key)).query)
         assert query == {"mosq_secret": ["${LOCKERD_MOSQ_SECRET}"]}, key
-    # The only placeholder is the one the entrypoint fills in.
-    assert variables_used(TEMPLATE.read_text()) == {"LOCKERD_MOSQ_SECRET"}
+    assert variables_used(TEMPLATE.read_text()) == TEMPLATE_VARIABLES
 
 
-def run_entrypoint(tmp_path: Path, secret: str | None) -> subprocess.CompletedProcess[str]:
+def test_the_backend_user_does_not_depend_on_lockerd() -> None:
+    """Contract §6: go-auth's files backend answers for lockerd's own user before http."""
+    options = template_options()
+    backends = options["auth_opt_backends"][0].replace(" ", "").split(",")
+    assert backends == ["files", "http"]  # files first: it answers without a request
+    assert options["auth_opt_files_password_path"] == ["${GOAUTH_FILES_DIR}/passwords"]
+    assert options["auth_opt_files_acl_path"] == ["${GOAUTH_FILES_DIR}/acls"]
+    assert "auth_opt_check_prefix" not in options or options["auth_opt_check_prefix"] == ["false"]
+
+
+def test_no_superuser_request_in_front_of_every_acl_check() -> None:
+    """go-auth asks /superuser before every /acl unless no backend is registered for it."""
+    options = template_options()
+    for backend in ("files", "http"):
+        checks = set(options[f"auth_opt_{backend}_register"][0].replace(" ", "").split(","))
+        assert checks == {"user", "acl"}, backend
+    assert "auth_opt_http_superuser_uri" not in options
+
+
+def test_the_cache_is_on_with_lockerds_ttls_and_no_refresh() -> None:
+    options = template_options()
+    assert options["auth_opt_cache"] == ["${GOAUTH_CACHE}"]
+    assert options["auth_opt_cache_type"] == ["go-cache"]
+    for kind in ("auth", "acl"):
+        assert options[f"auth_opt_{kind}_cache_seconds"] == ["${LOCKERD_BROKER_AUTH_CACHE_SECONDS}"]
+        assert options[f"auth_opt_{kind}_jitter_seconds"] == ["${GOAUTH_JITTER_SECONDS}"]
+    assert "auth_opt_cache_refresh" not in options  # a hit must not keep a revoked entry alive
+
+
+def test_queues_hold_a_burst_to_lockerd() -> None:
+    """Contract §6: Mosquitto's defaults (1,000 queued, 20 in flight per client) dropped a
+    5,000-message burst to lockerd; lockerd acknowledges only after applying (manual ack)."""
+    options = template_options()
+    assert int(options["max_queued_messages"][0]) >= 100_000
+    queued_bytes = int(options["max_queued_bytes"][0])
+    assert queued_bytes == 0 or queued_bytes >= 100_000 * 1024  # 100,000 heartbeats fit
+    assert int(options["max_inflight_messages"][0]) >= 1000
+
+
+PW_STUB = """#!/bin/sh
+# go-auth's pw tool stand-in: checks its arguments, prints a PBKDF2 hash of a fixed shape
+[ "$1" = "-p" ] && [ -n "$2" ] || exit 64
+echo "PBKDF2\\$sha512\\$100000\\$c2FsdA==\\$aGFzaA=="
+"""
+
+
+def run_entrypoint(
+    tmp_path: Path,
+    secret: str | None,
+    *,
+    password: str | None = "backend-pw_1",
+    user: str | None = None,
+    cache_seconds: str | None = None,
+    pw: str = PW_STUB,
+) -> subprocess.CompletedProcess[str]:
+    stub = tmp_path / "pw"
+    stub.write_text(pw)
+    stub.chmod(0o755)
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "MOSQUITTO_CONF_TEMPLATE": str(TEMPLATE),
         "MOSQUITTO_CONF": str(tmp_path / "etc" / "mosquitto.conf"),
+        "GOAUTH_FILES_DIR": str(tmp_path / "etc" / "go-auth"),
+        "GOAUTH_PW_BIN": str(stub),
+        "MOSQUITTO_FILES_GROUP": "",
         "MOSQUITTO_BIN": "echo",  # stands in for mosquitto: shows how it would be started
     }
-    if secret is not None:
-        env["LOCKERD_MOSQ_SECRET"] = secret
+    for name, value in (
+        ("LOCKERD_MOSQ_SECRET", secret),
+        ("LOCKERD_BACKEND_MQTT_PASSWORD", password),
+        ("LOCKERD_BACKEND_MQTT_USER", user),
+        ("LOCKERD_BROKER_AUTH_CACHE_SECONDS", cache_seconds),
+    ):
+        if value is not None:
+            env[name] = value
     return subprocess.run(
         ["sh", str(ENTRYPOINT)], env=env, capture_output=True, text=True, timeout=30, check=False
     )
 
 
+def rendered_options(tmp_path: Path) -> dict[str, list[str]]:
+    options: dict[str, list[str]] = {}
+    for line in (tmp_path / "etc" / "mosquitto.conf").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, _, value = line.strip().partition(" ")
+            options.setdefault(key, []).append(value)
+    return options
+
+
 def test_entrypoint_writes_the_config_with_the_secret(tmp_path: Path) -> None:
-    done = run_entrypoint(tmp_path, "s3cr3t-Value_1.~")
+    done = run_entrypoint(tmp_path, "s3cr3t-Value_1.~", cache_seconds="30")
     assert done.returncode == 0, done.stderr
     conf = tmp_path / "etc" / "mosquitto.conf"
     assert done.stdout.split() == ["-c", str(conf)]
     text = conf.read_text()
     assert "${" not in text
-    assert text.count("?mosq_secret=s3cr3t-Value_1.~") == 3
-    assert text.replace("s3cr3t-Value_1.~", "${LOCKERD_MOSQ_SECRET}") == TEMPLATE.read_text()
-    assert oct(conf.stat().st_mode & 0o777) == "0o644"
+    assert text.count("?mosq_secret=s3cr3t-Value_1.~") == len(GOAUTH_URI_OPTIONS)
+    files_dir = str(tmp_path / "etc" / "go-auth")
+    expected = TEMPLATE.read_text()
+    for name, value in (
+        ("LOCKERD_MOSQ_SECRET", "s3cr3t-Value_1.~"),
+        ("GOAUTH_CACHE", "true"),
+        ("LOCKERD_BROKER_AUTH_CACHE_SECONDS", "30"),
+        ("GOAUTH_JITTER_SECONDS", "3"),
+        ("GOAUTH_FILES_DIR", files_dir),
+    ):
+        expected = expected.replace("${" + name + "}", value)
+    assert text == expected
+    # only the owner reads what holds the secret and the hash (the container passes the
+    # mosquitto group in MOSQUITTO_FILES_GROUP: 0640)
+    for path in (conf, tmp_path / "etc" / "go-auth" / "passwords"):
+        assert oct(path.stat().st_mode & 0o777) == "0o600", path
+    passwords = (tmp_path / "etc" / "go-auth" / "passwords").read_text()
+    assert passwords == "lockerd-backend:PBKDF2$sha512$100000$c2FsdA==$aGFzaA==\n"
+    acls = (tmp_path / "etc" / "go-auth" / "acls").read_text()
+    assert acls == "user lockerd-backend\ntopic readwrite #\n"
+    assert "backend-pw_1" not in text + passwords + acls + done.stdout + done.stderr
 
 
 @pytest.mark.parametrize(
-    ("secret", "message"),
-    [(None, "not set"), ("", "not set"), ("a&b", "only contain"), ("x|y", "only contain")],
+    ("cache", "enabled", "jitter"),
+    [
+        ("0", "false", "0"),
+        ("1", "true", "0"),
+        ("9", "true", "0"),
+        ("10", "true", "1"),
+        ("30", "true", "3"),
+        ("299", "true", "29"),
+    ],
 )
-def test_entrypoint_refuses_a_missing_or_unsafe_secret(
-    tmp_path: Path, secret: str | None, message: str
+def test_entrypoint_cache_and_jitter_agree_with_lockerds_revocation_window(
+    tmp_path: Path, cache: str, enabled: str, jitter: str
 ) -> None:
-    done = run_entrypoint(tmp_path, secret)
-    assert done.returncode == 2
+    done = run_entrypoint(tmp_path, "s", cache_seconds=cache)
+    assert done.returncode == 0, done.stderr
+    options = rendered_options(tmp_path)
+    assert options["auth_opt_cache"] == [enabled]
+    assert options["auth_opt_acl_cache_seconds"] == [cache]
+    assert options["auth_opt_auth_jitter_seconds"] == [jitter]
+    assert options["auth_opt_acl_jitter_seconds"] == [jitter]
+    # lockerd counts the same jitter into its revocation window (lockerd/brokerauth)
+    assert cache_jitter_seconds(int(cache)) == int(jitter)
+    window = revocation_window_seconds(int(cache))
+    if int(cache):
+        assert window == int(cache) + int(jitter) + REVOCATION_MARGIN_SECONDS
+    else:
+        assert window == 0
+
+
+def test_entrypoint_defaults_to_a_30_second_cache(tmp_path: Path) -> None:
+    done = run_entrypoint(tmp_path, "s")
+    assert done.returncode == 0, done.stderr
+    assert rendered_options(tmp_path)["auth_opt_acl_cache_seconds"] == ["30"]
+    compose = load_compose()["services"]
+    for node in NODES:
+        assert (
+            env_list(compose[node]["environment"])["LOCKERD_BROKER_AUTH_CACHE_SECONDS"]
+            == read_env_file(ENV_EXAMPLE)["LOCKERD_BROKER_AUTH_CACHE_SECONDS"]
+        )
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"secret": None}, "LOCKERD_MOSQ_SECRET is not set"),
+        ({"secret": ""}, "LOCKERD_MOSQ_SECRET is not set"),
+        ({"secret": "a&b"}, "only contain"),
+        ({"secret": "x|y"}, "only contain"),
+        ({"password": None}, "LOCKERD_BACKEND_MQTT_PASSWORD is not set"),
+        ({"password": "a:b"}, "LOCKERD_BACKEND_MQTT_PASSWORD may only contain"),
+        ({"user": "a:b"}, "LOCKERD_BACKEND_MQTT_USER may only contain"),
+        ({"user": "a b"}, "LOCKERD_BACKEND_MQTT_USER may only contain"),
+        ({"cache_seconds": "-1"}, "LOCKERD_BROKER_AUTH_CACHE_SECONDS"),
+        ({"cache_seconds": "ten"}, "LOCKERD_BROKER_AUTH_CACHE_SECONDS"),
+        ({"cache_seconds": "030"}, "LOCKERD_BROKER_AUTH_CACHE_SECONDS"),
+        ({"pw": "#!/bin/sh\nexit 1\n"}, "could not hash"),
+        ({"pw": "#!/bin/sh\necho nope\n"}, "did not print a PBKDF2 hash"),
+    ],
+)
+def test_entrypoint_refuses_missing_or_unsafe_settings(
+    tmp_path: Path, change: dict[str, str | None], message: str
+) -> None:
+    arguments: dict[str, Any] = {"secret": "s3cret", **change}
+    secret = arguments.pop("secret")
+    done = run_entrypoint(tmp_path, secret, **arguments)
+    assert done.returncode == 2, (done.stdout, done.stderr)
     assert message in done.stderr
     assert not (tmp_path / "etc" / "mosquitto.conf").exists()
+    for value in change.values():
+        if value and len(value) > 3 and not value.startswith("#!"):
+            assert value not in done.stderr  # errors name the variable, not its value
 
 
 async def test_goauth_uris_name_routes_lockerd_serves(
@@ -414,7 +587,6 @@ async def test_goauth_uris_name_routes_lockerd_serves(
                     "password": "provisioning-password",
                     "username": "provisioning_client",
                 },
-                "auth_opt_http_superuser_uri": {"username": "provisioning_client"},
                 "auth_opt_http_aclcheck_uri": {
                     "acc": 2,
                     "clientid": "dev-1",
@@ -426,12 +598,8 @@ async def test_goauth_uris_name_routes_lockerd_serves(
             answers[key] = response.status_code
             wrong = await svc.http.post(uri.replace(MOSQ_SECRET, "wrong"), json=body)
             assert wrong.status_code == 403, key
-    # The provisioning user may log in and register, but is no superuser.
-    assert answers == {
-        "auth_opt_http_getuser_uri": 200,
-        "auth_opt_http_superuser_uri": 403,
-        "auth_opt_http_aclcheck_uri": 200,
-    }
+    # The provisioning user may log in and register.
+    assert answers == {"auth_opt_http_getuser_uri": 200, "auth_opt_http_aclcheck_uri": 200}
 
 
 # --------------------------------------------------------------------------- image

@@ -170,7 +170,11 @@ def save_last_seen(rows: Sequence[tuple[str, datetime]]) -> Callable[[SqlTx], No
 
 
 def granted_compartments(user_id: str) -> Callable[[SqlTx], list[tuple[Any, ...]]]:
-    """(compartment id, number, bank id, bank name, door state, grant expiry) per grant."""
+    """(compartment id, number, bank id, bank name, door state, grant expiry) per grant.
+
+    The store's answer to what the app reads from :mod:`lockerd.banks.live` (the tests hold
+    the two to the same result).
+    """
 
     def read(tx: SqlTx) -> list[tuple[Any, ...]]:
         return tx.query(
@@ -180,19 +184,6 @@ def granted_compartments(user_id: str) -> Callable[[SqlTx], list[tuple[Any, ...]
             " ORDER BY b.name, c.bank_id, c.number",
             (user_id,),
         )
-
-    return read
-
-
-def grant_expiry(compartment_id: str, user_id: str) -> Callable[[SqlTx], tuple[bool, Any]]:
-    """(whether a grant exists, its expiry or None)."""
-
-    def read(tx: SqlTx) -> tuple[bool, Any]:
-        rows = tx.query(
-            "SELECT expires_at FROM grants WHERE compartment_id = ? AND user_id = ?",
-            (compartment_id, user_id),
-        )
-        return (True, rows[0][0]) if rows else (False, None)
 
     return read
 
@@ -239,27 +230,70 @@ def transaction(transaction_id: str) -> Callable[[SqlTx], TransactionView | None
             f"SELECT {_TRANSACTION_COLUMNS} FROM transactions WHERE transaction_id = ?",
             (transaction_id,),
         )
-        if not rows:
-            return None
-        (tid, action, status, error_code, message, requested_at, completed_at, user_id,
-         late_result, late_error_code, late_received_at) = rows[0]  # fmt: skip
-        late = None
-        if late_result is not None:
-            late = {
-                "result": late_result,
-                "error_code": late_error_code,
-                "received_at": iso_from_stored(late_received_at),
-            }
-        return TransactionView(
-            transaction_id=tid,
-            action=action,
-            status=status,
-            error_code=error_code,
-            message=message,
-            requested_at=iso_from_stored(requested_at),
-            completed_at=iso_from_stored(completed_at),
-            user_id=user_id,
-            late_answer=late,
+        return _transaction_view(rows[0]) if rows else None
+
+    return read
+
+
+def _transaction_view(row: tuple[Any, ...]) -> TransactionView:
+    (tid, action, status, error_code, message, requested_at, completed_at, user_id,
+     late_result, late_error_code, late_received_at) = row  # fmt: skip
+    late = None
+    if late_result is not None:
+        late = {
+            "result": late_result,
+            "error_code": late_error_code,
+            "received_at": iso_from_stored(late_received_at),
+        }
+    return TransactionView(
+        transaction_id=tid,
+        action=action,
+        status=status,
+        error_code=error_code,
+        message=message,
+        requested_at=iso_from_stored(requested_at),
+        completed_at=iso_from_stored(completed_at),
+        user_id=user_id,
+        late_answer=late,
+    )
+
+
+# --- what the in-memory live read model starts from ------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LiveStart:
+    """The read models as :class:`lockerd.banks.live.LiveModel` loads them at start-up.
+
+    ``transactions``: every pending one plus the ``recent`` most recently requested others.
+    ``grants``: (compartment id, user id, bank id, expires_at as stored or None).
+    ``compartments``: (compartment id, bank id, number, door state). ``banks``: (id, name).
+    """
+
+    transactions: list[TransactionView]
+    grants: list[tuple[str, str, str, str | None]]
+    compartments: list[tuple[str, str, int, str]]
+    banks: list[tuple[str, str]]
+
+
+def live_start(recent: int) -> Callable[[SqlTx], LiveStart]:
+    def read(tx: SqlTx) -> LiveStart:
+        pending = tx.query(
+            f"SELECT {_TRANSACTION_COLUMNS} FROM transactions WHERE status = 'pending'"
+        )
+        finished = tx.query(
+            f"SELECT {_TRANSACTION_COLUMNS} FROM transactions WHERE status <> 'pending'"
+            " ORDER BY requested_at DESC, transaction_id DESC LIMIT ?",
+            (recent,),
+        )
+        grants = tx.query("SELECT compartment_id, user_id, bank_id, expires_at FROM grants")
+        compartments = tx.query("SELECT id, bank_id, number, door_state FROM compartments")
+        banks = tx.query("SELECT id, name FROM banks")
+        return LiveStart(
+            transactions=[_transaction_view(row) for row in [*reversed(finished), *pending]],
+            grants=[(c, u, b, None if x is None else str(x)) for c, u, b, x in grants],
+            compartments=[(c, b, int(n), str(d)) for c, b, n, d in compartments],
+            banks=[(b, str(n)) for b, n in banks],
         )
 
     return read
@@ -268,12 +302,13 @@ def transaction(transaction_id: str) -> Callable[[SqlTx], TransactionView | None
 __all__ = [
     "BankRow",
     "CompartmentRow",
+    "LiveStart",
     "StartingPoint",
     "TransactionView",
     "banks",
     "create_plain_tables",
-    "grant_expiry",
     "granted_compartments",
+    "live_start",
     "save_last_seen",
     "starting_point",
     "transaction",

@@ -79,4 +79,4 @@ async def status_socket() -> None:
         raise ApiError(403, "the status stream needs the admin role")
     await websocket.accept()
     ws: Websocket = cast(Any, websocket)._get_current_object()
-    await ctx().status_hub.run(QuartTransport(ws))
+    await ctx().status_hub.stream(QuartTransport(ws))

@@ -9,22 +9,38 @@ refused (or whose events the store refused: ``invalid``) a 404/400/409 by its re
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import trio
 
 from actors.bank import Outcome
-from actors.registry import BankUnavailable, UnknownBank
+from actors.registry import BankRegistry, BankUnavailable, UnknownBank
 from domain import commands as c
 from lockerd.http.context import ctx
 from lockerd.http.errors import ApiError
 from lockerd.http.ids import parse_id
 
+if TYPE_CHECKING:
+    from lockerd.banks.directory import Directory
+
 REJECTION_STATUS = {"not_found": 404, "invalid": 400, "conflict": 409}
 
 
-async def ask_bank(bank_id: str, command: c.BankCommand, *, allow_new: bool = False) -> Outcome:
-    """The bank's outcome for ``command``; raises :class:`ApiError` unless it was accepted."""
+async def ask_bank(
+    bank_id: str,
+    command: c.BankCommand,
+    *,
+    allow_new: bool = False,
+    registry: BankRegistry | None = None,
+) -> Outcome:
+    """The bank's outcome for ``command``; raises :class:`ApiError` unless it was accepted.
+
+    ``registry`` defaults to the current request's service (pass it where there is no Quart
+    request context, as in :mod:`lockerd.users.hot_routes`).
+    """
+    registry = registry if registry is not None else ctx().registry
     try:
-        outcome = await ctx().registry.ask(bank_id, command, allow_new=allow_new)
+        outcome = await registry.ask(bank_id, command, allow_new=allow_new)
     except UnknownBank:
         raise ApiError(404, "no such locker bank") from None
     except BankUnavailable as exc:
@@ -38,9 +54,10 @@ async def ask_bank(bank_id: str, command: c.BankCommand, *, allow_new: bool = Fa
     return outcome
 
 
-def bank_of_compartment(compartment_id: str) -> str:
+def bank_of_compartment(compartment_id: str, directory: Directory | None = None) -> str:
     """The bank holding the compartment with this (path) id; 404 if there is none."""
-    ref = ctx().directory.compartments.get(parse_id(compartment_id, "compartment"))
+    directory = directory if directory is not None else ctx().directory
+    ref = directory.compartments.get(parse_id(compartment_id, "compartment"))
     if ref is None:
         raise ApiError(404, "no such compartment")
     return ref.bank_id

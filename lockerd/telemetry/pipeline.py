@@ -30,6 +30,10 @@ Shape
   other point of the batch, another tenant's included, is stored. A bad point costs about
   ``2 log2(batch)`` extra writes; the boundary refuses such values first
   (:mod:`lockerd.telemetry.points`), so this is the safety net.
+* **Acknowledgement**: an MQTT point's ``on_done`` (its PUBACK) is called once the point was
+  stored, found a duplicate or refused (by the boundary or by the store: it can never be
+  stored), never when its batch failed because the store is down: the broker then delivers it
+  again on the next connection (contract §2).
 """
 
 from __future__ import annotations
@@ -121,7 +125,7 @@ class _Reply:
         self.done.set()
 
 
-Item = tuple[MetricPoint, _Reply | None]
+Item = tuple[MetricPoint, _Reply | None, Callable[[], None] | None]
 Unwritten = Literal["failed", "refused"]
 
 
@@ -196,9 +200,17 @@ class MetricsPipeline:
     def queued(self) -> int:
         return self._send.statistics().current_buffer_used
 
-    async def mqtt_sink(self, tenant_id: str, agent_id: str, metric: str, payload: bytes) -> None:
+    async def mqtt_sink(
+        self,
+        tenant_id: str,
+        agent_id: str,
+        metric: str,
+        payload: bytes,
+        on_done: Callable[[], None] | None = None,
+    ) -> None:
         """The gateway's ``metric_sink`` (``metrics/{tenant}/{agent}/{metric}``): admit one
-        MQTT point or drop it with a reason."""
+        MQTT point or drop it with a reason. ``on_done`` is called once it is stored or
+        dropped (not when its batch failed)."""
         try:
             point = self._mqtt_point(tenant_id, agent_id, metric, payload)
         except Rejected as exc:
@@ -206,8 +218,10 @@ class MetricsPipeline:
             self._points.labels("mqtt", "rejected").inc()
             self.stats.rejected += 1
             self._changed()
+            if on_done is not None:
+                on_done()
             return
-        item: Item = (point, None)
+        item: Item = (point, None, on_done)
         try:
             self._send.send_nowait(item)
         except trio.WouldBlock:
@@ -283,7 +297,7 @@ class MetricsPipeline:
         (``store_rejected``) when the store refused the point itself.
         """
         reply = _Reply()
-        await self._send.send((point, reply))
+        await self._send.send((point, reply, None))
         await reply.done.wait()
         if reply.outcome == "failed":
             raise PipelineUnavailable("the metric store is unavailable; nothing was stored")
@@ -424,6 +438,8 @@ class MetricsPipeline:
             stored.append(point)
             if item[1] is None:
                 mqtt_stored += 1
+                if item[2] is not None:
+                    item[2]()  # stored: acknowledge the MQTT message
             else:
                 item[1].resolve("stored")
         for item, batch_key in repeats:
@@ -498,8 +514,9 @@ class MetricsPipeline:
         return conflicted, unwritten
 
     def _finish(self, item: Item, outcome: Literal["duplicate", "failed", "refused"]) -> None:
-        """A point that was not stored: tell its HTTP caller, or count and log the MQTT drop."""
-        point, reply = item
+        """A point that was not stored: tell its HTTP caller, or count and log the MQTT drop
+        (and acknowledge a duplicate or a refused one; a failed one must come again)."""
+        point, reply, on_done = item
         source = point.source
         if outcome == "duplicate":
             self.stats.duplicates += 1
@@ -514,6 +531,8 @@ class MetricsPipeline:
             "failed": "store_unavailable",
             "refused": "store_rejected",
         }[outcome]
+        if outcome != "failed" and on_done is not None:
+            on_done()
         self.metrics.message_dropped("metric", reason)
         log.warning(
             "metric_dropped",

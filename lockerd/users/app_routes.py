@@ -1,48 +1,69 @@
-"""App routes: sign in and out, my compartments, open, QR codes, transaction status.
+"""App routes: sign in and out, me and my password, my compartments, open, QR codes, and
+transaction status (with its long poll).
 
-The response models document the answers in /openapi.json only (the handlers build them).
+The hot reads (my compartments, a grant for a QR code, a transaction) are answered from the
+in-memory :class:`~lockerd.banks.live.LiveModel`, never queued on the store's thread; only a
+transaction old enough to have left memory is read from the store. The response models
+document the answers in /openapi.json only (the handlers build them).
 """
 
 from __future__ import annotations
 
-import uuid
-from datetime import datetime, timedelta
-from typing import Annotated, Any, Literal
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from functools import wraps
+from typing import Annotated, Any, Literal, ParamSpec, TypeVar
 
 import msgspec
 from quart import Blueprint, request
+from quart_schema import document_querystring
 
-from domain import commands as c
-from domain import events as e
 from domain.events import Action, DoorState, Presence
 from domain.qr import issue_qr
 from domain.state import TxStatus
 from domain.wiretime import iso
 from lockerd.banks import queries
-from lockerd.http.asking import ask_bank, bank_of_compartment
-from lockerd.http.auth import bearer_token, require_user
+from lockerd.http.asking import bank_of_compartment
+from lockerd.http.auth import BOOTSTRAP_ADMIN_ID, bearer_token, require_user
 from lockerd.http.context import ctx
 from lockerd.http.errors import ApiError
 from lockerd.http.ids import parse_id
 from lockerd.http.openapi import IsoTime, documented
 from lockerd.http.validation import json_body
-from lockerd.users.sessions import InvalidCredentials, TooManyAttempts
+from lockerd.users.hot_routes import MAX_WAIT_SECONDS, parse_wait, transaction_answer
+from lockerd.users.opening import request_open
+from lockerd.users.sessions import (
+    AccountDisabled,
+    InvalidCredentials,
+    TooManyAttempts,
+    WrongPassword,
+)
 
 blueprint = Blueprint("app_users", __name__)
 
-QR_LIFETIME = timedelta(seconds=120)
+P = ParamSpec("P")
+R = TypeVar("R")
 
-# a refused open: HTTP status and message by the bank's reason
-REFUSALS: dict[str, tuple[int, str]] = {
-    "no_grant": (403, "you have no valid grant for this compartment"),
-    "offline": (409, "the locker bank is not online"),
-    "command_pending": (409, "a command for this compartment is still pending"),
-}
+QR_LIFETIME = timedelta(seconds=120)
 
 
 class LoginIn(msgspec.Struct, forbid_unknown_fields=True):
     email: Annotated[str, msgspec.Meta(max_length=320)]
     password: Annotated[str, msgspec.Meta(max_length=1024)]
+
+
+class PasswordChangeIn(msgspec.Struct, forbid_unknown_fields=True):
+    current_password: Annotated[str, msgspec.Meta(max_length=1024)]
+    new_password: Annotated[str, msgspec.Meta(min_length=8, max_length=1024)]
+
+
+class MeOut(msgspec.Struct):
+    """The signed-in user (for the bootstrap admin token: id ``admin``, email null)."""
+
+    id: str
+    email: str | None
+    name: str
+    role: Literal["user", "admin"]
 
 
 class TokenOut(msgspec.Struct):
@@ -110,15 +131,33 @@ async def login(data: LoginIn) -> dict[str, Any]:
     """Sign in with email and password."""
     try:
         token = await ctx().sessions.login(data.email, data.password, request.remote_addr)
+    except AccountDisabled:
+        raise ApiError(401, "this account is disabled") from None
     except InvalidCredentials:
         raise ApiError(401, "invalid email or password") from None
     except TooManyAttempts as exc:
-        raise ApiError(
-            429,
-            f"too many login attempts; try again in {exc.retry_after} s",
-            retry_after=exc.retry_after,
-        ) from None
+        raise _too_many(exc) from None
     return {"token": token}
+
+
+def signed_in_first(handler: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Check the token before the body (place it above ``json_body``): without a valid token
+    a 401, whatever the body (contract §4: 401 first)."""
+
+    @wraps(handler)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        await require_user()
+        return await handler(*args, **kwargs)
+
+    return wrapper
+
+
+def _too_many(exc: TooManyAttempts) -> ApiError:
+    return ApiError(
+        429,
+        f"too many failed attempts; try again in {exc.retry_after} s",
+        retry_after=exc.retry_after,
+    )
 
 
 @blueprint.post("/api/logout")
@@ -132,8 +171,46 @@ async def logout() -> tuple[str, int]:
     return "", 204
 
 
-def _grant_valid(expires_at: Any, now: datetime) -> bool:
-    return expires_at is None or now < datetime.fromisoformat(str(expires_at))
+@blueprint.get("/api/me")
+@documented((MeOut, 200), 401)
+async def me() -> dict[str, Any]:
+    """The signed-in user."""
+    principal = await require_user()
+    if principal.user_id == BOOTSTRAP_ADMIN_ID:
+        return {"id": BOOTSTRAP_ADMIN_ID, "email": None, "name": "admin token", "role": "admin"}
+    user = await ctx().sessions.user(principal.user_id)
+    if user is None:  # deleted a moment ago; its sessions are ending
+        raise ApiError(401, "missing or invalid bearer token")
+    return {"id": user.id, "email": user.email, "name": user.name, "role": principal.role}
+
+
+@blueprint.post("/api/me/password")
+@documented(
+    204,
+    (400, "Invalid input (also a new password shorter than 8 characters)."),
+    401,
+    (403, "The current password is wrong (or the bootstrap admin token, which has none)."),
+    413,
+    (429, "Too many wrong passwords for this account or client: see `retry_after`."),
+)
+@signed_in_first
+@json_body(PasswordChangeIn)
+async def change_password(data: PasswordChangeIn) -> tuple[str, int]:
+    """Change my password; every other session of mine ends, this one stays valid."""
+    principal = await require_user()
+    if principal.user_id == BOOTSTRAP_ADMIN_ID:
+        raise ApiError(403, "the bootstrap admin token has no password to change")
+    token = bearer_token()
+    assert token is not None  # require_user() passed
+    try:
+        await ctx().sessions.change_password(
+            principal.user_id, token, data.current_password, data.new_password, request.remote_addr
+        )
+    except WrongPassword:
+        raise ApiError(403, "the current password is wrong") from None
+    except TooManyAttempts as exc:
+        raise _too_many(exc) from None
+    return "", 204
 
 
 @blueprint.get("/api/compartments")
@@ -142,24 +219,7 @@ async def my_compartments() -> list[dict[str, Any]]:
     """The compartments the signed-in user may open."""
     principal = await require_user()
     service = ctx()
-    rows = await service.tables.read(queries.granted_compartments(principal.user_id))
-    now = service.clock()
-    result = []
-    for compartment_id, number, bank_id, bank_name, door_state, expires_at in rows:
-        if not _grant_valid(expires_at, now):
-            continue
-        status = service.fleet.banks.get(bank_id)
-        result.append(
-            {
-                "id": compartment_id,
-                "number": number,
-                "locker_bank_id": bank_id,
-                "locker_bank_name": bank_name,
-                "presence": "unknown" if status is None else status.presence,
-                "door_state": door_state,
-            }
-        )
-    return result
+    return service.live.compartments_of(principal.user_id, service.clock())
 
 
 @blueprint.post("/api/compartments/<compartment_id>/open")
@@ -168,31 +228,17 @@ async def my_compartments() -> list[dict[str, Any]]:
     401,
     (403, "No valid grant for this compartment (`reason` no_grant); the refusal is recorded."),
     404,
-    (409, "The locker bank refused the open: `reason` says why (offline, command_pending)."),
+    (
+        409,
+        "The locker bank refused the open: `reason` says why (offline, command_pending,"
+        " revocation_pending).",
+    ),
     503,
 )
 async def open_compartment(compartment_id: str) -> tuple[dict[str, Any], int]:
     """Open a compartment the user has a grant for."""
     principal = await require_user()
-    service = ctx()
-    bank_id = bank_of_compartment(compartment_id)
-    transaction_id = str(uuid.uuid4())
-    outcome = await ask_bank(
-        bank_id,
-        c.RequestOpen(
-            compartment_id=parse_id(compartment_id, "compartment"),
-            user_id=principal.user_id,
-            transaction_id=transaction_id,
-            command_timeout_seconds=service.settings.command_timeout,
-        ),
-    )
-    for event in outcome.events:
-        if isinstance(event, e.CompartmentOpeningDenied):
-            status, message = REFUSALS.get(event.reason, (409, f"refused: {event.reason}"))
-            raise ApiError(status, message, reason=event.reason)
-        if isinstance(event, e.CompartmentOpeningRequested):
-            return {"transaction_id": event.transaction_id, "status": "pending"}, 202
-    raise ApiError(409, "the locker bank did not accept the request")
+    return await request_open(ctx(), principal, compartment_id), 202
 
 
 @blueprint.post("/api/compartments/<compartment_id>/qr")
@@ -208,27 +254,63 @@ async def issue_qr_code(compartment_id: str) -> tuple[dict[str, Any], int]:
     service = ctx()
     bank_of_compartment(compartment_id)
     compartment_id = parse_id(compartment_id, "compartment")
-    exists, grant_expiry = await service.tables.read(
-        queries.grant_expiry(compartment_id, principal.user_id)
-    )
+    exists, grant_expiry = service.live.grant(compartment_id, principal.user_id)
     now = service.clock()
-    if not exists or not _grant_valid(grant_expiry, now):
+    if not exists or not (grant_expiry is None or now < grant_expiry):
         raise ApiError(403, "you have no valid grant for this compartment", reason="no_grant")
     expires_at = (now + QR_LIFETIME).replace(microsecond=0)
     payload = issue_qr(service.keyring, principal.user_id, compartment_id, expires_at)
     return {"qr_payload": payload, "expires_at": iso(expires_at)}, 201
 
 
+class WaitQuery(msgspec.Struct):
+    """The query string of ``GET /api/transactions/{id}`` (documentation only)."""
+
+    wait: (
+        Annotated[
+            int,
+            msgspec.Meta(
+                ge=1,
+                le=MAX_WAIT_SECONDS,
+                description="seconds (1-30) to hold the answer while the transaction is"
+                " pending; answered the moment its status changes",
+            ),
+        ]
+        | msgspec.UnsetType
+    ) = msgspec.UNSET
+
+
+def _wait_seconds() -> int | None:
+    """``?wait=`` as whole seconds 1-30, None when absent; 400 for anything else."""
+    try:
+        return parse_wait(request.args.getlist("wait"))
+    except ValueError:
+        raise ApiError(
+            400, f"wait must be a whole number of seconds, 1-{MAX_WAIT_SECONDS}"
+        ) from None
+
+
 @blueprint.get("/api/transactions/<transaction_id>")
 @documented(
     (TransactionOut, 200),
+    (400, "`wait` is not a whole number of seconds from 1 to 30."),
     401,
     (404, "No such transaction, or not one of the caller's (admins read every one)."),
 )
+@document_querystring(WaitQuery)
 async def get_transaction(transaction_id: str) -> dict[str, Any]:
-    """A transaction, for the user who asked and for admins."""
+    """A transaction, for the user who asked and for admins.
+
+    With ``?wait=N`` (1-30) a pending transaction's answer is held until its status changes
+    (answered at once when it does) or N seconds have passed; then it is answered as it stands.
+    """
     principal = await require_user()
-    view = await ctx().tables.read(queries.transaction(parse_id(transaction_id, "transaction")))
+    wait = _wait_seconds()
+    service = ctx()
+    transaction_id = parse_id(transaction_id, "transaction")
+    view = service.live.transaction(transaction_id)
+    if view is None:  # finished long ago: no longer held in memory
+        view = await service.tables.read(queries.transaction(transaction_id))
     if view is None or not (principal.is_admin or view.user_id == principal.user_id):
         raise ApiError(404, "no such transaction")
-    return view.to_json()
+    return (await transaction_answer(service, view, wait)).to_json()

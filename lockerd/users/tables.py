@@ -1,18 +1,29 @@
 """The plain tables of users and sessions, and the SQL that reads and writes them.
 
-Portable SQL (SQLite and PostgreSQL): ``?`` placeholders, TEXT/BIGINT columns. Every function
-here returns a synchronous function for ``Tables.read``/``write``, which runs it on the
-store's own thread inside one transaction.
+Portable SQL (SQLite and PostgreSQL): ``?`` placeholders, TEXT/BIGINT columns, booleans stored
+as BIGINT 0/1. Every function here returns a synchronous function for ``Tables.read``/``write``,
+which runs it on the store's own thread inside one transaction.
+
+Schema changes after the first release are *migrations* (:data:`MIGRATIONS`): each is applied
+once per database and recorded in ``table_migrations``, so a database created by an older
+lockerd is upgraded in place at start-up and a new one goes through the same steps. Claiming a
+migration (inserting its name) and applying it happen in one transaction; on PostgreSQL a
+second node starting at the same moment blocks on the claimed name until the first commits and
+then skips it, so two nodes never apply one migration twice.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from store.base import SqlTx
 
+T = TypeVar("T")
+
 DDL: tuple[str, ...] = (
+    # the shape of the first release; later columns come from MIGRATIONS
     """CREATE TABLE IF NOT EXISTS users (
         id TEXT PRIMARY KEY,
         email TEXT NOT NULL UNIQUE,
@@ -28,7 +39,39 @@ DDL: tuple[str, ...] = (
         expires_at BIGINT NOT NULL
     )""",
     "CREATE INDEX IF NOT EXISTS user_sessions_expiry ON user_sessions (expires_at)",
+    """CREATE TABLE IF NOT EXISTS table_migrations (
+        name TEXT PRIMARY KEY
+    )""",
 )
+
+#: (name, statements) in the order they are applied; never edit or reorder a released one.
+MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    (
+        "users.disabled",
+        (
+            "ALTER TABLE users ADD COLUMN disabled BIGINT NOT NULL DEFAULT 0",
+            "CREATE INDEX IF NOT EXISTS user_sessions_user ON user_sessions (user_id)",
+        ),
+    ),
+    (
+        "session_ends",
+        (
+            # what every node must drop from its session cache (lockerd.users.sessions)
+            """CREATE TABLE IF NOT EXISTS session_ends (
+                id TEXT PRIMARY KEY,
+                at BIGINT NOT NULL,
+                user_id TEXT,
+                token_hash TEXT,
+                keep_token_hash TEXT,
+                ended BIGINT NOT NULL
+            )""",
+            "CREATE INDEX IF NOT EXISTS session_ends_at ON session_ends (at)",
+        ),
+    ),
+)
+
+#: milliseconds a session end stays in ``session_ends`` for the other nodes to see
+SESSION_END_RETENTION_MS = 10 * 60 * 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +81,20 @@ class UserRow:
     name: str
     role: str
     password_hash: str
+    disabled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEnd:
+    """A change to sessions every node's cache must follow: sessions that ended (``ended``),
+    or a user whose cached sessions must be read again (a role change)."""
+
+    id: str
+    at: int  # unix milliseconds, the writer's clock
+    user_id: str | None
+    token_hash: str | None
+    keep_token_hash: str | None
+    ended: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,8 +105,26 @@ class SessionRow:
 
 
 def create_tables(tx: SqlTx) -> None:
+    """Create the tables if missing and apply every migration not yet recorded."""
     for ddl in DDL:
         tx.execute(ddl)
+    for name, statements in MIGRATIONS:
+        claimed = tx.execute(
+            "INSERT INTO table_migrations (name) VALUES (?) ON CONFLICT (name) DO NOTHING",
+            (name,),
+        )
+        if claimed == 1:
+            for statement in statements:
+                tx.execute(statement)
+
+
+_USER_COLUMNS = "id, email, name, role, password_hash, disabled"
+
+
+def _user(row: tuple[object, ...]) -> UserRow:
+    user_id, email, name, role, password_hash, disabled = row
+    return UserRow(str(user_id), str(email), str(name), str(role), str(password_hash),
+                   bool(disabled))  # fmt: skip
 
 
 def insert_user(user: UserRow, created_at: str) -> Callable[[SqlTx], bool]:
@@ -57,9 +132,17 @@ def insert_user(user: UserRow, created_at: str) -> Callable[[SqlTx], bool]:
 
     def write(tx: SqlTx) -> bool:
         changed = tx.execute(
-            "INSERT INTO users (id, email, name, role, password_hash, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (email) DO NOTHING",
-            (user.id, user.email, user.name, user.role, user.password_hash, created_at),
+            "INSERT INTO users (id, email, name, role, password_hash, created_at, disabled)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (email) DO NOTHING",
+            (
+                user.id,
+                user.email,
+                user.name,
+                user.role,
+                user.password_hash,
+                created_at,
+                int(user.disabled),
+            ),
         )
         return changed == 1
 
@@ -68,10 +151,16 @@ def insert_user(user: UserRow, created_at: str) -> Callable[[SqlTx], bool]:
 
 def user_by_email(email: str) -> Callable[[SqlTx], UserRow | None]:
     def read(tx: SqlTx) -> UserRow | None:
-        rows = tx.query(
-            "SELECT id, email, name, role, password_hash FROM users WHERE email = ?", (email,)
-        )
-        return UserRow(*rows[0]) if rows else None
+        rows = tx.query(f"SELECT {_USER_COLUMNS} FROM users WHERE email = ?", (email,))
+        return _user(rows[0]) if rows else None
+
+    return read
+
+
+def user_by_id(user_id: str) -> Callable[[SqlTx], UserRow | None]:
+    def read(tx: SqlTx) -> UserRow | None:
+        rows = tx.query(f"SELECT {_USER_COLUMNS} FROM users WHERE id = ?", (user_id,))
+        return _user(rows[0]) if rows else None
 
     return read
 
@@ -86,6 +175,18 @@ def user_exists(user_id: str) -> Callable[[SqlTx], bool]:
 def update_password_hash(user_id: str, password_hash: str) -> Callable[[SqlTx], None]:
     def write(tx: SqlTx) -> None:
         tx.execute("UPDATE users SET password_hash = ? WHERE id = ?", (password_hash, user_id))
+
+    return write
+
+
+def set_disabled(user_id: str, disabled: bool) -> Callable[[SqlTx], bool]:
+    """Set the flag; a disabled user also loses every session. False: no such user."""
+
+    def write(tx: SqlTx) -> bool:
+        changed = tx.execute("UPDATE users SET disabled = ? WHERE id = ?", (int(disabled), user_id))
+        if changed and disabled:
+            tx.execute("DELETE FROM user_sessions WHERE user_id = ?", (user_id,))
+        return changed == 1
 
     return write
 
@@ -107,10 +208,12 @@ def insert_session(
 
 
 def session_by_hash(token_hash: str) -> Callable[[SqlTx], SessionRow | None]:
+    """The session, or None when there is none or its user is disabled or gone."""
+
     def read(tx: SqlTx) -> SessionRow | None:
         rows = tx.query(
             "SELECT s.user_id, u.role, s.expires_at FROM user_sessions s"
-            " JOIN users u ON u.id = s.user_id WHERE s.token_hash = ?",
+            " JOIN users u ON u.id = s.user_id WHERE s.token_hash = ? AND u.disabled = 0",
             (token_hash,),
         )
         if not rows:
@@ -126,3 +229,69 @@ def delete_session(token_hash: str) -> Callable[[SqlTx], None]:
         tx.execute("DELETE FROM user_sessions WHERE token_hash = ?", (token_hash,))
 
     return write
+
+
+def delete_sessions_of(
+    user_id: str, except_token_hash: str | None = None
+) -> Callable[[SqlTx], int]:
+    """End every session of the user (but the one with ``except_token_hash``); returns how many."""
+
+    def write(tx: SqlTx) -> int:
+        if except_token_hash is None:
+            return tx.execute("DELETE FROM user_sessions WHERE user_id = ?", (user_id,))
+        return tx.execute(
+            "DELETE FROM user_sessions WHERE user_id = ? AND token_hash <> ?",
+            (user_id, except_token_hash),
+        )
+
+    return write
+
+
+def change_password(
+    user_id: str, password_hash: str, keep_token_hash: str | None
+) -> Callable[[SqlTx], bool]:
+    """New password hash and the end of every other session, in one transaction."""
+
+    def write(tx: SqlTx) -> bool:
+        changed = tx.execute(
+            "UPDATE users SET password_hash = ? WHERE id = ?", (password_hash, user_id)
+        )
+        delete_sessions_of(user_id, keep_token_hash)(tx)
+        return changed == 1
+
+    return write
+
+
+def recording(write: Callable[[SqlTx], T], end: SessionEnd) -> Callable[[SqlTx], T]:
+    """``write`` plus the record of ``end`` for the other nodes, in the same transaction
+    (rows older than :data:`SESSION_END_RETENTION_MS` are forgotten on the way)."""
+
+    def both(tx: SqlTx) -> T:
+        result = write(tx)
+        tx.execute("DELETE FROM session_ends WHERE at < ?", (end.at - SESSION_END_RETENTION_MS,))
+        tx.execute(
+            "INSERT INTO session_ends (id, at, user_id, token_hash, keep_token_hash, ended)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (end.id, end.at, end.user_id, end.token_hash, end.keep_token_hash, int(end.ended)),
+        )
+        return result
+
+    return both
+
+
+def session_ends_since(at: int) -> Callable[[SqlTx], list[SessionEnd]]:
+    """Every recorded session end at or after ``at`` (unix milliseconds), oldest first."""
+
+    def read(tx: SqlTx) -> list[SessionEnd]:
+        rows = tx.query(
+            "SELECT id, at, user_id, token_hash, keep_token_hash, ended FROM session_ends"
+            " WHERE at >= ? ORDER BY at, id",
+            (at,),
+        )
+        return [SessionEnd(str(i), int(t), u, h, k, bool(e)) for i, t, u, h, k, e in rows]
+
+    return read
+
+
+def nothing(tx: SqlTx) -> None:
+    """A write that changes nothing (to record a :class:`SessionEnd` on its own)."""

@@ -75,6 +75,24 @@ EXPECTED: dict[str, list[str]] = {
         "ratio_no_snapshots_vs_baseline_all_loaded",
         "ratio_snapshots_vs_baseline_all_loaded",
     ],
+    "app": [
+        *(
+            f"http_{section}_{figure}"
+            for section in ("bare_hypercorn", "healthz", "transaction_get", "open_route")
+            for figure in ("per_s", "p50_ms")
+        ),
+        "open_route_cpu_ms_per_open",
+        "idle_open_poll_p50_ms",
+        *(
+            f"{section}_{figure}"
+            for section in ("poll", "closed", "wait", "ws")
+            for figure in ("opens_per_s", "p50_ms", "p99_ms", "cpu_ms_per_open", "polls_per_open")
+        ),
+        "ratio_healthz_vs_bare_hypercorn",
+        "ratio_transaction_get_vs_bare_hypercorn",
+        "ratio_open_route_vs_bare_hypercorn",
+        "ratio_poll_served_vs_offered",
+    ],
     "storm": [
         "lockerd_provisions_per_s",
         "lockerd_provision_p50_ms",

@@ -849,10 +849,11 @@ def test_later_heartbeat_is_only_a_heartbeat() -> None:
 
 
 def test_uptime_drop_is_a_reboot() -> None:
-    events = decide(online_bank(), heartbeat(T_ONLINE + secs(10), uptime=3))
+    # a reboot is a new connection, hence a new session_id (docs/firmware.md §4)
+    events = decide(online_bank(), heartbeat(T_ONLINE + secs(10), uptime=3, session="session-2"))
     assert events == [
         e.HeartbeatReceived(
-            received_at=T_ONLINE + secs(10), uptime_seconds=3, session_id="session-1"
+            received_at=T_ONLINE + secs(10), uptime_seconds=3, session_id="session-2"
         ),
         e.DeviceRebooted(at=T_ONLINE + secs(10), previous_uptime_seconds=100, uptime_seconds=3),
     ]

@@ -1133,3 +1133,205 @@ def test_a_missing_header_fails_the_build_naming_the_debian_package(
     monkeypatch.setitem(goauth_broker.HEADERS, "curl/no_such_header.h", "libcurl4-openssl-dev")
     with pytest.raises(GoAuthPluginBuildError, match="libcurl4-openssl-dev"):
         goauth_broker.build_goauth_plugin.__wrapped__()
+
+
+# ---------------------------------------------------------------------------------------------
+# Backends: go-auth's "files" backend chained before "http" (auth_opt_backends files,http)
+
+BACKEND_ACL = "user backend\ntopic readwrite #\n"
+
+
+def chained(
+    tmp_path: Path,
+    broker_for: Callable[..., GoAuthBroker],
+    *,
+    acl: str = BACKEND_ACL,
+    users: dict[str, str] | None = None,
+    backends: str = "files,http",
+    **extra: str,
+) -> GoAuthBroker:
+    files = goauth_broker.write_files_backend(
+        tmp_path / "files",
+        users if users is not None else {"backend": "backend-pw"},
+        acl,
+        iterations=1000,
+    )
+    options = {
+        "backends": backends,
+        "files_register": "user,acl",
+        "http_register": "user,acl",
+        **files,
+        **extra,
+    }
+    return broker_for(extra_options=options)
+
+
+def test_the_files_backend_answers_for_its_users_without_http(
+    tmp_path: Path,
+    stub: StubBackend,
+    broker_for: Callable[..., GoAuthBroker],
+    clients: Callable[..., Client],
+) -> None:
+    broker = chained(tmp_path, broker_for)
+    backend = clients(broker, "lockerd-1", "backend", "backend-pw")
+    assert backend.connect() == 0
+    assert backend.subscribe("locker/+/state") == [1]
+    assert backend.subscribe("#") == [1]
+    assert backend.publish("server/status", b"online")
+    assert stub.seen() == []  # the files backend decided everything, and said allow
+    files = [(e["check"], e["outcome"]) for e in broker.plugin_log() if e["event"] == "files"]
+    # CONNECT, two subscribes, the publish (acc 2) and its delivery to itself via "#" (acc 1)
+    assert files == [("user", "allow")] + [("acl", "allow")] * 4
+
+    # a device is unknown to the files: its checks go to HTTP, and with http_register
+    # user,acl there is no /superuser request in front of each /acl
+    device = clients(broker, "dev1", "dev1", "pw")
+    assert device.connect() == 0
+    assert device.subscribe("locker/dev1/command") == [1]
+    assert [r.path for r in stub.seen()] == [AUTH, ACL]
+
+
+def test_the_backend_user_and_its_will_pass_while_http_is_down(
+    tmp_path: Path,
+    stub: StubBackend,
+    broker_for: Callable[..., GoAuthBroker],
+    clients: Callable[..., Client],
+) -> None:
+    broker = chained(tmp_path, broker_for)
+    stub.stop()  # lockerd is down (killed, not yet listening, shutting down)
+    watcher = clients(broker, "watcher", "backend", "backend-pw")
+    assert watcher.connect() == 0
+    assert watcher.subscribe("server/status") == [1]
+    lockerd = RawClient(broker)
+    assert (
+        lockerd.connect("lockerd", "backend", b"backend-pw", will=("server/status", b"offline"))
+        == 0
+    )
+    lockerd.abort()  # kill -9
+    assert watcher.wait_message("server/status").payload == b"offline"
+    # and a device cannot get in: its check is an HTTP error (no CONNACK)
+    assert RawClient(broker).connect("dev1", "dev1", b"pw") is None
+    assert not [
+        e for e in broker.plugin_log() if e["outcome"] == "error" and e.get("username") == "backend"
+    ]
+
+
+def test_a_wrong_backend_password_falls_through_to_http_as_in_go_auth(
+    tmp_path: Path, stub: StubBackend, broker_for: Callable[..., GoAuthBroker]
+) -> None:
+    broker = chained(tmp_path, broker_for)
+    stub.on(AUTH, 403)
+    assert RawClient(broker).connect("c", "backend", b"wrong") == 5
+    assert [r.fields()["username"] for r in stub.seen(AUTH)] == ["backend"]
+
+
+@pytest.mark.parametrize(
+    ("acl", "username", "topic", "acc", "allowed"),
+    [
+        # readwrite grants every acc, subscribe included, on any matching topic
+        ("user u\ntopic readwrite #\n", "u", "a/b", 4, True),
+        ("user u\ntopic a/#\n", "u", "a/b/c", 2, True),  # no access word: readwrite
+        # read: deliveries, and subscriptions other than "#"
+        ("user u\ntopic read s/#\n", "u", "s/+", 4, True),
+        ("user u\ntopic read #\n", "u", "#", 4, False),
+        ("user u\ntopic read s/#\n", "u", "s/1", 2, False),
+        ("user u\ntopic write s/1\n", "u", "s/1", 2, True),
+        # denials win, the user's and the general ones
+        ("user u\ntopic readwrite s/#\ntopic deny s/secret\n", "u", "s/secret", 2, False),
+        ("pattern deny s/%u\nuser u\ntopic readwrite s/#\n", "u", "s/u", 2, False),
+        # patterns are general records with %c and %u
+        ("pattern readwrite d/%c/%u\n", "u", "d/cid/u", 2, True),
+        ("pattern readwrite d/%c/%u\n", "u", "d/other/u", 2, False),
+        # general topic lines count only before the first user line
+        ("topic readwrite g/#\nuser u\n", "other", "g/1", 2, True),
+        ("user u\ntopic readwrite x\nuser v\n", "v", "x", 2, False),
+    ],
+)
+def test_files_acl_semantics_follow_go_auth(
+    tmp_path: Path,
+    stub: StubBackend,
+    broker_for: Callable[..., GoAuthBroker],
+    acl: str,
+    username: str,
+    topic: str,
+    acc: int,
+    allowed: bool,
+) -> None:
+    broker = chained(tmp_path, broker_for, acl=acl, users={"u": "pw", "v": "pw", "other": "pw"})
+    stub.on(ACL, 403)
+    client = RawClient(broker)
+    assert client.connect("cid", username, b"pw") == 0
+    if acc == 4:
+        assert client.subscribe(topic) == (1 if allowed else 0x80)
+    else:
+        client.sock.sendall(_packet(0x32, _utf8(topic) + struct.pack("!H", 7) + b"m"))
+        assert client._read(4)[:1] == b"\x40"  # PUBACK, allowed or not (MQTT 3.1.1)
+    decisions = [
+        e["outcome"]
+        for e in broker.plugin_log()
+        if e["event"] == "files" and e["check"] == "acl" and e.get("username") == username
+    ]
+    assert decisions[0] == ("allow" if allowed else "deny")
+
+
+def test_files_only_without_an_acl_file_allows_everything(
+    tmp_path: Path, broker_for: Callable[..., GoAuthBroker], stub: StubBackend
+) -> None:
+    files = goauth_broker.write_files_backend(tmp_path / "f", {"u": "pw"}, "", iterations=1000)
+    broker = broker_for(
+        extra_options={"backends": "files", "files_password_path": files["files_password_path"]}
+    )
+    client = RawClient(broker)
+    assert client.connect("c", "u", b"pw") == 0
+    assert client.subscribe("#") == 1
+    assert RawClient(broker).connect("c2", "u", b"nope") == 5
+    assert stub.seen() == []
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"backends": "files,redis"},
+        {"backends": " "},
+        {"backends": "files", "files_register": "user"},  # no password file
+        {"backends": "http", "http_register": "user,owner"},
+        {"backends": "files,http", "files_acl_path": "/nonexistent/acls"},
+    ],
+)
+def test_bad_backend_options_stop_the_broker(
+    options: dict[str, str], broker_for: Callable[..., GoAuthBroker]
+) -> None:
+    with pytest.raises(Exception, match=r"exited|did not accept"):
+        broker_for(extra_options=options)
+
+
+def test_the_cache_jitter_spreads_expiries_within_ttl_plus_minus_jitter(
+    stub: StubBackend, broker_for: Callable[..., GoAuthBroker]
+) -> None:
+    """go-auth's expirationWithJitter: each entry lives ttl ± jitter (here 2 ± 1 s)."""
+    broker = broker_for(
+        cache=True,
+        acl_cache_seconds=2,
+        extra_options={"acl_jitter_seconds": "1", "auth_jitter_seconds": "1"},
+    )
+    client = RawClient(broker)
+    assert client.connect("dev1", "dev1", b"pw") == 0
+    topics = [f"locker/dev1/t{n}" for n in range(40)]
+    cached_at: dict[str, float] = {}
+    for topic in topics:
+        assert client.subscribe(topic) == 1  # asked, then cached
+        cached_at[topic] = time.monotonic()
+    expired_at: dict[str, float] = {}
+    while len(expired_at) < len(topics) and time.monotonic() - cached_at[topics[0]] < 4.5:
+        stub.clear()
+        for topic in topics:
+            if topic not in expired_at:
+                assert client.subscribe(topic) == 1
+                if stub.seen(ACL):  # asked again: its entry had expired
+                    expired_at[topic] = time.monotonic() - cached_at[topic]
+                    stub.clear()
+        time.sleep(0.1)  # polling an external broker's cache: nothing to await
+    lifetimes = sorted(expired_at.values())
+    assert len(lifetimes) == len(topics)
+    assert lifetimes[0] >= 0.8 and lifetimes[-1] <= 3.4, lifetimes
+    assert lifetimes[-1] - lifetimes[0] > 0.5, lifetimes  # spread, not all at 2 s

@@ -633,3 +633,68 @@ async def test_socket_has_nagle_disabled(mosquitto: MosquittoBroker) -> None:
         sock = client._client.socket()
         assert sock is not None
         assert sock.getsockopt(socket_module.IPPROTO_TCP, socket_module.TCP_NODELAY) == 1
+
+
+# --------------------------------------------------------------------------- manual ack
+
+
+async def flushed(client: MqttClient) -> None:
+    """Every packet queued before has reached the broker: a QoS 1 round trip behind them."""
+    await client.publish("sync/flush", b"", qos=1)
+
+
+async def test_manual_ack_only_acknowledged_messages_are_not_redelivered(
+    mosquitto: MosquittoBroker,
+) -> None:
+    """With manual_ack a QoS 1 message is PUBACKed only by ``ack()``: the broker redelivers
+    the others on the next connection of the persistent session (contract §2)."""
+    settings = settings_for(mosquitto, "manual-ack-gw", clean_session=False, manual_ack=True)
+    async with (
+        open_mqtt_client(settings) as sub,
+        open_mqtt_client(settings_for(mosquitto, "manual-ack-pub"), reconnect=False) as pub,
+    ):
+        await sub.wait_connected()
+        events = ConnectionEvents(sub)  # counts the reconnections
+        await sub.subscribe([("ma/#", 1)])
+        await pub.publish("ma/a", b"A", qos=1)
+        await pub.publish("ma/b", b"B", qos=1)
+        first, second = await next_message(sub), await next_message(sub)
+        assert (first.payload, second.payload) == (b"A", b"B")
+        assert sub.unacknowledged == 2
+        first.ack()
+        first.ack()  # idempotent: the second call sends nothing
+        assert sub.unacknowledged == 1
+        await flushed(sub)
+
+        sub._drop_socket()  # the connection is lost; the client reconnects by itself
+        await events.wait_for(1, True)
+        again = await next_message(sub)
+        assert (again.payload, again.dup) == (b"B", True)  # A was acknowledged, B was not
+        second.ack()  # of the earlier connection: ignored, the new copy is still unacked
+        assert sub.unacknowledged == 1
+
+        sub._drop_socket()
+        await events.wait_for(2, True)
+        third = await next_message(sub)
+        assert third.payload == b"B"
+        third.ack()
+        assert sub.unacknowledged == 0
+        await flushed(sub)
+
+        sub._drop_socket()
+        await events.wait_for(3, True)
+        await pub.publish("ma/c", b"C", qos=1)
+        assert (await next_message(sub)).payload == b"C"  # B is not delivered again
+
+
+async def test_qos0_messages_need_no_ack_with_manual_ack(mosquitto: MosquittoBroker) -> None:
+    settings = settings_for(mosquitto, "manual-ack-q0", manual_ack=True)
+    async with (
+        open_mqtt_client(settings, reconnect=False) as sub,
+        open_mqtt_client(settings_for(mosquitto, "manual-ack-q0-pub"), reconnect=False) as pub,
+    ):
+        await sub.subscribe([("q0/#", 0)])
+        await pub.publish("q0/x", b"x", qos=1)
+        message = await next_message(sub)
+        assert message.qos == 0 and sub.unacknowledged == 0
+        message.ack()  # a no-op

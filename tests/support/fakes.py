@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, NoReturn, cast
 
@@ -391,6 +391,8 @@ class InboxCall:
     command: c.BankCommand
     kind: str | None
     secret: str | None = None
+    # the message's acknowledgement, handed over with it (not compared)
+    on_done: Callable[[], None] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -421,8 +423,15 @@ class RecordingInbox:
     def is_known(self, bank_id: str) -> bool:
         return bank_id in self.known
 
-    async def tell(self, bank_id: str, command: c.BankCommand, *, kind: str | None = None) -> None:
-        self.calls.append(InboxCall("tell", bank_id, command, kind))
+    async def tell(
+        self,
+        bank_id: str,
+        command: c.BankCommand,
+        *,
+        kind: str | None = None,
+        on_done: Callable[[], None] | None = None,
+    ) -> None:
+        self.calls.append(InboxCall("tell", bank_id, command, kind, on_done=on_done))
         await trio.lowlevel.checkpoint()
         if self.error is not None:
             raise self.error
@@ -434,8 +443,9 @@ class RecordingInbox:
         *,
         kind: str | None = None,
         secret: str | None = None,
+        on_done: Callable[[], None] | None = None,
     ) -> Answer | None:
-        self.calls.append(InboxCall("ask", bank_id, command, kind, secret))
+        self.calls.append(InboxCall("ask", bank_id, command, kind, secret, on_done))
         await trio.lowlevel.checkpoint()
         if self.error is not None:
             raise self.error
@@ -465,10 +475,20 @@ class RecordingMetricSink:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, str, str, bytes]] = []
+        self.acks: list[Callable[[], None]] = []
 
-    async def __call__(self, tenant_id: str, agent_id: str, metric: str, payload: bytes) -> None:
+    async def __call__(
+        self,
+        tenant_id: str,
+        agent_id: str,
+        metric: str,
+        payload: bytes,
+        on_done: Callable[[], None] | None = None,
+    ) -> None:
         await trio.lowlevel.checkpoint()
         self.calls.append((tenant_id, agent_id, metric, payload))
+        if on_done is not None:
+            self.acks.append(on_done)
 
 
 class _NoMqtt:

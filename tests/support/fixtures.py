@@ -9,7 +9,13 @@ from typing import Any, Protocol
 
 import pytest
 
-from tests.support.goauth_broker import GoAuthBroker, GoAuthConfig, GoAuthPluginBuildError
+from tests.support.goauth_broker import (
+    GoAuthBroker,
+    GoAuthConfig,
+    GoAuthPluginBuildError,
+    render_compose_config,
+    start_compose_broker,
+)
 from tests.support.mosquitto import MosquittoBroker, MosquittoNotInstalled
 
 BrokerFactory = Callable[..., MosquittoBroker]
@@ -81,6 +87,60 @@ def goauth_broker_factory(tmp_path: Path) -> Iterator[GoAuthBrokerFactory]:
             pytest.fail(str(exc), pytrace=False)
         brokers.append(broker)
         broker.start()
+        return broker
+
+    yield make
+    for broker in reversed(brokers):
+        broker.close()
+
+
+class ComposeBrokerFactory(Protocol):
+    def __call__(
+        self,
+        *,
+        http_port: int,
+        secret: str,
+        backend_user: str,
+        backend_password: str,
+        cache_seconds: int,
+        http_host: str = "127.0.0.1",
+    ) -> GoAuthBroker: ...
+
+
+@pytest.fixture
+def compose_broker_factory(tmp_path: Path) -> Iterator[ComposeBrokerFactory]:
+    """Start brokers configured exactly as docker-compose.yml configures Mosquitto + go-auth:
+    docker/mosquitto/entrypoint.sh renders the template (and go-auth's files backend for the
+    backend user), our go-auth plugin takes go-auth's options, Mosquitto keeps the deployment's
+    queue limits; only the listener, the persistence directory and go-auth's backend address
+    (``http_host:http_port`` instead of ``lockerd:8080``) are the test's. ``broker.compose``
+    is the rendered configuration."""
+    brokers: list[GoAuthBroker] = []
+
+    def make(
+        *,
+        http_port: int,
+        secret: str,
+        backend_user: str,
+        backend_password: str,
+        cache_seconds: int,
+        http_host: str = "127.0.0.1",
+    ) -> GoAuthBroker:
+        workdir = tmp_path / f"compose-broker-{len(brokers)}"
+        try:
+            compose = render_compose_config(
+                workdir / "compose",
+                secret=secret,
+                backend_user=backend_user,
+                backend_password=backend_password,
+                cache_seconds=cache_seconds,
+                http_host=http_host,
+                http_port=http_port,
+            )
+            broker = start_compose_broker(workdir, compose)
+        except (MosquittoNotInstalled, GoAuthPluginBuildError) as exc:
+            pytest.fail(str(exc), pytrace=False)
+        brokers.append(broker)
         return broker
 
     yield make

@@ -25,7 +25,7 @@ from gateway.mqtt import MqttClient, open_mqtt_client
 from lockerd.config import Settings
 from lockerd.service import running_service
 from tests.support.device import client_settings
-from tests.support.service import MOSQ_SECRET, RunningLockerd, http_base
+from tests.support.service import MOSQ_SECRET, RunningLockerd, gateway_subscribed, http_base
 
 Mode = Literal["json", "form"]
 MODES: tuple[Mode, ...] = ("json", "form")
@@ -168,6 +168,7 @@ async def lockerd_with_clock(
     settings: Settings, clock: Callable[[], datetime]
 ) -> AsyncIterator[RunningLockerd]:
     async with running_service(settings, clock=clock) as context:
+        await gateway_subscribed(context)
         base = http_base(context)
         async with httpx.AsyncClient(base_url=base, timeout=10.0) as client:
             yield RunningLockerd(context, client, base)

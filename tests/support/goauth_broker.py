@@ -17,6 +17,7 @@ or, in a test, the ``goauth_broker_factory`` fixture (tests/support/fixtures.py)
 
 from __future__ import annotations
 
+import base64
 import functools
 import hashlib
 import json
@@ -25,6 +26,7 @@ import re
 import shutil
 import stat
 import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import Mapping, Sequence
@@ -36,14 +38,18 @@ from urllib.parse import quote, urlsplit
 from tests.support.mosquitto import MosquittoBroker, find_mosquitto
 
 PLUGIN_SOURCE = Path(__file__).with_name("goauth_plugin") / "goauth_plugin.c"
+REPO = Path(__file__).resolve().parents[2]
+COMPOSE_ENTRYPOINT = REPO / "docker" / "mosquitto" / "entrypoint.sh"
+COMPOSE_TEMPLATE = REPO / "docker" / "mosquitto" / "mosquitto.conf.template"
 CFLAGS = ("-Wall", "-Wextra", "-Werror", "-O2", "-fPIC", "-shared")
-LIBS = ("-lcurl",)
-DEBIAN_PACKAGES = ("mosquitto-dev", "libcurl4-openssl-dev")
+LIBS = ("-lcurl", "-lcrypto")
+DEBIAN_PACKAGES = ("mosquitto-dev", "libcurl4-openssl-dev", "libssl-dev")
 # header → the Debian package that provides it
 HEADERS = {
     "mosquitto_broker.h": "mosquitto-dev",
     "mosquitto_plugin.h": "mosquitto-dev",
     "curl/curl.h": "libcurl4-openssl-dev",
+    "openssl/evp.h": "libssl-dev",
 }
 INSTALL_HINT = f"install the Debian packages {' and '.join(DEBIAN_PACKAGES)} (scripts/bootstrap.sh)"
 
@@ -221,6 +227,40 @@ class GoAuthConfig:
         return lines
 
 
+def goauth_password_hash(
+    password: str, *, iterations: int = 100_000, salt: bytes | None = None
+) -> str:
+    """A password hash as go-auth's ``pw`` tool writes it (its defaults: PBKDF2-SHA512, 16 bytes
+    of salt, a 64-byte key): ``PBKDF2$sha512$<iterations>$<salt b64>$<hash b64>``. go-auth's
+    files backend (and our plugin's) verify these."""
+    salt = os.urandom(16) if salt is None else salt
+    key = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations, 64)
+    encoded = base64.b64encode(salt).decode(), base64.b64encode(key).decode()
+    return f"PBKDF2$sha512${iterations}${encoded[0]}${encoded[1]}"
+
+
+def write_files_backend(
+    directory: Path,
+    users: Mapping[str, str],
+    acl: str,
+    *,
+    iterations: int = 100_000,
+) -> dict[str, str]:
+    """Write go-auth files-backend files (``username:hash`` lines; ``acl`` as given) and return
+    the plugin options naming them (``files_password_path``, ``files_acl_path``)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    passwords = directory / "go-auth-passwords"
+    acls = directory / "go-auth-acls"
+    passwords.write_text(
+        "".join(
+            f"{user}:{goauth_password_hash(pw, iterations=iterations)}\n"
+            for user, pw in users.items()
+        )
+    )
+    acls.write_text(acl)
+    return {"files_password_path": str(passwords), "files_acl_path": str(acls)}
+
+
 class GoAuthBroker(MosquittoBroker):
     """A MosquittoBroker (``allow_anonymous false``) whose only authority is the go-auth plugin.
 
@@ -239,12 +279,23 @@ class GoAuthBroker(MosquittoBroker):
         *,
         plugin: Path | None = None,
         extra_config: Sequence[str] = (),
+        plugin_options: Mapping[str, str] | None = None,
         **broker_options: Any,
     ) -> None:
+        """``plugin_options`` replaces the options built from ``config`` (the compose broker
+        passes the deployment's own)."""
         self.goauth = config
+        # set by start_compose_broker: the deployment's configuration this broker runs
+        self.compose: ComposeBrokerConfig | None = None
         self.plugin_path = build_goauth_plugin() if plugin is None else plugin
         self.plugin_log_path = workdir / "goauth-plugin.jsonl"
-        lines = [*config.config_lines(self.plugin_path, self.plugin_log_path), *extra_config]
+        if plugin_options is None:
+            plugin_lines = config.config_lines(self.plugin_path, self.plugin_log_path)
+        else:
+            plugin_lines = ["per_listener_settings false", f"plugin {self.plugin_path}"]
+            options = {**plugin_options, "log_file": str(self.plugin_log_path)}
+            plugin_lines += [f"plugin_opt_{key} {value}" for key, value in options.items()]
+        lines = [*plugin_lines, *extra_config]
         super().__init__(workdir, allow_anonymous=False, extra_config=lines, **broker_options)
 
     def plugin_log_text(self) -> str:
@@ -267,6 +318,124 @@ class GoAuthBroker(MosquittoBroker):
             for entry in self.plugin_log()
             if entry["event"] == "request" and (check is None or entry["check"] == check)
         ]
+
+
+# --------------------------------------------------------------------------- the compose broker
+
+_PW_STUB = """#!{python}
+# Stands in for go-auth's pw tool (`pw -p <password>`): prints go-auth's PBKDF2-SHA512 hash.
+import base64, hashlib, os, sys
+args = sys.argv[1:]
+if len(args) != 2 or args[0] != "-p":
+    sys.exit("usage: pw -p <password>")
+salt = os.urandom(16)
+key = hashlib.pbkdf2_hmac("sha512", args[1].encode(), salt, {iterations}, 64)
+print("PBKDF2$sha512${iterations}$" + base64.b64encode(salt).decode() + "$"
+      + base64.b64encode(key).decode())
+"""
+
+# mosquitto.conf options of the deployment that a test broker sets its own way
+_BROKER_OWN = frozenset(
+    {
+        "listener",
+        "per_listener_settings",
+        "allow_anonymous",
+        "persistence",
+        "persistence_location",
+        "log_dest",
+        "auth_plugin",
+        "user",
+    }
+)
+
+
+@dataclass(frozen=True)
+class ComposeBrokerConfig:
+    """The deployment's Mosquitto configuration, as docker/mosquitto/entrypoint.sh renders it,
+    turned into a test broker's: go-auth's ``auth_opt_*`` become our plugin's ``plugin_opt_*``
+    (with the backend at ``http_host:http_port`` instead of ``lockerd:8080``), Mosquitto's
+    own options (queues, logging) are kept, the listener and persistence are the test's."""
+
+    rendered: str  # the generated mosquitto.conf, verbatim
+    files_dir: Path  # the generated go-auth files backend (passwords, acls)
+    plugin_options: dict[str, str]
+    broker_lines: list[str]
+
+
+def render_compose_config(
+    workdir: Path,
+    *,
+    secret: str,
+    backend_user: str,
+    backend_password: str,
+    cache_seconds: int,
+    http_host: str,
+    http_port: int,
+    pw_iterations: int = 100_000,
+) -> ComposeBrokerConfig:
+    """Run the real entrypoint (mosquitto itself replaced by ``true``) and translate its output.
+
+    ``pw_iterations`` is the stand-in pw tool's PBKDF2 cost (go-auth's default is 100,000).
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    pw = workdir / "pw"
+    pw.write_text(_PW_STUB.format(python=sys.executable, iterations=pw_iterations))
+    pw.chmod(0o700)
+    conf = workdir / "rendered" / "mosquitto.conf"
+    files_dir = workdir / "rendered" / "go-auth"
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "LOCKERD_MOSQ_SECRET": secret,
+        "LOCKERD_BACKEND_MQTT_USER": backend_user,
+        "LOCKERD_BACKEND_MQTT_PASSWORD": backend_password,
+        "LOCKERD_BROKER_AUTH_CACHE_SECONDS": str(cache_seconds),
+        "MOSQUITTO_CONF_TEMPLATE": str(COMPOSE_TEMPLATE),
+        "MOSQUITTO_CONF": str(conf),
+        "GOAUTH_FILES_DIR": str(files_dir),
+        "GOAUTH_PW_BIN": str(pw),
+        "MOSQUITTO_FILES_GROUP": "",
+        "MOSQUITTO_BIN": "true",
+    }
+    done = subprocess.run(
+        ["sh", str(COMPOSE_ENTRYPOINT)], env=env, capture_output=True, text=True, timeout=60
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"entrypoint.sh failed ({done.returncode}): {done.stderr}")
+    rendered = conf.read_text()
+    options: dict[str, str] = {}
+    lines: list[str] = []
+    for line in rendered.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        key, _, value = stripped.partition(" ")
+        value = value.strip()
+        if key.startswith("auth_opt_"):
+            name = key.removeprefix("auth_opt_")
+            if name == "http_host":
+                value = http_host
+            elif name == "http_port":
+                value = str(http_port)
+            elif name in ("log_dest", "log_file", "log_level"):
+                continue  # go-auth's own log; ours is the request log
+            options[name] = value
+        elif key not in _BROKER_OWN:
+            lines.append(stripped)
+    return ComposeBrokerConfig(rendered, files_dir, options, lines)
+
+
+def start_compose_broker(workdir: Path, compose: ComposeBrokerConfig) -> GoAuthBroker:
+    """A started broker configured as the deployment configures Mosquitto + go-auth."""
+    broker = GoAuthBroker(
+        workdir,
+        GoAuthConfig(),
+        plugin_options=compose.plugin_options,
+        extra_config=compose.broker_lines,
+        queue_defaults=False,
+    )
+    broker.compose = compose
+    broker.start()
+    return broker
 
 
 def start_goauth_broker(

@@ -71,7 +71,8 @@ class MosquittoBroker:
 
     ``persistence`` is on, in the work directory, so a persistent session survives
     ``stop()``/``start()`` (a graceful SIGTERM makes mosquitto save its database);
-    ``kill()`` loses whatever was not saved, as a crash would.
+    ``kill()`` loses whatever was not saved, as a crash would. ``queue_defaults=False`` leaves
+    the queue limits to ``extra_config`` (or Mosquitto's defaults).
     """
 
     def __init__(
@@ -85,6 +86,7 @@ class MosquittoBroker:
         log_to_topic: bool = False,
         extra_config: Sequence[str] = (),
         start_timeout: float = 10.0,
+        queue_defaults: bool = True,
     ) -> None:
         self._binary = find_mosquitto()
         self._own_workdir = workdir is None
@@ -102,7 +104,7 @@ class MosquittoBroker:
             f"allow_anonymous {'true' if allow_anonymous else 'false'}",
             "persistence true",
             f"persistence_location {self.persistence_dir}/",
-            "max_queued_messages 100000",
+            *(["max_queued_messages 100000"] if queue_defaults else []),
             "log_dest stderr",
             "log_timestamp true",
             "connection_messages true",

@@ -67,13 +67,27 @@ class RunningLockerd:
         return result
 
 
+async def gateway_subscribed(context: Service, within: float = 10.0) -> None:
+    """Wait (bounded) until lockerd's gateway holds its subscriptions, so that a test's first
+    device message is not published before anyone listens. Returns anyway after ``within``
+    (some tests start lockerd without a reachable broker)."""
+    with trio.move_on_after(within):
+        await context.gateway.subscribed.wait()
+
+
 def http_base(context: Service) -> str:
     return context.http_url
 
 
 @asynccontextmanager
-async def lockerd(settings: Settings) -> AsyncIterator[RunningLockerd]:
+async def lockerd(
+    settings: Settings, *, wait_subscribed: bool = True
+) -> AsyncIterator[RunningLockerd]:
+    """lockerd in-process; by default the block starts once its gateway is subscribed
+    (``wait_subscribed=False`` for a broker that is started after lockerd)."""
     async with running_service(settings) as context:
+        if wait_subscribed:
+            await gateway_subscribed(context)
         base = http_base(context)
         async with httpx.AsyncClient(base_url=base, timeout=10.0) as client:
             yield RunningLockerd(context, client, base)

@@ -15,7 +15,7 @@ import httpx
 
 from lockerd.service import running_service
 from tests.support.device import wait_until
-from tests.support.service import RunningLockerd, http_base, test_settings
+from tests.support.service import RunningLockerd, gateway_subscribed, http_base, test_settings
 
 PASSWORD = "correct horse battery staple"
 
@@ -157,6 +157,7 @@ async def running_app(
     clock = clock or MovableClock()
     settings = test_settings(broker_url, db_path, **env)
     async with running_service(settings, clock=clock) as context:
+        await gateway_subscribed(context)
         base = http_base(context)
         async with httpx.AsyncClient(base_url=base, timeout=10.0) as client:
             app = App(context, client, base)

@@ -126,7 +126,7 @@ async def test_amqtt_enforces_lockerd_decisions(tmp_path: Path, mode: Mode) -> N
         LOCKERD_HTTP=f"127.0.0.1:{http_port}",
     )
     async with (
-        lockerd(settings) as svc,
+        lockerd(settings, wait_subscribed=False) as svc,
         amqtt_broker(broker_port, http_port, tmp_path / "amqtt.log", form=mode == "form") as url,
     ):
         await wait_gateway_routing(svc, url)

@@ -408,12 +408,12 @@ async def test_a_point_the_store_refuses_fails_alone(rig: Rig) -> None:
     async with writer_held(rig.store):
         for n in range(25):
             await rig.pipeline.mqtt_sink(*rig.topic(), body(n, dedupe_id=f"a{n}"))
-        await rig.pipeline._send.send((unstorable(rig, -1.0, dedupe_id="bad"), None))
+        await rig.pipeline._send.send((unstorable(rig, -1.0, dedupe_id="bad"), None, None))
         for n in range(26):
             await rig.pipeline.mqtt_sink(
                 other_tenant, rig.other_agent.agent_id, "temp", body(100 + n)
             )
-        await rig.pipeline._send.send((unstorable(rig, -2.0), None))
+        await rig.pipeline._send.send((unstorable(rig, -2.0), None, None))
         await trio.testing.wait_all_tasks_blocked()
     await rig.wait(lambda s: s.stored + s.failed == 53)
     assert rig.pipeline.stats.stored == 51

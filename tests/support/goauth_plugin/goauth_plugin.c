@@ -12,10 +12,13 @@
  *     http_aclcheck_uri {"acc","clientid","topic","username"}.
  *   - status response mode: 2xx allow, other status < 500 deny, >= 500 or any transport
  *     failure = error, which mosquitto gets as MOSQ_ERR_UNKNOWN (not MOSQ_ERR_AUTH / _ACL_DENIED).
- *   - the optional in-memory cache keyed like go-auth's go-cache store.
+ *   - the optional in-memory cache keyed like go-auth's go-cache store, with its jitter.
+ *   - go-auth's backend chain (auth_opt_backends files,http): its "files" backend (a password
+ *     file of PBKDF2 hashes and an ACL file) asked before or after the HTTP backend, with
+ *     auth_opt_<backend>_register choosing which checks each backend answers.
  * And what it does better on purpose: the mosq_secret query parameter never reaches a log.
  *
- * Build: gcc -Wall -Wextra -Werror -O2 -fPIC -shared -o goauth_plugin.so goauth_plugin.c -lcurl
+ * Build: gcc -Wall -Wextra -Werror -O2 -fPIC -shared -o goauth_plugin.so goauth_plugin.c -lcurl -lcrypto
  */
 
 #include <errno.h>
@@ -28,8 +31,10 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <curl/curl.h>
+#include <openssl/evp.h>
 
 /* Debian's mosquitto-dev ships the broker headers without mosquitto.h (that one is in
  * libmosquitto-dev). Use it when present; otherwise define the few constants we need, with the
@@ -90,6 +95,9 @@ enum check_kind { CHECK_USER, CHECK_SUPERUSER, CHECK_ACL };
 enum params_mode { PARAMS_JSON, PARAMS_FORM };
 enum response_mode { RESPONSE_STATUS, RESPONSE_TEXT, RESPONSE_JSON };
 enum http_method { METHOD_POST, METHOD_GET, METHOD_PUT };
+/* go-auth's backends this plugin has (backends/backends.go names them "files" and "http"). */
+enum backend_kind { BACKEND_FILES, BACKEND_HTTP };
+#define MAX_BACKENDS 4
 
 static const char *const outcome_names[] = {"deny", "allow", "error"};
 static const char *const check_names[] = {"user", "superuser", "acl"};
@@ -713,18 +721,38 @@ static bool cache_get(struct cache *c, const struct buf *key, bool *granted)
 	return false;
 }
 
-static void cache_set(struct cache *c, const struct buf *key, bool granted, long long ttl_s)
+/* go-auth's expirationWithJitter (cache/cache.go): the TTL plus a uniform random offset in
+ * [-jitter, jitter), a result below 0 becoming 0. go-auth clamps the jitter to the TTL when it
+ * reads the options (setCache). Returns nanoseconds; negative means "no TTL". */
+static int64_t ttl_with_jitter_ns(long long ttl_s, long long jitter_s)
+{
+	int64_t ttl_ns, jitter_ns, offset;
+
+	if(ttl_s < 0) return -1;
+	if(ttl_s > INT64_MAX / 2000000000) ttl_s = INT64_MAX / 2000000000;
+	ttl_ns = (int64_t)ttl_s * 1000000000;
+	if(jitter_s <= 0) return ttl_ns;
+	if(jitter_s > ttl_s) jitter_s = ttl_s;
+	jitter_ns = (int64_t)jitter_s * 1000000000;
+	/* two random() calls give 62 bits, plenty for a uniform draw below 2 * jitter_ns */
+	offset = (int64_t)((((uint64_t)random() << 31) ^ (uint64_t)random()) % (uint64_t)(2 * jitter_ns))
+		- jitter_ns;
+	return ttl_ns + offset < 0 ? 0 : ttl_ns + offset;
+}
+
+static void cache_set(struct cache *c, const struct buf *key, bool granted, int64_t ttl_ns)
 {
 	uint64_t h;
 	struct cache_entry *e;
 	int64_t now = monotonic_ns();
 	int64_t expires;
 
-	if(ttl_s == 0) ttl_s = TTLCACHE_DEFAULT_TTL_S;
-	if(ttl_s < 0 || ttl_s > (INT64_MAX - now) / 1000000000){
+	/* jellydator/ttlcache: 0 is the cache's default TTL, a negative one none at all */
+	if(ttl_ns == 0) ttl_ns = (int64_t)TTLCACHE_DEFAULT_TTL_S * 1000000000;
+	if(ttl_ns < 0 || ttl_ns > INT64_MAX - now){
 		expires = INT64_MAX;
 	}else{
-		expires = now + (int64_t)ttl_s * 1000000000;
+		expires = now + ttl_ns;
 	}
 	if(c->count >= c->sweep_at) cache_sweep(c, now);
 	if(c->count >= c->nbuckets) cache_grow(c);
@@ -769,7 +797,23 @@ struct plugin {
 	bool use_cache;
 	long long auth_ttl_s;
 	long long acl_ttl_s;
+	long long auth_jitter_s;
+	long long acl_jitter_s;
 	long long retry_count;
+	/* auth_opt_backends, in order, and which checks each answers (<prefix>_register) */
+	enum backend_kind backends[MAX_BACKENDS];
+	int nbackends;
+	bool user_checker[MAX_BACKENDS];
+	bool superuser_checker[MAX_BACKENDS];
+	bool acl_checker[MAX_BACKENDS];
+	char *backends_opt;
+	char *files_register;
+	char *http_register;
+	char *files_password_path;
+	char *files_acl_path;
+	bool has_http;
+	bool salt_utf8; /* hasher_salt_encoding utf-8 (default base64) */
+	struct files *files;
 	bool disable_superuser;
 	bool use_clientid_as_username;
 	/* mosquitto's auth_plugin_deny_special_chars, which mosquitto 2.0.11 applies to v4 plugins
@@ -872,6 +916,538 @@ static void rlog_simple(struct plugin *p, const char *event, enum check_kind kin
 		json_append_string(&line, reason);
 	}
 	rlog_end(p, &line, outcome);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* go-auth's "files" backend (backends/files.go, backends/files/files.go): a password file of
+ * "username:hash" lines and a Mosquitto-style ACL file, read once at start-up. GetSuperuser is
+ * always false; nothing here makes a request. */
+
+#define ACC_NONE 0x00
+#define ACC_READ 0x01
+#define ACC_WRITE 0x02
+#define ACC_READWRITE 0x03
+#define ACC_SUBSCRIBE 0x04
+#define ACC_DENY 0x11
+
+struct acl_record {
+	char *topic;
+	int acc;
+};
+
+struct acl_list {
+	struct acl_record *items;
+	size_t len;
+	size_t cap;
+};
+
+struct file_user {
+	char *name;
+	char *password; /* the stored hash; "" for a user known only from the ACL file */
+	struct acl_list acls;
+};
+
+struct files {
+	bool check_users;   /* files_password_path given */
+	bool check_acls;    /* files_acl_path given */
+	bool static_only;   /* files is the only backend: no ACL file then allows everything */
+	struct file_user *users;
+	size_t nusers;
+	struct acl_list general; /* "topic" lines before any "user" line, and every "pattern" */
+};
+
+static void acl_list_free(struct acl_list *l)
+{
+	size_t i;
+	for(i = 0; i < l->len; i++) free(l->items[i].topic);
+	free(l->items);
+	memset(l, 0, sizeof(*l));
+}
+
+static bool acl_list_add(struct acl_list *l, const char *topic, int acc)
+{
+	if(l->len == l->cap){
+		size_t cap = l->cap ? l->cap * 2 : 8;
+		struct acl_record *items = realloc(l->items, cap * sizeof(*items));
+		if(!items) return false;
+		l->items = items;
+		l->cap = cap;
+	}
+	l->items[l->len].topic = strdup(topic);
+	if(!l->items[l->len].topic) return false;
+	l->items[l->len].acc = acc;
+	l->len++;
+	return true;
+}
+
+static void files_free(struct files *f)
+{
+	size_t i;
+	if(!f) return;
+	for(i = 0; i < f->nusers; i++){
+		free(f->users[i].name);
+		free(f->users[i].password);
+		acl_list_free(&f->users[i].acls);
+	}
+	free(f->users);
+	acl_list_free(&f->general);
+	free(f);
+}
+
+static struct file_user *files_user(struct files *f, const char *name)
+{
+	size_t i;
+	for(i = 0; i < f->nusers; i++){
+		if(!strcmp(f->users[i].name, name)) return &f->users[i];
+	}
+	return NULL;
+}
+
+static struct file_user *files_add_user(struct files *f, const char *name, const char *password)
+{
+	struct file_user *users = realloc(f->users, (f->nusers + 1) * sizeof(*users));
+	struct file_user *u;
+	if(!users) return NULL;
+	f->users = users;
+	u = &f->users[f->nusers];
+	memset(u, 0, sizeof(*u));
+	u->name = strdup(name);
+	u->password = strdup(password);
+	if(!u->name || !u->password){
+		free(u->name);
+		free(u->password);
+		return NULL;
+	}
+	f->nusers++;
+	return u;
+}
+
+/* The whole file as one NUL-terminated malloc'd string, or NULL (errno says why). */
+static char *read_whole_file(const char *path)
+{
+	FILE *fp = fopen(path, "rb");
+	struct buf b = {0};
+	char chunk[4096];
+	size_t n;
+
+	if(!fp) return NULL;
+	while((n = fread(chunk, 1, sizeof(chunk), fp)) > 0) buf_append(&b, chunk, n);
+	fclose(fp);
+	if(b.failed){
+		buf_free(&b);
+		return NULL;
+	}
+	if(!b.data) buf_append(&b, "", 0);
+	return b.data;
+}
+
+/* bufio.ScanLines: lines end at \n, one \r before it is dropped; cuts the text in place. */
+static char *next_line(char **cursor)
+{
+	char *line = *cursor, *end;
+	size_t len;
+
+	if(!line || !*line) return NULL;
+	end = strchr(line, '\n');
+	if(end){
+		*end = '\0';
+		*cursor = end + 1;
+	}else{
+		*cursor = line + strlen(line);
+	}
+	len = strlen(line);
+	if(len && line[len - 1] == '\r') line[len - 1] = '\0';
+	return line;
+}
+
+/* checkCommentOrEmpty: nothing but spaces, or a first character '#'. */
+static bool comment_or_empty(const char *line)
+{
+	const char *c;
+	if(line[0] == '#') return true;
+	for(c = line; *c; c++){
+		if(*c != ' ') return false;
+	}
+	return true;
+}
+
+static bool go_space(char c)
+{
+	return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
+}
+
+/* strings.TrimSpace, in place. */
+static char *trim_space(char *s)
+{
+	char *end;
+	while(go_space(*s)) s++;
+	end = s + strlen(s);
+	while(end > s && go_space(end[-1])) end--;
+	*end = '\0';
+	return s;
+}
+
+/* The first whitespace-separated field (strings.Fields(line)[0]) and how many fields there are
+ * (only "1", "2" and "more" matter). */
+static int count_fields(const char *line, size_t *first_len)
+{
+	int count = 0;
+	const char *c = line;
+	*first_len = 0;
+	while(*c){
+		while(*c && go_space(*c)) c++;
+		if(!*c) break;
+		if(count == 0){
+			const char *start = c;
+			while(*c && !go_space(*c)) c++;
+			*first_len = (size_t)(c - start);
+		}else{
+			while(*c && !go_space(*c)) c++;
+		}
+		count++;
+	}
+	return count;
+}
+
+static int files_read_passwords(struct files *f, const char *path)
+{
+	char *text = read_whole_file(path), *cursor = text, *line;
+	int index = 0;
+
+	if(!text){
+		plog(MOSQ_LOG_ERR, "[StaticFiles] error: couldn't open passwords file: %s: %s", path,
+				strerror(errno));
+		return MOSQ_ERR_INVAL;
+	}
+	while((line = next_line(&cursor))){
+		char *colon, *password;
+		struct file_user *u;
+		index++;
+		if(comment_or_empty(line)) continue;
+		colon = strchr(line, ':');
+		if(!colon || strchr(colon + 1, ':')){ /* strings.Split(text, ":") must give 2 parts */
+			plog(MOSQ_LOG_ERR, "Read passwords error: line %d is not well formatted", index);
+			continue;
+		}
+		*colon = '\0';
+		password = colon + 1;
+		u = files_user(f, line);
+		if(u){
+			char *copy = strdup(password);
+			if(!copy){
+				free(text);
+				return MOSQ_ERR_NOMEM;
+			}
+			free(u->password);
+			u->password = copy;
+		}else if(!files_add_user(f, line, password)){
+			free(text);
+			return MOSQ_ERR_NOMEM;
+		}
+	}
+	free(text);
+	return MOSQ_ERR_SUCCESS;
+}
+
+static int parse_permission(const char *word)
+{
+	if(!strcmp(word, "read")) return ACC_READ;
+	if(!strcmp(word, "write")) return ACC_WRITE;
+	if(!strcmp(word, "readwrite")) return ACC_READWRITE;
+	if(!strcmp(word, "subscribe")) return ACC_SUBSCRIBE;
+	if(!strcmp(word, "deny")) return ACC_DENY;
+	return -1;
+}
+
+static int files_read_acls(struct files *f, const char *path)
+{
+	char *text = read_whole_file(path), *cursor = text, *raw;
+	char *current_user = NULL;
+	bool user_exists = false, user_seen = false;
+	int index = 0, rc = MOSQ_ERR_SUCCESS;
+
+	if(!text){
+		plog(MOSQ_LOG_ERR, "StaticFiles backend error: couldn't open acl file: %s: %s", path,
+				strerror(errno));
+		return MOSQ_ERR_INVAL;
+	}
+	while((raw = next_line(&cursor))){
+		char *line, *rest;
+		size_t prefix_len;
+		int nfields;
+
+		index++;
+		if(comment_or_empty(raw)) continue;
+		line = trim_space(raw);
+		nfields = count_fields(line, &prefix_len);
+		rest = line + prefix_len;
+		if(prefix_len == 4 && !strncmp(line, "user", 4)){
+			char *username;
+			user_seen = true;
+			if(strlen(line) - 4 < 1) goto bad_format;
+			username = trim_space(rest);
+			if(!files_user(f, username)){
+				if(f->check_users){
+					plog(MOSQ_LOG_WARNING, "user %s doesn't exist, skipping acls", username);
+					user_exists = false;
+					continue;
+				}
+				if(!files_add_user(f, username, "")){
+					rc = MOSQ_ERR_NOMEM;
+					goto out;
+				}
+			}
+			user_exists = true;
+			free(current_user);
+			current_user = strdup(username);
+			if(!current_user){
+				rc = MOSQ_ERR_NOMEM;
+				goto out;
+			}
+		}else if((prefix_len == 5 && !strncmp(line, "topic", 5))
+				|| (prefix_len == 7 && !strncmp(line, "pattern", 7))){
+			bool is_topic = (prefix_len == 5);
+			const char *topic;
+			int acc;
+			char *after;
+
+			if(nfields == 2){
+				topic = trim_space(rest);
+				acc = ACC_READWRITE;
+			}else{
+				char *space;
+				if(strlen(line) - prefix_len < 1) goto bad_format;
+				after = trim_space(rest);
+				/* strings.Split(line, " ")[0] is the permission; the topic is what follows */
+				space = strchr(after, ' ');
+				if(space) *space = '\0';
+				acc = parse_permission(after);
+				if(acc < 0) goto bad_format;
+				if(!space) goto bad_format; /* removeAndTrim: nothing after the permission */
+				topic = trim_space(space + 1);
+			}
+			if(is_topic){
+				if(current_user){
+					if(!user_exists) continue;
+					if(!acl_list_add(&files_user(f, current_user)->acls, topic, acc)){
+						rc = MOSQ_ERR_NOMEM;
+						goto out;
+					}
+				}else if(!user_seen){
+					if(!acl_list_add(&f->general, topic, acc)){
+						rc = MOSQ_ERR_NOMEM;
+						goto out;
+					}
+				}
+			}else if(!acl_list_add(&f->general, topic, acc)){
+				rc = MOSQ_ERR_NOMEM;
+				goto out;
+			}
+		}else{
+			goto bad_format;
+		}
+		continue;
+bad_format:
+		plog(MOSQ_LOG_ERR, "StaticFiles backend error: wrong acl format at line %d", index);
+		rc = MOSQ_ERR_INVAL;
+		goto out;
+	}
+out:
+	free(current_user);
+	free(text);
+	return rc;
+}
+
+/* topics.Match(saved, given): equal, or the saved pattern matches level by level ('+' one
+ * level, '#' last and the rest). The given topic's own wildcards are compared literally. */
+static bool topic_match(const char *saved, const char *given)
+{
+	const char *r = saved, *t = given;
+
+	if(!strcmp(saved, given)) return true;
+	for(;;){
+		const char *rend = strchr(r, '/'), *tend;
+		size_t rlen = rend ? (size_t)(rend - r) : strlen(r);
+
+		if(rlen == 1 && r[0] == '#') return rend == NULL;
+		if(!t) return false; /* the topic ran out of levels */
+		tend = strchr(t, '/');
+		if(!(rlen == 1 && r[0] == '+')){
+			size_t tlen = tend ? (size_t)(tend - t) : strlen(t);
+			if(rlen != tlen || strncmp(r, t, rlen) != 0) return false;
+		}
+		if(!rend){
+			return tend == NULL;
+		}
+		r = rend + 1;
+		t = tend ? tend + 1 : NULL;
+		if(!t){
+			/* match(route, []) is route[0] == "#", whatever follows it */
+			return r[0] == '#' && (r[1] == '\0' || r[1] == '/');
+		}
+	}
+}
+
+/* strings.Replace(topic, "%c", clientid, -1) then "%u" with the username. */
+static bool expand_pattern(struct buf *out, const char *topic, const char *clientid,
+		const char *username)
+{
+	struct buf mid = {0};
+	const char *p;
+
+	for(p = topic; *p; p++){
+		if(p[0] == '%' && p[1] == 'c'){
+			buf_puts(&mid, clientid);
+			p++;
+		}else{
+			buf_putc(&mid, *p);
+		}
+	}
+	if(!mid.data) buf_append(&mid, "", 0);
+	for(p = mid.data ? mid.data : ""; *p; p++){
+		if(p[0] == '%' && p[1] == 'u'){
+			buf_puts(out, username);
+			p++;
+		}else{
+			buf_putc(out, *p);
+		}
+	}
+	if(!out->data) buf_append(out, "", 0);
+	buf_free(&mid);
+	return !out->failed;
+}
+
+static bool grants(int record_acc, int acc, const char *topic)
+{
+	return acc == record_acc || record_acc == ACC_READWRITE
+		|| (acc == ACC_SUBSCRIBE && strcmp(topic, "#") != 0
+				&& (record_acc == ACC_READ || record_acc == ACC_SUBSCRIBE));
+}
+
+/* Checker.CheckAcl: denials first (the user's, then the general ones), then grants. */
+static enum outcome files_check_acl(struct files *f, const struct check_args *a)
+{
+	struct file_user *u;
+	size_t i;
+	int pass;
+
+	if(!f->check_acls) return f->static_only ? OUTCOME_ALLOW : OUTCOME_DENY;
+	u = files_user(f, a->username);
+	for(pass = 0; pass < 2; pass++){
+		bool deny_pass = (pass == 0);
+		if(u){
+			for(i = 0; i < u->acls.len; i++){
+				const struct acl_record *r = &u->acls.items[i];
+				if(!topic_match(r->topic, a->topic)) continue;
+				if(deny_pass && r->acc == ACC_DENY) return OUTCOME_DENY;
+				if(!deny_pass && grants(r->acc, a->acc, a->topic)) return OUTCOME_ALLOW;
+			}
+		}
+		for(i = 0; i < f->general.len; i++){
+			const struct acl_record *r = &f->general.items[i];
+			struct buf expanded = {0};
+			bool match;
+			if(!expand_pattern(&expanded, r->topic, a->clientid, a->username)){
+				buf_free(&expanded);
+				return OUTCOME_ERROR;
+			}
+			match = topic_match(expanded.data, a->topic);
+			buf_free(&expanded);
+			if(!match) continue;
+			if(deny_pass && r->acc == ACC_DENY) return OUTCOME_DENY;
+			if(!deny_pass && grants(r->acc, a->acc, a->topic)) return OUTCOME_ALLOW;
+		}
+	}
+	return OUTCOME_DENY;
+}
+
+/* base64.StdEncoding.DecodeString: padded, no whitespace. Returns the length or -1. */
+static long base64_decode(const char *in, unsigned char *out, size_t cap)
+{
+	static const char alphabet[] =
+		"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+	size_t len = strlen(in), i, n = 0;
+	if(len % 4) return -1;
+	for(i = 0; i < len; i += 4){
+		int v[4], k;
+		for(k = 0; k < 4; k++){
+			const char *pos;
+			char ch = in[i + (size_t)k];
+			if(ch == '=' && i + 4 == len && k >= 2){
+				v[k] = -1;
+				continue;
+			}
+			if(ch == '\0' || !(pos = strchr(alphabet, ch))) return -1;
+			v[k] = (int)(pos - alphabet);
+		}
+		if(v[2] < 0 && v[3] >= 0) return -1;
+		if(n + 3 > cap) return -1;
+		out[n++] = (unsigned char)((v[0] << 2) | (v[1] >> 4));
+		if(v[2] >= 0) out[n++] = (unsigned char)(((v[1] & 0xF) << 4) | (v[2] >> 2));
+		if(v[3] >= 0) out[n++] = (unsigned char)(((v[2] & 0x3) << 6) | v[3]);
+	}
+	return (long)n;
+}
+
+/* pbkdf2Hasher.Compare for go-auth's own "PBKDF2$<sha512|sha256>$<iterations>$<salt>$<hash>"
+ * (what its pw tool writes; the key length is the stored hash's). Other formats: no match. */
+static bool pbkdf2_compare(const struct plugin *p, const char *password, const char *stored)
+{
+	char *copy = strdup(stored), *fields[6], *save = NULL, *tok;
+	int nfields = 0;
+	unsigned char salt[512], want[512], got[512];
+	long saltlen, wantlen;
+	long long iterations;
+	bool ok = false;
+
+	if(!copy) return false;
+	/* strings.FieldsFunc on '$': empty fields are skipped */
+	for(tok = strtok_r(copy, "$", &save); tok && nfields < 6; tok = strtok_r(NULL, "$", &save)){
+		fields[nfields++] = tok;
+	}
+	if(nfields < 5 || strcmp(fields[0], "PBKDF2") != 0) goto out;
+	if(!parse_go_int(fields[2], &iterations) || iterations < 1 || iterations > INT_MAX) goto out;
+	if(p->salt_utf8){
+		saltlen = (long)strlen(fields[3]);
+		if(saltlen > (long)sizeof(salt)) goto out;
+		memcpy(salt, fields[3], (size_t)saltlen);
+	}else if((saltlen = base64_decode(fields[3], salt, sizeof(salt))) < 0){
+		goto out;
+	}
+	if((wantlen = base64_decode(fields[4], want, sizeof(want))) <= 0) goto out;
+	if(PKCS5_PBKDF2_HMAC(password, (int)strlen(password), salt, (int)saltlen, (int)iterations,
+				strcmp(fields[1], "sha256") ? EVP_sha512() : EVP_sha256(), (int)wantlen, got) != 1){
+		goto out;
+	}
+	ok = memcmp(want, got, (size_t)wantlen) == 0;
+out:
+	free(copy);
+	return ok;
+}
+
+static enum outcome files_get_user(struct plugin *p, const struct check_args *a)
+{
+	struct file_user *u = files_user(p->files, a->username);
+	if(!u) return OUTCOME_DENY;
+	if(pbkdf2_compare(p, a->password, u->password)) return OUTCOME_ALLOW;
+	plog(MOSQ_LOG_WARNING, "wrong password for user %s", a->username);
+	return OUTCOME_DENY;
+}
+
+static int files_load(struct plugin *p)
+{
+	struct files *f = calloc(1, sizeof(*f));
+	int rc;
+	if(!f) return MOSQ_ERR_NOMEM;
+	p->files = f;
+	f->check_users = p->files_password_path && p->files_password_path[0];
+	f->check_acls = p->files_acl_path && p->files_acl_path[0];
+	f->static_only = (p->nbackends == 1);
+	if(!f->check_users) plog(MOSQ_LOG_INFO, "[StaticFiles] passwords won't be checked");
+	if(!f->check_acls) plog(MOSQ_LOG_INFO, "[StaticFiles] acls won't be checked");
+	if(f->check_users && (rc = files_read_passwords(f, p->files_password_path))) return rc;
+	if(f->check_acls && (rc = files_read_acls(f, p->files_acl_path))) return rc;
+	return MOSQ_ERR_SUCCESS;
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -1095,7 +1671,29 @@ static void make_key(struct buf *key, const struct check_args *a, enum check_kin
 	}
 }
 
-/* authUnpwdCheck: cache, then the backend; only real answers (not errors) are cached. */
+/* Backends.checkAuth: each user checker in order; the first allow wins; otherwise the first
+ * error (if any) is the answer, else a deny. */
+static enum outcome backends_user(struct plugin *p, const struct check_args *a)
+{
+	bool failed = false;
+	int i;
+
+	for(i = 0; i < p->nbackends; i++){
+		enum outcome r;
+		if(!p->user_checker[i]) continue;
+		if(p->backends[i] == BACKEND_FILES){
+			r = files_get_user(p, a);
+			rlog_simple(p, "files", CHECK_USER, a, NULL, r);
+		}else{
+			r = http_check(p, CHECK_USER, a);
+		}
+		if(r == OUTCOME_ALLOW) return OUTCOME_ALLOW;
+		if(r == OUTCOME_ERROR) failed = true;
+	}
+	return failed ? OUTCOME_ERROR : OUTCOME_DENY;
+}
+
+/* authUnpwdCheck: cache, then the backends; only real answers (not errors) are cached. */
 static enum outcome user_check_once(struct plugin *p, const struct check_args *a)
 {
 	struct buf key = {0};
@@ -1111,30 +1709,46 @@ static enum outcome user_check_once(struct plugin *p, const struct check_args *a
 			return r;
 		}
 	}
-	r = http_check(p, CHECK_USER, a);
+	r = backends_user(p, a);
 	if(p->use_cache && r != OUTCOME_ERROR && !key.failed){
-		cache_set(&p->cache, &key, r == OUTCOME_ALLOW, p->auth_ttl_s);
+		cache_set(&p->cache, &key, r == OUTCOME_ALLOW,
+				ttl_with_jitter_ns(p->auth_ttl_s, p->auth_jitter_s));
 	}
 	buf_free(&key);
 	return r;
 }
 
-/* checkSuperuserThenACL with the single http backend: a superuser allow wins outright; a
- * superuser error is remembered and returned unless /acl allows. */
+/* Backends.checkSuperuserThenACL: every superuser checker first (a 2xx from one grants
+ * everything without asking for the ACL); then every ACL checker in order, the first allow
+ * winning. An error is remembered and returned unless something allows. The files backend is
+ * never a superuser (it answers false without a request), nor is http without a superuser uri
+ * (GetSuperuser with an empty uri answers false without a request). */
 static enum outcome superuser_then_acl(struct plugin *p, const struct check_args *a)
 {
 	bool failed = false;
 	enum outcome r;
+	int i;
 
-	/* GetSuperuser with an empty uri answers false without a request. */
-	if(!p->disable_superuser && p->superuser_uri && p->superuser_uri[0]){
-		r = http_check(p, CHECK_SUPERUSER, a);
+	if(!p->disable_superuser){
+		for(i = 0; i < p->nbackends; i++){
+			if(!p->superuser_checker[i] || p->backends[i] != BACKEND_HTTP) continue;
+			if(!p->superuser_uri || !p->superuser_uri[0]) continue;
+			r = http_check(p, CHECK_SUPERUSER, a);
+			if(r == OUTCOME_ALLOW) return OUTCOME_ALLOW;
+			if(r == OUTCOME_ERROR) failed = true;
+		}
+	}
+	for(i = 0; i < p->nbackends; i++){
+		if(!p->acl_checker[i]) continue;
+		if(p->backends[i] == BACKEND_FILES){
+			r = files_check_acl(p->files, a);
+			rlog_simple(p, "files", CHECK_ACL, a, NULL, r);
+		}else{
+			r = http_check(p, CHECK_ACL, a);
+		}
 		if(r == OUTCOME_ALLOW) return OUTCOME_ALLOW;
 		if(r == OUTCOME_ERROR) failed = true;
 	}
-	r = http_check(p, CHECK_ACL, a);
-	if(r == OUTCOME_ALLOW) return OUTCOME_ALLOW;
-	if(r == OUTCOME_ERROR) failed = true;
 	return failed ? OUTCOME_ERROR : OUTCOME_DENY;
 }
 
@@ -1158,7 +1772,8 @@ static enum outcome acl_check_once(struct plugin *p, const struct check_args *a)
 	}
 	r = superuser_then_acl(p, a);
 	if(p->use_cache && r != OUTCOME_ERROR && !key.failed){
-		cache_set(&p->cache, &key, r == OUTCOME_ALLOW, p->acl_ttl_s);
+		cache_set(&p->cache, &key, r == OUTCOME_ALLOW,
+				ttl_with_jitter_ns(p->acl_ttl_s, p->acl_jitter_s));
 	}
 	buf_free(&key);
 	return r;
@@ -1282,6 +1897,12 @@ static void plugin_free(struct plugin *p)
 	free(p->acl_uri);
 	free(p->user_agent);
 	free(p->log_path);
+	free(p->backends_opt);
+	free(p->files_register);
+	free(p->http_register);
+	free(p->files_password_path);
+	free(p->files_acl_path);
+	files_free(p->files);
 	free(p);
 }
 
@@ -1304,11 +1925,101 @@ static void parse_int_option(const char *key, const char *value, long long *fiel
 	}
 }
 
+/* Backends.Initialize + setCheckers: auth_opt_backends (spaces removed, comma separated, each a
+ * known backend) and, per backend, <prefix>_register (user, acl, superuser; all three when the
+ * option is absent; superuser never with disable_superuser). Without auth_opt_backends (which
+ * go-auth requires) this plugin is the http backend alone, as before it knew of backends. */
+static bool parse_register(const char *opt, bool *user, bool *acl, bool *superuser)
+{
+	char list[128];
+	char *save = NULL, *tok;
+	size_t n = 0;
+	const char *c;
+
+	for(c = opt; *c && n < sizeof(list) - 1; c++){
+		if(*c != ' ') list[n++] = *c;
+	}
+	list[n] = '\0';
+	*user = *acl = *superuser = false;
+	for(tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)){
+		if(!strcmp(tok, "user")) *user = true;
+		else if(!strcmp(tok, "acl")) *acl = true;
+		else if(!strcmp(tok, "superuser")) *superuser = true;
+		else{
+			plog(MOSQ_LOG_ERR, "unsupported check %s found in a _register option", tok);
+			return false;
+		}
+	}
+	return true;
+}
+
+static int setup_backends(struct plugin *p)
+{
+	char list[256];
+	char *save = NULL, *tok;
+	size_t n = 0;
+	const char *c, *spec = p->backends_opt ? p->backends_opt : "http";
+	int i;
+
+	for(c = spec; *c && n < sizeof(list) - 1; c++){
+		if(*c != ' ') list[n++] = *c;
+	}
+	list[n] = '\0';
+	if(!list[0]){
+		plog(MOSQ_LOG_ERR, "error initializing backends: missing or blank option backends");
+		return MOSQ_ERR_INVAL;
+	}
+	for(tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)){
+		const char *reg;
+		bool user = true, acl = true, superuser = true;
+		if(p->nbackends == MAX_BACKENDS){
+			plog(MOSQ_LOG_ERR, "too many backends");
+			return MOSQ_ERR_INVAL;
+		}
+		if(!strcmp(tok, "files")){
+			p->backends[p->nbackends] = BACKEND_FILES;
+			reg = p->files_register;
+		}else if(!strcmp(tok, "http")){
+			p->backends[p->nbackends] = BACKEND_HTTP;
+			reg = p->http_register;
+			p->has_http = true;
+		}else{
+			plog(MOSQ_LOG_ERR, "error initializing backends: backend %s is not supported by this"
+					" test plugin (files and http are)", tok);
+			return MOSQ_ERR_INVAL;
+		}
+		if(reg && !parse_register(reg, &user, &acl, &superuser)) return MOSQ_ERR_INVAL;
+		p->user_checker[p->nbackends] = user;
+		p->acl_checker[p->nbackends] = acl;
+		p->superuser_checker[p->nbackends] = superuser && !p->disable_superuser;
+		p->nbackends++;
+	}
+	for(i = 0; i < p->nbackends; i++){
+		if(p->user_checker[i] || p->acl_checker[i]) break;
+	}
+	if(i == p->nbackends){
+		plog(MOSQ_LOG_ERR, "error initializing backends: no backends registered");
+		return MOSQ_ERR_INVAL;
+	}
+	for(i = 0; i < p->nbackends; i++){
+		if(p->backends[i] == BACKEND_FILES){
+			/* go-auth (NewFiles): files_register naming "user" needs the password file */
+			if(p->files_register && strstr(p->files_register, "user")
+					&& !(p->files_password_path && p->files_password_path[0])){
+				plog(MOSQ_LOG_ERR, "error initializing backends: missing passwords file path");
+				return MOSQ_ERR_INVAL;
+			}
+			return files_load(p);
+		}
+	}
+	return MOSQ_ERR_SUCCESS;
+}
+
 static int parse_options(struct plugin *p, struct mosquitto_opt *opts, int count)
 {
 	const char *missing[4];
 	int nmissing = 0;
-	int i;
+	int i, rc;
 	bool ok = true;
 	char ua[64];
 
@@ -1332,6 +2043,24 @@ static int parse_options(struct plugin *p, struct mosquitto_opt *opts, int count
 		else if(!strcmp(k, "http_aclcheck_uri")) ok = set_string(&p->acl_uri, v);
 		else if(!strcmp(k, "http_user_agent")) ok = set_string(&p->user_agent, v);
 		else if(!strcmp(k, "log_file")) ok = set_string(&p->log_path, v);
+		else if(!strcmp(k, "backends")) ok = set_string(&p->backends_opt, v);
+		else if(!strcmp(k, "files_register")) ok = set_string(&p->files_register, v);
+		else if(!strcmp(k, "http_register")) ok = set_string(&p->http_register, v);
+		else if(!strcmp(k, "files_password_path")) ok = set_string(&p->files_password_path, v);
+		else if(!strcmp(k, "files_acl_path")) ok = set_string(&p->files_acl_path, v);
+		else if(!strcmp(k, "auth_jitter_seconds")) parse_int_option(k, v, &p->auth_jitter_s);
+		else if(!strcmp(k, "acl_jitter_seconds")) parse_int_option(k, v, &p->acl_jitter_s);
+		else if(!strcmp(k, "hasher_salt_encoding")) p->salt_utf8 = !strcmp(v, "utf-8");
+		else if((!strcmp(k, "hasher") || !strcmp(k, "files_hasher")) && v[0] && strcmp(v, "pbkdf2")){
+			plog(MOSQ_LOG_ERR, "hasher %s is not supported by this test plugin (pbkdf2 only)", v);
+			return MOSQ_ERR_INVAL;
+		}else if(!strcmp(k, "exhaust_backend_first") && !strcmp(v, "true")){
+			plog(MOSQ_LOG_ERR, "exhaust_backend_first is not supported by this test plugin");
+			return MOSQ_ERR_INVAL;
+		}else if(!strcmp(k, "check_prefix") && !strcmp(v, "true")){
+			plog(MOSQ_LOG_ERR, "check_prefix is not supported by this test plugin");
+			return MOSQ_ERR_INVAL;
+		}
 		else if(!strcmp(k, "http_params_mode")){
 			/* go-auth: only "form" changes the default; anything else stays json */
 			p->params_mode = !strcmp(v, "form") ? PARAMS_FORM : PARAMS_JSON;
@@ -1352,16 +2081,17 @@ static int parse_options(struct plugin *p, struct mosquitto_opt *opts, int count
 		else if(!strcmp(k, "http_with_tls") && !strcmp(v, "true")){
 			plog(MOSQ_LOG_ERR, "http_with_tls is not supported by this test plugin");
 			return MOSQ_ERR_INVAL;
-		}else if((!strcmp(k, "auth_jitter_seconds") || !strcmp(k, "acl_jitter_seconds")) && strcmp(v, "0")){
-			plog(MOSQ_LOG_WARNING, "%s is not supported and ignored: entries expire after exactly the cache seconds", k);
 		}else if(!strcmp(k, "cache_refresh") && !strcmp(v, "true")){
 			plog(MOSQ_LOG_WARNING, "cache_refresh is not supported and ignored");
 		}else if(!strcmp(k, "cache_type") && strcmp(v, "go-cache")){
 			plog(MOSQ_LOG_WARNING, "cache_type %s is not supported: using the in-memory cache", v);
 		}
-		/* other go-auth options (log_level, backends, cache_reset, ...) change nothing here */
+		/* other go-auth options (log_level, cache_reset, ...) change nothing here */
 	}
 	if(!ok) return MOSQ_ERR_NOMEM;
+	rc = setup_backends(p);
+	if(rc != MOSQ_ERR_SUCCESS) return rc;
+	if(!p->has_http) return MOSQ_ERR_SUCCESS; /* the HTTP options below are http's own */
 
 	/* go-auth's required HTTP options (a missing one is fatal there too). */
 	if(!p->user_uri) missing[nmissing++] = "http_getuser_uri";
@@ -1436,6 +2166,7 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 		return MOSQ_ERR_UNKNOWN;
 	}
 	p->curl_global = true;
+	srandom((unsigned)(monotonic_ns() ^ (int64_t)getpid())); /* the cache jitter */
 	/* One easy handle for every request: mosquitto calls plugins from its single thread. */
 	p->curl = curl_easy_init();
 	if(!p->curl){
@@ -1464,14 +2195,18 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 	}
 
 	/* URLs go last or before a space: redaction runs up to the next space, & or #. */
-	plog(MOSQ_LOG_INFO, "params %s, response %s, timeout %lld s, cache %s (auth %lld s, acl %lld s); "
-			"backend http://%s%s%s user uri %s superuser uri %s acl uri %s",
-			p->params_mode == PARAMS_FORM ? "form" : "json",
-			p->response_mode == RESPONSE_TEXT ? "text" : p->response_mode == RESPONSE_JSON ? "json" : "status",
-			p->timeout_s, p->use_cache ? "on" : "off", p->auth_ttl_s, p->acl_ttl_s,
-			p->host, p->port[0] ? ":" : "", p->port, p->user_uri,
-			(p->superuser_uri && p->superuser_uri[0] && !p->disable_superuser) ? p->superuser_uri : "(none)",
-			p->acl_uri);
+	plog(MOSQ_LOG_INFO, "backends %s; cache %s (auth %lld±%lld s, acl %lld±%lld s)",
+			p->backends_opt ? p->backends_opt : "http", p->use_cache ? "on" : "off",
+			p->auth_ttl_s, p->auth_jitter_s, p->acl_ttl_s, p->acl_jitter_s);
+	if(p->has_http){
+		plog(MOSQ_LOG_INFO, "http: params %s, response %s, timeout %lld s; "
+				"backend http://%s%s%s user uri %s superuser uri %s acl uri %s",
+				p->params_mode == PARAMS_FORM ? "form" : "json",
+				p->response_mode == RESPONSE_TEXT ? "text" : p->response_mode == RESPONSE_JSON ? "json" : "status",
+				p->timeout_s, p->host, p->port[0] ? ":" : "", p->port, p->user_uri,
+				(p->superuser_uri && p->superuser_uri[0] && !p->disable_superuser) ? p->superuser_uri : "(none)",
+				p->acl_uri);
+	}
 	*userdata = p;
 	return MOSQ_ERR_SUCCESS;
 }
