@@ -13,6 +13,7 @@ from typing import Literal, ParamSpec, TypeVar
 
 from quart import request
 
+from domain.actor import Actor
 from domain.keys import constant_time_equals
 from lockerd.http.context import ctx
 from lockerd.http.errors import ApiError
@@ -29,6 +30,13 @@ class Principal:
     @property
     def is_admin(self) -> bool:
         return self.role == "admin"
+
+    @property
+    def actor(self) -> Actor:
+        """Who this principal is in the events it causes (contract §5)."""
+        if self.user_id == BOOTSTRAP_ADMIN_ID:
+            return Actor.admin_token()
+        return Actor.user(self.user_id)
 
 
 def bearer_token() -> str | None:
