@@ -28,6 +28,7 @@ from lockerd.dashboard.hub import StatusHub
 from lockerd.metrics import Metrics
 from lockerd.telemetry.agents import AgentDirectory
 from lockerd.telemetry.pipeline import MetricsPipeline
+from lockerd.users.groups import GroupService
 from lockerd.users.sessions import SessionService
 from store.base import EventStore, Tables
 
@@ -46,6 +47,8 @@ class Service:
     registry: BankRegistry
     metrics: Metrics
     sessions: SessionService
+    #: groups of users (operator streams); their changes feed the live model
+    groups: GroupService
     agents: AgentDirectory
     pipeline: MetricsPipeline
     status_hub: StatusHub
