@@ -81,6 +81,7 @@ from lockerd.telemetry import routes as telemetry_routes
 from lockerd.telemetry import schema as telemetry_schema
 from lockerd.telemetry.agents import AgentDirectory
 from lockerd.telemetry.pipeline import MetricsPipeline
+from lockerd.telemetry.stream import PointStreams
 from lockerd.users import admin_routes as user_admin_routes
 from lockerd.users import app_routes as user_app_routes
 from lockerd.users import tables as user_tables
@@ -249,6 +250,8 @@ async def running_service(
             # nodes (the event feed). A reaction that must run once per event (a side effect)
             # must not: add it to BankServices.listeners below, where the bank's actor runs.
             listeners: list[StoredEventListener] = [directory.follow, live.follow]
+            pipeline = MetricsPipeline(store, agents, metrics, clock, next_seq=next_seq)
+            point_streams = PointStreams(pipeline, shutdown, metrics.registry)
             cluster: ClusterNode | None = None
             if clustered:
                 try:
@@ -265,6 +268,7 @@ async def running_service(
                                 known_banks=lambda: list(directory.banks),
                                 after_position=log_position,
                                 dropped=metrics.message_dropped,
+                                pipeline=pipeline,
                             )
                         )
                     )
@@ -298,7 +302,6 @@ async def running_service(
                     directory,
                     placement=None if cluster is None else cluster.ownership,
                 )
-                pipeline = MetricsPipeline(store, agents, metrics, clock, next_seq=next_seq)
                 gateway = Gateway(
                     mqtt,
                     registry,
@@ -331,6 +334,7 @@ async def running_service(
                     sessions=sessions,
                     agents=agents,
                     pipeline=pipeline,
+                    point_streams=point_streams,
                     status_hub=StatusHub(
                         fleet=fleet,
                         shutdown=shutdown,
@@ -360,6 +364,7 @@ async def running_service(
                 root.start_child("metrics-pipeline", pipeline.run)
                 root.start_child("live-presence", live.watch_presence)
                 root.start_child("long-polls", lambda: live.release_waiters_on(shutdown))
+                root.start_child("metric-streams", point_streams.end_on_shutdown)
                 if clustered:
                     # other nodes' logouts, password changes, disabled accounts
                     root.start_child("session-ends", sessions.follow_other_nodes)

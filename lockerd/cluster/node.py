@@ -46,10 +46,13 @@ from lockerd.cluster.link import (
     CHANNEL_EVENTS,
     CHANNEL_FLEET,
     CHANNEL_MEMBERS,
+    CHANNEL_POINTS,
     ClusterLink,
     LinkLost,
 )
+from lockerd.cluster.pointsync import PointSync
 from lockerd.cluster.shards import desired_shards, shard_of
+from lockerd.telemetry.pipeline import MetricsPipeline
 from store.base import EventStore
 
 log = structlog.get_logger("lockerd.cluster")
@@ -175,8 +178,11 @@ class ClusterNode:
         notes: trio.MemoryReceiveChannel[tuple[str, str]],
         known_banks: Callable[[], Sequence[str]],
         base_listeners: Sequence[StoredEventListener],
+        point_sync: PointSync | None = None,
     ) -> None:
         self.node_id = node_id
+        #: relays metric points between the nodes' live streams (None: no pipeline given)
+        self.point_sync = point_sync
         self.link = link
         self.ownership = ownership
         self.feed = feed
@@ -234,6 +240,8 @@ class ClusterNode:
             nursery.start_soon(self._notifications, runner)
             nursery.start_soon(self.feed.run)
             nursery.start_soon(self.fleet_sync.run)
+            if self.point_sync is not None:
+                nursery.start_soon(self.point_sync.run)
             nursery.start_soon(self.ownership.forward_tells, registry)
             await runner.balance_forever()
 
@@ -243,6 +251,9 @@ class ClusterNode:
                 self.feed.wake()
             elif channel == CHANNEL_FLEET:
                 self.fleet_sync.received(payload)
+            elif channel == CHANNEL_POINTS:
+                if self.point_sync is not None:
+                    self.point_sync.received(payload)
             elif channel == CHANNEL_MEMBERS:
                 runner.poke.set()
             elif channel == "lost":
@@ -417,6 +428,8 @@ class ClusterStart:
     #: the event log's end, read before the directory was loaded (the feed starts there)
     after_position: int
     dropped: Callable[[str | None, str], None] | None = None
+    #: the metrics pipeline, whose stored points are relayed to the other nodes' streams
+    pipeline: MetricsPipeline | None = None
 
 
 @asynccontextmanager
@@ -455,6 +468,15 @@ async def open_cluster(start: ClusterStart) -> AsyncIterator[ClusterNode]:
             await link.notify(CHANNEL_FLEET, payload)
 
         fleet_sync = FleetSync(start.node_id, start.fleet, ownership.is_local, send_fleet)
+
+        async def send_points(payload: str) -> None:
+            await link.notify(CHANNEL_POINTS, payload)
+
+        point_sync = (
+            None
+            if start.pipeline is None
+            else PointSync(start.node_id, start.pipeline, send_points)
+        )
         node = ClusterNode(
             start.node_id,
             link,
@@ -464,6 +486,7 @@ async def open_cluster(start: ClusterStart) -> AsyncIterator[ClusterNode]:
             notes_receive,
             start.known_banks,
             start.listeners,
+            point_sync,
         )
         feed_listeners.append(node.follow)
         await link.start()
