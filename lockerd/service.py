@@ -62,6 +62,7 @@ from lockerd.brokerauth.revocation import revocation_window_seconds
 from lockerd.cluster import routes as cluster_routes
 from lockerd.cluster.link import DuplicateNode, LinkLost
 from lockerd.cluster.node import (
+    CLUSTER_SETTLE_SECONDS,
     ClusterNode,
     ClusterStart,
     log_end,
@@ -386,6 +387,12 @@ async def running_service(
                 await nursery.start(serve_http, app, listener)
                 async with running(mqtt), trio.open_nursery() as edge:
                     Supervisor(edge, name="edge", escalate=True).start_child("gateway", gateway.run)
+                    if cluster is not None:
+                        # started means subscribed: registrations and metrics published from
+                        # now on are queued for this node's session (bounded: a node that
+                        # cannot take a share still starts, and keeps trying)
+                        with trio.move_on_after(CLUSTER_SETTLE_SECONDS):
+                            await cluster.settled()
                     log.info(
                         "lockerd_started",
                         http=service.http_url,
