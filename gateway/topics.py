@@ -24,15 +24,11 @@ SUBSCRIPTIONS: tuple[tuple[str, int], ...] = (
     ("metrics/#", 1),
 )
 
-#: With more than one node: registrations and metrics go to any one node (MQTT shared
-#: subscriptions), bank topics are subscribed per bank by the bank's owner, and every node
-#: watches ``server/status`` to put ``online`` back after another node's last will.
-SHARED_GROUP = "lockerd"
-CLUSTER_SUBSCRIPTIONS: tuple[tuple[str, int], ...] = (
-    (f"$share/{SHARED_GROUP}/locker/register/+", 1),
-    (f"$share/{SHARED_GROUP}/metrics/#", 1),
-    (SERVER_STATUS, 1),
-)
+#: With more than one node: bank topics are subscribed per bank by the bank's owner, and
+#: registrations and metrics by one node at a time (lockerd.cluster.node.FLEET_TOPICS); what
+#: every node subscribes to from the start is ``server/status``, to put ``online`` back after
+#: another node's last will.
+CLUSTER_SUBSCRIPTIONS: tuple[tuple[str, int], ...] = ((SERVER_STATUS, 1),)
 
 
 def is_uuid(text: str) -> bool:

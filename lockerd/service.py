@@ -62,6 +62,7 @@ from lockerd.brokerauth.revocation import revocation_window_seconds
 from lockerd.cluster import routes as cluster_routes
 from lockerd.cluster.link import DuplicateNode, LinkLost
 from lockerd.cluster.node import (
+    CLUSTER_SETTLE_SECONDS,
     ClusterNode,
     ClusterStart,
     log_end,
@@ -82,6 +83,7 @@ from lockerd.telemetry import routes as telemetry_routes
 from lockerd.telemetry import schema as telemetry_schema
 from lockerd.telemetry.agents import AgentDirectory
 from lockerd.telemetry.pipeline import MetricsPipeline
+from lockerd.telemetry.stream import PointStreams
 from lockerd.users import admin_routes as user_admin_routes
 from lockerd.users import app_routes as user_app_routes
 from lockerd.users import tables as user_tables
@@ -251,6 +253,8 @@ async def running_service(
             # nodes (the event feed). A reaction that must run once per event (a side effect)
             # must not: add it to BankServices.listeners below, where the bank's actor runs.
             listeners: list[StoredEventListener] = [directory.follow, live.follow]
+            pipeline = MetricsPipeline(store, agents, metrics, clock, next_seq=next_seq)
+            point_streams = PointStreams(pipeline, shutdown, metrics.registry)
             cluster: ClusterNode | None = None
             if clustered:
                 try:
@@ -267,6 +271,7 @@ async def running_service(
                                 known_banks=lambda: list(directory.banks),
                                 after_position=log_position,
                                 dropped=metrics.message_dropped,
+                                pipeline=pipeline,
                             )
                         )
                     )
@@ -300,7 +305,6 @@ async def running_service(
                     directory,
                     placement=None if cluster is None else cluster.ownership,
                 )
-                pipeline = MetricsPipeline(store, agents, metrics, clock, next_seq=next_seq)
                 gateway = Gateway(
                     mqtt,
                     registry,
@@ -333,6 +337,7 @@ async def running_service(
                     sessions=sessions,
                     agents=agents,
                     pipeline=pipeline,
+                    point_streams=point_streams,
                     status_hub=StatusHub(
                         fleet=fleet,
                         shutdown=shutdown,
@@ -362,6 +367,7 @@ async def running_service(
                 root.start_child("metrics-pipeline", pipeline.run)
                 root.start_child("live-presence", live.watch_presence)
                 root.start_child("long-polls", lambda: live.release_waiters_on(shutdown))
+                root.start_child("metric-streams", point_streams.end_on_shutdown)
                 if clustered:
                     # other nodes' logouts, password changes, disabled accounts
                     root.start_child("session-ends", sessions.follow_other_nodes)
@@ -383,6 +389,12 @@ async def running_service(
                 await nursery.start(serve_http, app, listener)
                 async with running(mqtt), trio.open_nursery() as edge:
                     Supervisor(edge, name="edge", escalate=True).start_child("gateway", gateway.run)
+                    if cluster is not None:
+                        # started means subscribed: registrations and metrics published from
+                        # now on are queued for this node's session (bounded: a node that
+                        # cannot take a share still starts, and keeps trying)
+                        with trio.move_on_after(CLUSTER_SETTLE_SECONDS):
+                            await cluster.settled()
                     log.info(
                         "lockerd_started",
                         http=service.http_url,

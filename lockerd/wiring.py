@@ -28,6 +28,7 @@ from lockerd.dashboard.hub import StatusHub
 from lockerd.metrics import Metrics
 from lockerd.telemetry.agents import AgentDirectory
 from lockerd.telemetry.pipeline import MetricsPipeline
+from lockerd.telemetry.stream import PointStreams
 from lockerd.users.sessions import SessionService
 from store.base import EventStore, Tables
 
@@ -48,6 +49,8 @@ class Service:
     sessions: SessionService
     agents: AgentDirectory
     pipeline: MetricsPipeline
+    #: the live metric streams (server-sent events) fed by the pipeline
+    point_streams: PointStreams
     status_hub: StatusHub
     app_streams: AppStreams
     broker_auth: BrokerAuth

@@ -42,6 +42,7 @@ __all__ = [
     "CHANNEL_EVENTS",
     "CHANNEL_FLEET",
     "CHANNEL_MEMBERS",
+    "CHANNEL_POINTS",
     "THREAD_NAME",
     "ClusterLink",
     "ClusterView",
@@ -56,6 +57,8 @@ THREAD_NAME: Final = "lockerd-cluster"
 CHANNEL_MEMBERS: Final = "lockerd_members"
 CHANNEL_EVENTS: Final = "lockerd_events"
 CHANNEL_FLEET: Final = "lockerd_fleet"
+#: metric points each node stored, for the live metric streams on the others
+CHANNEL_POINTS: Final = "lockerd_points"
 #: Seconds between heartbeats (the ``seen_at`` update that also proves the connection lives).
 HEARTBEAT_SECONDS: Final = 1.0
 #: Base of this node's lock key; shard locks use the shard number (0..SHARD_COUNT-1).
@@ -312,7 +315,7 @@ class ClusterLink:
                     " started_at = EXCLUDED.started_at, seen_at = EXCLUDED.seen_at",
                     (self.node_id, self.http_url, self.node_key, self.backend_pid),
                 )
-            for channel in (CHANNEL_MEMBERS, CHANNEL_EVENTS, CHANNEL_FLEET):
+            for channel in (CHANNEL_MEMBERS, CHANNEL_EVENTS, CHANNEL_FLEET, CHANNEL_POINTS):
                 conn.execute(cast(Any, f"LISTEN {channel}"))
             conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL_MEMBERS, f"joined {self.node_id}"))
         except BaseException:

@@ -14,6 +14,15 @@ second and at once when a node announces a change (NOTIFY), then:
   locks, subscribes to the banks' topics and starts their actors at once, so their pending
   commands time out and their presence is tracked here.
 
+The fleet-wide topics (registrations and metrics, :data:`FLEET_TOPICS`) are subscribed like a
+bank: by the node that holds :data:`FLEET_SHARD`, with a plain subscription. An MQTT shared
+subscription would spread them over the nodes, but Mosquitto (2.0) does not keep a shared
+subscription of a persistent session over a broker restart, so everything published before the
+node had subscribed again was lost; a plain subscription is restored with the session and the
+broker queues for it. In a handover both nodes are subscribed for :data:`LINGER_SECONDS`: a
+message published then reaches both (at least once: metric points carry a ``dedupe_id`` for
+that, a registration is answered twice under the lost-reply rule).
+
 When the cluster connection is lost, the node owns nothing from that moment: it stops every
 bank actor at once (another node may be given the shards as soon as the server has noticed)
 and then connects again and starts over. A graceful stop (:meth:`ClusterNode.leave`) stops the
@@ -46,10 +55,13 @@ from lockerd.cluster.link import (
     CHANNEL_EVENTS,
     CHANNEL_FLEET,
     CHANNEL_MEMBERS,
+    CHANNEL_POINTS,
     ClusterLink,
     LinkLost,
 )
+from lockerd.cluster.pointsync import PointSync
 from lockerd.cluster.shards import desired_shards, shard_of
+from lockerd.telemetry.pipeline import MetricsPipeline
 from store.base import EventStore
 
 log = structlog.get_logger("lockerd.cluster")
@@ -60,15 +72,34 @@ REBALANCE_SECONDS: Final = 1.0
 LINGER_SECONDS: Final = 3.0
 #: Seconds a leaving node waits for the others to hold its shards.
 HANDOVER_WAIT_SECONDS: Final = 3.0
+#: Seconds a starting service waits for its node's first share and subscriptions.
+CLUSTER_SETTLE_SECONDS: Final = 15.0
 #: Topic filters subscribed or unsubscribed in one MQTT packet.
 FILTERS_PER_PACKET: Final = 400
 #: Commands a stopped actor had queued that are not sent on (the new owner ticks by itself).
 NOT_FORWARDED = (c.Tick, c.MarkDispatched)
 
 
+#: The subscription key of the fleet-wide topics (never a bank id: those are UUIDs).
+FLEET_TOPICS: Final = "fleet"
+#: The shard whose holder subscribes to :data:`FLEET_TOPICS`.
+FLEET_SHARD: Final = 0
+#: The key of the shared subscriptions an earlier version kept in this session.
+_LEGACY_SHARED: Final = "legacy-shared"
+
+
 def bank_filters(bank_id: str) -> list[str]:
     """The inbound topics of one bank (``/status`` too: it may still be accepted)."""
     return [f"locker/{bank_id}/{leaf}" for leaf in ("state", "response", "event", "status")]
+
+
+def topic_filters(key: str) -> list[str]:
+    """The topic filters behind one subscription key: a bank id or :data:`FLEET_TOPICS`."""
+    if key == FLEET_TOPICS:
+        return ["locker/register/+", "metrics/#"]
+    if key == _LEGACY_SHARED:
+        return ["$share/lockerd/locker/register/+", "$share/lockerd/metrics/#"]
+    return bank_filters(key)
 
 
 class MqttSubscriber(Protocol):
@@ -80,12 +111,13 @@ class MqttSubscriber(Protocol):
 
 
 class BankSubscriptions:
-    """Keeps this node's per-bank MQTT subscriptions in line with the banks it owns.
+    """Keeps this node's MQTT subscriptions in line with the banks it owns.
 
-    A task of its own does the MQTT work, so that ownership changes never wait for the broker;
-    unwanted banks are unsubscribed only after their linger time. At start every known bank
-    counts as possibly subscribed (a persistent session keeps an earlier life's subscriptions)
-    and is unsubscribed unless owned.
+    Keys are bank ids and :data:`FLEET_TOPICS` (:func:`topic_filters`). A task of its own does
+    the MQTT work, so that ownership changes never wait for the broker; unwanted keys are
+    unsubscribed only after their linger time. At start every known key counts as possibly
+    subscribed (a persistent session keeps an earlier life's subscriptions) and is
+    unsubscribed unless owned.
     """
 
     def __init__(
@@ -99,11 +131,13 @@ class BankSubscriptions:
         self.wanted: set[str] = set()
         self.subscribed: set[str] = set()
         #: banks an earlier life of this session may still be subscribed to
-        self._stale = set(maybe_subscribed)
+        self._stale = set(maybe_subscribed) | {FLEET_TOPICS, _LEGACY_SHARED}
         self._stale_ready = trio.Event()
         self._linger_until: dict[str, float] = {}
         self._wake = trio.Event()
         self._progress = trio.Event()
+        #: set once the first share's subscriptions are in place (see :meth:`run`)
+        self.settled = trio.Event()
 
     def want(self, bank_ids: Sequence[str]) -> None:
         for bank_id in bank_ids:
@@ -132,7 +166,7 @@ class BankSubscriptions:
                 self._stale.clear()
                 for start in range(0, len(stale), FILTERS_PER_PACKET // 4):
                     chunk = stale[start : start + FILTERS_PER_PACKET // 4]
-                    await self._mqtt.unsubscribe([f for b in chunk for f in bank_filters(b)])
+                    await self._mqtt.unsubscribe([f for b in chunk for f in topic_filters(b)])
             now = trio.current_time()
             adding = sorted(self.wanted - self.subscribed)
             removing = sorted(
@@ -140,17 +174,19 @@ class BankSubscriptions:
             )
             for start in range(0, len(adding), FILTERS_PER_PACKET // 4):
                 chunk = adding[start : start + FILTERS_PER_PACKET // 4]
-                await self._mqtt.subscribe([(f, 1) for b in chunk for f in bank_filters(b)])
+                await self._mqtt.subscribe([(f, 1) for b in chunk for f in topic_filters(b)])
                 self.subscribed.update(chunk)
             if adding and self._on_subscribed is not None:
                 self._on_subscribed()
             for start in range(0, len(removing), FILTERS_PER_PACKET // 4):
                 chunk = removing[start : start + FILTERS_PER_PACKET // 4]
-                await self._mqtt.unsubscribe([f for b in chunk for f in bank_filters(b)])
+                await self._mqtt.unsubscribe([f for b in chunk for f in topic_filters(b)])
                 self.subscribed.difference_update(chunk)
                 for b in chunk:
                     self._linger_until.pop(b, None)
             pending = [t for b, t in self._linger_until.items() if b in self.subscribed]
+            if self._stale_ready.is_set():
+                self.settled.set()
             self._progress.set()
             self._progress = trio.Event()
             with trio.move_on_at(min(pending, default=now + 3600.0)):
@@ -175,8 +211,11 @@ class ClusterNode:
         notes: trio.MemoryReceiveChannel[tuple[str, str]],
         known_banks: Callable[[], Sequence[str]],
         base_listeners: Sequence[StoredEventListener],
+        point_sync: PointSync | None = None,
     ) -> None:
         self.node_id = node_id
+        #: relays metric points between the nodes' live streams (None: no pipeline given)
+        self.point_sync = point_sync
         self.link = link
         self.ownership = ownership
         self.feed = feed
@@ -185,11 +224,19 @@ class ClusterNode:
         #: the banks known to this node (the directory's ``banks``)
         self.known_banks = known_banks
         self._runner: _Runner | None = None
+        self._started = trio.Event()  # set once :meth:`run` has built its runner
         self._base_listeners = list(base_listeners)
 
     @property
     def token(self) -> str:
         return self.ownership.token
+
+    async def settled(self) -> None:
+        """Wait until the node has taken its first share and subscribed to its topics: from
+        then on, what devices and agents publish to this node's share is queued for it."""
+        await self._started.wait()
+        assert self._runner is not None
+        await self._runner.subscriptions.settled.wait()
 
     def follow(self, bank_id: str, events: Sequence[StoredEvent]) -> None:
         """A stored-event listener (local appends and the feed): a bank created in a shard
@@ -229,11 +276,14 @@ class ClusterNode:
         subscriptions = BankSubscriptions(mqtt, set(self.known_banks()), announce_online)
         runner = _Runner(self, registry, subscriptions)
         self._runner = runner
+        self._started.set()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(runner.subscriptions.run)
             nursery.start_soon(self._notifications, runner)
             nursery.start_soon(self.feed.run)
             nursery.start_soon(self.fleet_sync.run)
+            if self.point_sync is not None:
+                nursery.start_soon(self.point_sync.run)
             nursery.start_soon(self.ownership.forward_tells, registry)
             await runner.balance_forever()
 
@@ -243,6 +293,9 @@ class ClusterNode:
                 self.feed.wake()
             elif channel == CHANNEL_FLEET:
                 self.fleet_sync.received(payload)
+            elif channel == CHANNEL_POINTS:
+                if self.point_sync is not None:
+                    self.point_sync.received(payload)
             elif channel == CHANNEL_MEMBERS:
                 runner.poke.set()
             elif channel == "lost":
@@ -275,6 +328,11 @@ class _Runner:
 
     def banks_in(self, shards: set[int]) -> list[str]:
         return [b for b in self.node.known_banks() if shard_of(b) in shards]
+
+    def topics_of(self, shards: set[int]) -> list[str]:
+        """The subscription keys that come with ``shards``: their banks, and the fleet-wide
+        topics with :data:`FLEET_SHARD`."""
+        return self.banks_in(shards) + ([FLEET_TOPICS] if FLEET_SHARD in shards else [])
 
     async def balance_forever(self) -> None:
         failures = 0
@@ -328,7 +386,7 @@ class _Runner:
         banks = self.banks_in(shards)
         self.ownership.held |= shards
         self.ownership.update()
-        self.subscriptions.want(banks)
+        self.subscriptions.want(self.topics_of(shards))
         self.registry.start(banks)
         log.info("shards_acquired", node=self.node.node_id, shards=len(shards), banks=len(banks))
         with contextlib.suppress(LinkLost):
@@ -345,7 +403,7 @@ class _Runner:
             await self.node.link.unlock(sorted(shards))
             with contextlib.suppress(LinkLost):
                 await self.node.link.notify(CHANNEL_MEMBERS, f"released {self.node.node_id}")
-        self.subscriptions.unwant(banks, LINGER_SECONDS)
+        self.subscriptions.unwant(self.topics_of(shards), LINGER_SECONDS)
         self._forward(left)
         log.info("shards_released", node=self.node.node_id, shards=len(shards), banks=len(banks))
 
@@ -366,7 +424,7 @@ class _Runner:
             self.ownership.held.clear()
             self.ownership.update()
             left = await self.registry.stop(list(self.registry.entries))
-            self.subscriptions.unwant(self.banks_in(held), LINGER_SECONDS)
+            self.subscriptions.unwant(self.topics_of(held), LINGER_SECONDS)
             self._forward(left)
         self.poke.set()
 
@@ -375,7 +433,7 @@ class _Runner:
         self.poke.set()
         async with self._lock:
             held = set(self.ownership.held)
-            banks = self.banks_in(held)
+            keys = self.topics_of(held)
             self.ownership.held.clear()
             self.ownership.update()
             left = await self.registry.stop(list(self.registry.entries))
@@ -397,9 +455,9 @@ class _Runner:
                         break
                     await trio.sleep(0.05)
             if others:
-                self.subscriptions.unwant(banks, 0.0)
+                self.subscriptions.unwant(keys, 0.0)
                 with trio.move_on_after(2.0):
-                    await self.subscriptions.unsubscribed(banks)
+                    await self.subscriptions.unsubscribed(keys)
 
 
 @dataclass(frozen=True, slots=True)
@@ -417,6 +475,8 @@ class ClusterStart:
     #: the event log's end, read before the directory was loaded (the feed starts there)
     after_position: int
     dropped: Callable[[str | None, str], None] | None = None
+    #: the metrics pipeline, whose stored points are relayed to the other nodes' streams
+    pipeline: MetricsPipeline | None = None
 
 
 @asynccontextmanager
@@ -455,6 +515,15 @@ async def open_cluster(start: ClusterStart) -> AsyncIterator[ClusterNode]:
             await link.notify(CHANNEL_FLEET, payload)
 
         fleet_sync = FleetSync(start.node_id, start.fleet, ownership.is_local, send_fleet)
+
+        async def send_points(payload: str) -> None:
+            await link.notify(CHANNEL_POINTS, payload)
+
+        point_sync = (
+            None
+            if start.pipeline is None
+            else PointSync(start.node_id, start.pipeline, send_points)
+        )
         node = ClusterNode(
             start.node_id,
             link,
@@ -464,6 +533,7 @@ async def open_cluster(start: ClusterStart) -> AsyncIterator[ClusterNode]:
             notes_receive,
             start.known_banks,
             start.listeners,
+            point_sync,
         )
         feed_listeners.append(node.follow)
         await link.start()

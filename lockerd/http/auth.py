@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import wraps
-from typing import Literal, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Literal, ParamSpec, TypeVar
 
 from quart import request
 
@@ -17,6 +17,9 @@ from domain.actor import Actor
 from domain.keys import constant_time_equals
 from lockerd.http.context import ctx
 from lockerd.http.errors import ApiError
+
+if TYPE_CHECKING:
+    from lockerd.wiring import Service
 
 Role = Literal["user", "admin"]
 BOOTSTRAP_ADMIN_ID = "admin"
@@ -47,12 +50,15 @@ def bearer_token() -> str | None:
     return token.strip()
 
 
-async def authenticate(token: str | None) -> Principal | None:
+async def authenticate(token: str | None, service: Service | None = None) -> Principal | None:
+    """Who ``token`` is. ``service`` is given where no request context exists (a streamed
+    response body checking its token again)."""
     if token is None:
         return None
-    if constant_time_equals(token, ctx().settings.admin_token):
+    service = ctx() if service is None else service
+    if constant_time_equals(token, service.settings.admin_token):
         return Principal(BOOTSTRAP_ADMIN_ID, "admin")
-    return await ctx().sessions.resolve(token)
+    return await service.sessions.resolve(token)
 
 
 async def require_user() -> Principal:

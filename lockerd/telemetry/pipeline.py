@@ -146,6 +146,8 @@ class PipelineStats:
 class _Subscriber:
     tenant_id: str | None
     send: trio.MemorySendChannel[MetricPoint]
+    #: also points stored by other nodes (:meth:`MetricsPipeline.publish_remote`)
+    remote: bool = True
 
 
 class MetricsPipeline:
@@ -308,27 +310,36 @@ class MetricsPipeline:
     # ---------------------------------------------------------------- subscribers
 
     def subscribe(
-        self, tenant_id: str | None = None, buffer: int | None = None
+        self, tenant_id: str | None = None, buffer: int | None = None, *, remote: bool = True
     ) -> trio.MemoryReceiveChannel[MetricPoint]:
         """Stored points from now on (of one tenant, or all). Close the channel when done.
 
         The buffer is bounded; a subscriber that falls behind by more than ``buffer`` points
         is dropped: its channel ends (``EndOfChannel``) and it may subscribe again.
+        ``remote=False``: only the points this node stored (the cluster's relay, which sends
+        them to the other nodes, must not send theirs back).
         """
         size = self.subscriber_buffer if buffer is None else buffer
         send, receive = trio.open_memory_channel[MetricPoint](size)
-        self._subscribers.append(_Subscriber(tenant_id, send))
+        self._subscribers.append(_Subscriber(tenant_id, send, remote))
         return receive
+
+    def publish_remote(self, points: list[MetricPoint]) -> None:
+        """Points another node stored (the cluster relay): to the subscribers that want them."""
+        self._publish(points, remote=True)
 
     @property
     def subscriber_count(self) -> int:
         return len(self._subscribers)
 
-    def _publish(self, points: list[MetricPoint]) -> None:
+    def _publish(self, points: list[MetricPoint], *, remote: bool = False) -> None:
         if not self._subscribers or not points:
             return
         keep: list[_Subscriber] = []
         for subscriber in self._subscribers:
+            if remote and not subscriber.remote:
+                keep.append(subscriber)
+                continue
             alive = True
             for point in points:
                 if subscriber.tenant_id is not None and point.tenant_id != subscriber.tenant_id:

@@ -7,6 +7,10 @@ Admin (bearer token with the admin role; the role is checked before anything els
 * ``POST /api/admin/tenants/{id}/agents`` ``{"name"}`` -> 201
   ``{"agent_id","mqtt_user","mqtt_password"}`` (404 unknown tenant)
 * ``GET /api/admin/tenants/{id}/metrics?agent_id=&metric=&since=&limit=&format=csv``
+* ``GET /api/admin/tenants/{id}/metrics/stream`` -> ``text/event-stream``: every point stored
+  from now on (both ingestion paths, every node), one ``data:`` line each
+  (:mod:`lockerd.telemetry.stream`). The admin token may also come as ``?token=``, because a
+  browser's ``EventSource`` cannot set headers.
 
 Agents (HTTP Basic with the agent's ``mqtt_user``/``mqtt_password``):
 
@@ -28,7 +32,7 @@ import msgspec
 from quart import Blueprint, Response, request
 from quart_schema import document_querystring, document_request
 
-from lockerd.http.auth import require_admin
+from lockerd.http.auth import authenticate, bearer_token, require_admin
 from lockerd.http.context import ctx
 from lockerd.http.errors import ApiError, error_response
 from lockerd.http.ids import parse_id
@@ -117,6 +121,30 @@ class IngestOut(msgspec.Struct):
 
     status: Literal["stored", "duplicate"]
 
+
+class StreamQuery(msgspec.Struct):
+    """The query string of the live metric stream (documentation only)."""
+
+    token: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                description="the admin token, for clients that cannot send an Authorization"
+                " header (a browser's EventSource); the header wins when both are given"
+            ),
+        ]
+        | msgspec.UnsetType
+    ) = msgspec.UNSET
+
+
+POINT_STREAM: Final = ResponseSpec(
+    "Server-sent events: `retry: 3000` and `: subscribed` first, then one"
+    ' `data: {"agent_id","metric","value","timestamp"}` per point stored from then on (either'
+    " ingestion path, any node); a `: keep-alive` comment after 15 s without a point; a last"
+    " `event: dropped` when the client fell more than 1000 points behind (the stream ends; an"
+    " EventSource reconnects by itself). The stream ends when lockerd stops or the token ends.",
+    {"text/event-stream": None},
+)
 
 POINTS: Final = ResponseSpec(
     "The points, oldest first: JSON, or CSV (header agent_id,metric,value,timestamp) with"
@@ -235,6 +263,37 @@ async def query_metrics(tenant_id: str) -> Any:
     if fmt == "csv":
         return Response(to_csv(rows), content_type="text/csv; charset=utf-8")
     return [row.as_json() for row in rows]
+
+
+@blueprint.get("/api/admin/tenants/<tenant_id>/metrics/stream")
+@documented(
+    (POINT_STREAM, 200),
+    (401, "No token, or a bad one (header or ?token=)."),
+    403,
+    (404, "No such tenant."),
+)
+@document_querystring(StreamQuery)
+async def stream_metrics(tenant_id: str) -> Response:
+    """A tenant's metric points, live, as server-sent events."""
+    token = bearer_token() or request.args.get("token") or None
+    principal = await authenticate(token)
+    if principal is None:
+        raise ApiError(401, "missing or invalid token (Authorization header or ?token=)")
+    if not principal.is_admin:
+        raise ApiError(403, "this route needs the admin role")
+    tenant_id = known_tenant(tenant_id)
+    service = ctx()  # the body runs after the request context has gone
+
+    async def still_allowed() -> bool:
+        now = await authenticate(token, service)
+        return now is not None and now.is_admin
+
+    body = service.point_streams.events(tenant_id, still_allowed)
+    response = Response(body, content_type="text/event-stream; charset=utf-8")
+    response.timeout = None  # a stream has no end; Quart's 60 s response timeout must not apply
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Accel-Buffering"] = "no"  # proxies must not buffer the events
+    return response
 
 
 # -------------------------------------------------------------------- agents: ingest

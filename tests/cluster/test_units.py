@@ -27,7 +27,7 @@ from domain.records import NewEvent, StoredEvent
 from domain.state import BankState, Transaction
 from lockerd.cluster.feed import EventFeed
 from lockerd.cluster.fleetsync import MAX_PAYLOAD, FleetSync, apply_status, encode_batches
-from lockerd.cluster.node import BankSubscriptions, bank_filters
+from lockerd.cluster.node import FLEET_TOPICS, BankSubscriptions, bank_filters, topic_filters
 from lockerd.cluster.shards import SHARD_COUNT, desired_owner, desired_shards, shard_of
 from lockerd.cluster.wire import (
     WireError,
@@ -410,7 +410,12 @@ async def test_bank_subscriptions_follow_ownership_with_a_linger_and_no_start_up
         # an earlier life's subscriptions go only after the first share, and only unwanted ones
         subscriptions.first_share_taken()
         await trio.testing.wait_all_tasks_blocked()
-        assert mqtt.calls[-1] == ("unsubscribe", frozenset(bank_filters("gone")))
+        # the fleet topics and an earlier version's shared subscriptions count as stale too
+        stale = bank_filters("gone") + topic_filters(FLEET_TOPICS) + [
+            "$share/lockerd/locker/register/+",
+            "$share/lockerd/metrics/#",
+        ]
+        assert mqtt.calls[-1] == ("unsubscribe", frozenset(stale))
         # a released bank keeps its topics for the linger time, then loses them
         released_at = trio.current_time()
         subscriptions.unwant(["new"], 3.0)
@@ -420,6 +425,30 @@ async def test_bank_subscriptions_follow_ownership_with_a_linger_and_no_start_up
         assert trio.current_time() - released_at >= 3.0
         assert mqtt.calls[-1] == ("unsubscribe", frozenset(bank_filters("new")))
         assert subscriptions.subscribed == {"kept"}
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_fleet_topics_are_plain_subscriptions_kept_like_a_bank(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # plain, not $share/…: Mosquitto keeps a plain subscription of a persistent session over a
+    # broker restart and queues for it, a shared one it forgets
+    assert topic_filters(FLEET_TOPICS) == ["locker/register/+", "metrics/#"]
+    mqtt = FakeMqtt()
+    subscriptions = BankSubscriptions(mqtt, set())
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(subscriptions.run)
+        subscriptions.want([FLEET_TOPICS])
+        subscriptions.first_share_taken()
+        await trio.testing.wait_all_tasks_blocked()
+        assert ("subscribe", frozenset(topic_filters(FLEET_TOPICS))) in mqtt.calls
+        # wanted, so never unsubscribed as stale
+        assert all(
+            "metrics/#" not in filters for kind, filters in mqtt.calls if kind == "unsubscribe"
+        )
+        subscriptions.unwant([FLEET_TOPICS], 3.0)
+        await subscriptions.unsubscribed([FLEET_TOPICS])
+        assert mqtt.calls[-1] == ("unsubscribe", frozenset(topic_filters(FLEET_TOPICS)))
         nursery.cancel_scope.cancel()
 
 
@@ -434,11 +463,7 @@ async def test_a_clustered_gateway_answers_offline_on_server_status_with_online(
     router = make_router()
     gateway = router.gateway
     gateway.keep_server_online = True
-    assert dict(topics.CLUSTER_SUBSCRIPTIONS) == {
-        "$share/lockerd/locker/register/+": 1,
-        "$share/lockerd/metrics/#": 1,
-        "server/status": 1,
-    }
+    assert dict(topics.CLUSTER_SUBSCRIPTIONS) == {"server/status": 1}
     await gateway.route(InboundMessage("server/status", b'{"status":"online"}', 1, True))
     assert not gateway._online_wanted.is_set()  # our own announcement (or a peer's): nothing
     await gateway.route(InboundMessage("server/status", b'{"status":"offline"}', 1, False))
