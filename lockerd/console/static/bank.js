@@ -30,6 +30,7 @@ export function bankView(container, bankId) {
   let bank = null;
   let grantsFor = null; // compartment id whose grants are shown
   let historyKey = null;
+  let compartmentsKey = null;
   let stopped = false;
 
   const title = h("h2#bank-title", { text: "Locker bank" });
@@ -94,14 +95,21 @@ export function bankView(container, bankId) {
     facts.replaceChildren(...entries.flatMap(([term, value]) => [h("dt", { text: term }), h("dd", {}, value)]));
     facts.dataset.presence = presence;
 
-    bankActions.replaceChildren(
-      button("Edit", editBank, { name: "edit-bank", kind: "quiet" }),
-      button("Apply config", applyConfig, { name: "apply-config" }),
-      button("New provisioning token", newToken, { name: "provisioning-token" }),
-      button("Restart actor", restart, { name: "restart" }),
-      button("Decommission", decommission, { name: "decommission", kind: "danger" }),
-    );
-    renderCompartments();
+    if (!bankActions.children.length) {
+      bankActions.append(
+        button("Edit", editBank, { name: "edit-bank", kind: "quiet" }),
+        button("Apply config", applyConfig, { name: "apply-config" }),
+        button("New provisioning token", newToken, { name: "provisioning-token" }),
+        button("Restart actor", restart, { name: "restart" }),
+        button("Decommission", decommission, { name: "decommission", kind: "danger" }),
+      );
+    }
+    // Rebuilt only when what it shows changed (heartbeats arrive often; buttons keep focus).
+    const key = JSON.stringify([bank.compartments, status().doors]);
+    if (key !== compartmentsKey) {
+      compartmentsKey = key;
+      renderCompartments();
+    }
   }
 
   const COLUMNS = [

@@ -279,9 +279,14 @@ class Console:
         """Click an action, check it asks first, fill the dialog's fields, confirm (or cancel);
         return the result line's kind (``ok``, ``error``, ``info``) and text."""
         before = self.flash_seq()
-        element = visible(self.driver, trigger) if isinstance(trigger, str) else trigger
-        self.driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", element)
-        element.click()
+
+        def click(d: WebDriver) -> bool:
+            element = visible(d, trigger) if isinstance(trigger, str) else trigger
+            d.execute_script("arguments[0].scrollIntoView({block: 'center'})", element)
+            element.click()
+            return True
+
+        wait_for(self.driver, click, f"{trigger} to be clicked")
         dialog = visible(self.driver, "dialog#confirm")
         assert dialog.get_attribute("open") is not None
         for name, value in (fields or {}).items():

@@ -312,24 +312,42 @@ def test_tenant_and_agent_then_a_metrics_chart(world: World) -> None:
     assert kind == "ok", text
     user = text.split("MQTT user ", 1)[1].split(",", 1)[0]
     password = text.split("password ", 1)[1]
-    for value in (12.5, 14.0, 13.25):
-        response = world.backend.http.post(
-            "/api/metrics", json={"metric": "temperature", "value": value}, auth=(user, password)
-        )
-        assert response.status_code == 202, response.text
-    world.console.go("/fleet")
-    world.console.go(f"/metrics?tenant={tenant_id}")
     wait_for(
         driver,
-        lambda d: (
-            [
-                c.get_attribute("data-points")
-                for c in d.find_elements(By.CSS_SELECTOR, "#charts .chart")
-            ]
-            == ["3"]
-        ),
-        "a chart of three points",
+        lambda d: d.find_element(By.ID, "stream-status").get_attribute("data-state") == "live",
+        "the live stream",
     )
+
+    def points(d: WebDriver) -> dict[str, str]:
+        return {
+            c.get_attribute("data-metric") or "": c.get_attribute("data-points") or ""
+            for c in d.find_elements(By.CSS_SELECTOR, "#charts .chart")
+        }
+
+    # points arrive live (the stream), one chart per agent and metric
+    start = datetime.now(UTC) - timedelta(minutes=5)
+    readings = [
+        ("temperature", 12.5),
+        ("humidity", 61.0),
+        ("temperature", 14.0),
+        ("humidity", 64.5),
+        ("temperature", 13.25),
+    ]
+    for n, (metric, value) in enumerate(readings):
+        stamp = (start + timedelta(seconds=30 * n)).isoformat().replace("+00:00", "Z")
+        response = world.backend.http.post(
+            "/api/metrics",
+            json={"metric": metric, "value": value, "timestamp": stamp},
+            auth=(user, password),
+        )
+        assert response.status_code == 202, response.text
+    wait_for(driver, lambda d: points(d) == {"temperature": "3", "humidity": "2"}, "live charts")
+    last = driver.find_element(By.CSS_SELECTOR, '#charts .chart[data-metric="temperature"]')
+    assert last.get_attribute("data-last") == "13.25"
+    # opened again later, the charts start from the stored points
+    world.console.go("/fleet")
+    world.console.go(f"/metrics?tenant={tenant_id}")
+    wait_for(driver, lambda d: points(d) == {"temperature": "3", "humidity": "2"}, "stored points")
     screenshot(driver, "metrics.png")
 
 
