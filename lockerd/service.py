@@ -70,6 +70,7 @@ from lockerd.cluster.node import (
     take_startup_turn,
 )
 from lockerd.config import Settings
+from lockerd.console import routes as console_routes
 from lockerd.dashboard import routes as dashboard_routes
 from lockerd.dashboard.hub import StatusHub, dashboard_metrics
 from lockerd.http import ops
@@ -114,6 +115,7 @@ BLUEPRINTS = (
     telemetry_routes.blueprint,
     brokerauth_routes.blueprint,
     dashboard_routes.blueprint,
+    console_routes.blueprint,
     appstream_routes.blueprint,
     cluster_routes.blueprint,
     audit_routes.blueprint,

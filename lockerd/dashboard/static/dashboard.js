@@ -476,7 +476,7 @@
         const { type, ...data } = alert;
         const name = document.createElement("strong");
         name.textContent = type;
-        item.append(name, document.createTextNode(` ${summarise(data)}`));
+        item.append(name, " ", detailChips(data));
         return item;
       }),
     );
@@ -505,11 +505,39 @@
     return item;
   }
 
-  function summarise(data) {
-    return Object.entries(data)
-      .filter(([, value]) => value !== null && value !== undefined && value !== "")
-      .map(([key, value]) => `${key}=${typeof value === "object" ? JSON.stringify(value) : value}`)
-      .join(", ");
+  // An event's data as key/value chips (readable; a long value is cut short, in full on hover).
+  function chipValue(value) {
+    if (Array.isArray(value) && value.every((item) => typeof item !== "object")) return value.join(", ");
+    if (Array.isArray(value)) return `${value.length} item${value.length === 1 ? "" : "s"}`;
+    if (value && typeof value === "object") {
+      if (value.kind === "admin_token") return "admin token";
+      if (value.kind === "user") return `user ${value.id}`;
+      return JSON.stringify(value);
+    }
+    if (typeof value === "boolean") return value ? "yes" : "no";
+    return String(value);
+  }
+
+  function detailChips(data) {
+    const list = document.createElement("ul");
+    list.className = "kvs";
+    for (const [key, value] of Object.entries(data)) {
+      if (value === null || value === undefined || value === "") continue;
+      const item = document.createElement("li");
+      item.className = "kv";
+      item.dataset.key = key;
+      const name = document.createElement("span");
+      name.className = "k";
+      name.textContent = key.replaceAll("_", " ");
+      const text = document.createElement("span");
+      text.className = "v";
+      text.textContent = chipValue(value);
+      text.title = typeof value === "object" ? JSON.stringify(value) : String(value);
+      item.append(name, text);
+      list.append(item);
+    }
+    if (!list.children.length) list.textContent = "–";
+    return list;
   }
 
   const MOMENT = new Intl.DateTimeFormat(undefined, {
@@ -567,7 +595,7 @@
         what.append(type, time);
         const details = document.createElement("td");
         details.className = "event-data";
-        details.textContent = summarise(event.data || {});
+        details.append(detailChips(event.data || {}));
         row.append(position, what, details);
         return row;
       }),

@@ -249,6 +249,16 @@ async def test_dashboard_follows_a_bank_online_and_offline(
                 "the event history",
             )
         )
+        # details are key/value chips, each on one line: never raw text wrapping mid-token
+        chips = await in_thread(
+            lambda: browser.execute_script(
+                "return [...document.querySelectorAll('#history .kv')].map((e) => "
+                "[e.textContent, e.getClientRects().length])"
+            )
+        )
+        assert chips, "the history shows no details"
+        assert all(rects == 1 for _, rects in chips), chips
+        assert any(text.startswith("name") for text, _ in chips), chips
 
         # heartbeats have stopped: three intervals later the bank is offline, the history
         # reloads by itself, and "last seen" keeps counting up every second

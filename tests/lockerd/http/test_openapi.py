@@ -48,6 +48,7 @@ CONTRACT_ROUTES = [
     ("post", "/api/metrics"),
     ("get", "/api/admin/tenants/{tenant_id}/metrics"),
     ("get", "/dashboard"),
+    ("get", "/console"),
     ("get", "/metrics"),
 ]
 
@@ -244,6 +245,9 @@ async def test_real_answers_are_what_the_document_says(
         await ask("GET", "/dashboard")
         await ask("GET", "/dashboard/dashboard.js")
         await ask("GET", "/dashboard/nothing.js")
+        await ask("GET", "/console")
+        await ask("GET", "/console/app.js")
+        await ask("GET", "/console/nothing.js")
 
         body = {"name": "B", "compartments": [{"number": 1, "slave_id": 1, "address": 0}]}
         assert (await ask("POST", "/api/admin/locker-banks", json=body)).status_code == 401

@@ -1,0 +1,368 @@
+"""The operators' console (``GET /console``) end to end: a real lockerd, a real Mosquitto,
+simulated devices that answer commands, and headless Chromium driving the page.
+
+One service and one browser serve the whole module (see harness.py); each test sets up what it
+needs and performs one action through the page: it clicks, checks that the console asks first,
+confirms, and reads the result line. Every operator action is remembered with the time window
+it happened in and who did it, and the last test finds each of them, with its actor, in
+``GET /api/admin/audit``. Screenshots go to test-artifacts/console/.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+
+from tests.lockerd.console.harness import (
+    DESKTOP,
+    PHONE,
+    Backend,
+    Console,
+    chromium,
+    screenshot,
+    text_of,
+    visible,
+    wait_for,
+)
+from tests.support.service import ADMIN_TOKEN
+
+OPERATOR_EMAIL = "operator@example.org"
+OPERATOR_PASSWORD = "operator-password-1"
+# Chromium logs every non-2xx fetch as SEVERE; the console shows those answers on purpose
+EXPECTED_LOGS = ("Failed to load resource",)
+
+
+@dataclass
+class Performed:
+    """An operator action the browser performed: who, and when (for the audit check)."""
+
+    what: str
+    actor: dict[str, str]
+    since: datetime
+    until: datetime
+    bank_id: str | None = None
+
+
+@dataclass
+class World:
+    backend: Backend
+    console: Console
+    operator_id: str
+    bank: dict[str, Any]  # online: a simulated device answers
+    offline_bank: dict[str, Any]  # no device
+    performed: list[Performed] = field(default_factory=list)
+
+    @property
+    def operator(self) -> dict[str, str]:
+        return {"kind": "user", "id": self.operator_id}
+
+    def act(
+        self,
+        what: str,
+        trigger: Any,
+        fields: dict[str, str | int] | None = None,
+        *,
+        bank_id: str | None = None,
+        actor: dict[str, str] | None = None,
+    ) -> tuple[str, str]:
+        """Perform an action through the page and remember it for the audit check."""
+        since = datetime.now(UTC) - timedelta(milliseconds=5)
+        kind, text = self.console.act(trigger, fields)
+        until = datetime.now(UTC) + timedelta(milliseconds=5)
+        if kind == "ok":
+            self.performed.append(Performed(what, actor or self.operator, since, until, bank_id))
+        return kind, text
+
+
+@pytest.fixture(scope="module")
+def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
+    running = Backend(tmp_path_factory.mktemp("console-backend"))
+    try:
+        yield running
+    finally:
+        running.close()
+
+
+@pytest.fixture(scope="module")
+def driver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
+    with chromium(tmp_path_factory.mktemp("chromium") / "profile") as browser:
+        yield browser
+
+
+@pytest.fixture(scope="module")
+def world(backend: Backend, driver: WebDriver) -> World:
+    operator_id = backend.create_user(
+        OPERATOR_EMAIL, OPERATOR_PASSWORD, role="admin", name="Olga Operator"
+    )
+    bank = backend.create_bank(
+        "Central Station", 3, location="Hall B", heartbeat_interval_seconds=2
+    )
+    offline = backend.create_bank("Harbour", 2, location="Pier 4")
+    backend.start_device(bank["id"])
+    console = Console(driver, backend.base_url)
+    console.load()
+    console.sign_in_with_password(OPERATOR_EMAIL, OPERATOR_PASSWORD)
+    console.signed_in()
+    console.live()
+    return World(backend, console, operator_id, bank, offline)
+
+
+def bank_row(driver: WebDriver, bank_id: str) -> Any:
+    return driver.find_element(By.CSS_SELECTOR, f'#fleet-table tr[data-bank-id="{bank_id}"]')
+
+
+def compartment_button(driver: WebDriver, compartment_id: str, action: str) -> Any:
+    return visible(
+        driver,
+        f'#compartment-table tr[data-compartment-id="{compartment_id}"] [data-action="{action}"]',
+    )
+
+
+def open_bank(world: World, bank_id: str) -> None:
+    world.console.go(f"/banks/{bank_id}")
+    text_of(world.console.driver, "#history-status", "events")
+
+
+def history_types(driver: WebDriver) -> list[str]:
+    return [
+        row.get_attribute("data-type") or ""
+        for row in driver.find_elements(By.CSS_SELECTOR, "#history-table tbody tr")
+    ]
+
+
+# ---- signing in and out ----------------------------------------------------------------------
+
+
+def test_sign_in_refuses_wrong_passwords_non_admins_and_bad_tokens(
+    backend: Backend, driver: WebDriver
+) -> None:
+    backend.create_user("citizen@example.org", "citizen-password", role="user")
+    console = Console(driver, backend.base_url)
+    console.load()
+    if driver.find_elements(By.CSS_SELECTOR, "#sign-out:not([hidden])"):
+        driver.find_element(By.ID, "sign-out").click()
+    console.sign_in_with_password(OPERATOR_EMAIL, "wrong password")
+    text_of(driver, "#login-error", "Wrong email or password")
+    console.sign_in_with_password("citizen@example.org", "citizen-password")
+    text_of(driver, "#login-error", "not an administrator")
+    console.sign_in_with_token("not-the-token")
+    text_of(driver, "#login-error", "not accepted")
+    screenshot(driver, "sign-in.png")
+    assert driver.execute_script("return sessionStorage.length") == 0
+
+
+def test_sign_in_with_the_token_then_sign_out_and_in_with_a_password(world: World) -> None:
+    console, driver = world.console, world.console.driver
+    driver.find_element(By.ID, "sign-out").click()
+    text_of(driver, "#login-error", "Signed out")
+    assert driver.execute_script("return sessionStorage.getItem('lockerd.console.token')") is None
+    console.sign_in_with_token(ADMIN_TOKEN)
+    assert "admin token" in console.signed_in()
+    assert (
+        driver.execute_script("return sessionStorage.getItem('lockerd.console.token')")
+        == ADMIN_TOKEN
+    )
+    console.live()
+    driver.find_element(By.ID, "sign-out").click()
+    console.sign_in_with_password(OPERATOR_EMAIL, OPERATOR_PASSWORD)
+    assert OPERATOR_EMAIL in console.signed_in()
+    console.live()
+
+
+# ---- the fleet -------------------------------------------------------------------------------
+
+
+def test_the_fleet_is_live(world: World) -> None:
+    console, driver = world.console, world.console.driver
+    console.go("/fleet")
+    wait_for(
+        driver,
+        lambda d: bank_row(d, world.bank["id"]).get_attribute("data-presence") == "online",
+        "the bank with a device online",
+    )
+    text_of(driver, "#summary", "online")
+    assert bank_row(driver, world.offline_bank["id"]).get_attribute("data-presence") == "unknown"
+    screenshot(driver, "fleet.png")
+
+
+def test_create_a_bank(world: World) -> None:
+    driver = world.console.driver
+    world.console.go("/fleet")
+    kind, text = world.act(
+        "create bank",
+        "#new-bank",
+        {"name": "Old Town", "location": "Market square", "compartments": 4},
+    )
+    assert kind == "ok", text
+    assert "provisioning token" in text
+    text_of(driver, "#bank-title", "Old Town")
+    wait_for(
+        driver,
+        lambda d: len(d.find_elements(By.CSS_SELECTOR, "#compartment-table tbody tr")) == 4,
+        "4 compartments",
+    )
+
+
+# ---- a bank's page ---------------------------------------------------------------------------
+
+
+def test_a_banks_page_shows_compartments_and_a_readable_history(world: World) -> None:
+    driver = world.console.driver
+    open_bank(world, world.bank["id"])
+    text_of(driver, "#bank-facts", "online", "Hall B")
+    assert len(driver.find_elements(By.CSS_SELECTOR, "#compartment-table tbody tr")) == 3
+    wait_for(driver, lambda d: "LockerBankCameOnline" in history_types(d), "the online event")
+    assert "LockerBankCreated" in history_types(driver)
+    # details are key/value chips: none breaks across lines, at desktop or phone width
+    for size in (DESKTOP, PHONE):
+        driver.set_window_size(*size)
+        heights = driver.execute_script(
+            "return [...document.querySelectorAll('#history-table .kv')].map((e) => "
+            "[e.getClientRects().length, e.getBoundingClientRect().height, "
+            "parseFloat(getComputedStyle(e).lineHeight) || 20])"
+        )
+        assert heights, "no details shown"
+        assert all(rects == 1 and height < 2 * line for rects, height, line in heights), heights
+    screenshot(driver, "bank-phone.png")
+    driver.set_window_size(*DESKTOP)
+    screenshot(driver, "bank.png")
+
+
+def test_cancelling_an_action_changes_nothing(world: World) -> None:
+    driver = world.console.driver
+    open_bank(world, world.bank["id"])
+    before = len(history_types(driver))
+    kind, text = world.console.act('[data-action="apply-config"]', cancel=True)
+    assert (kind, text) == ("info", "Apply configuration: cancelled.")
+    events = world.backend.admin("GET", f"/api/admin/locker-banks/{world.bank['id']}/events")
+    assert len(events) == before
+
+
+def test_apply_config(world: World) -> None:
+    driver = world.console.driver
+    open_bank(world, world.bank["id"])
+    kind, text = world.act("apply config", '[data-action="apply-config"]', bank_id=world.bank["id"])
+    assert kind == "ok", text
+    assert "Configuration sent; transaction" in text
+    transaction = text.rsplit(" ", 1)[-1].rstrip(".")
+    answer = world.backend.admin("GET", f"/api/transactions/{transaction}?wait=30")
+    assert answer["status"] == "success"
+    wait_for(
+        driver,
+        lambda d: (
+            "ConfigApplied" in " ".join(history_types(d))
+            or "CommandSucceeded" in " ".join(history_types(d))
+        ),
+        "the applied configuration",
+    )
+
+
+def test_new_provisioning_token(world: World) -> None:
+    open_bank(world, world.offline_bank["id"])
+    kind, text = world.act(
+        "provisioning token",
+        '[data-action="provisioning-token"]',
+        bank_id=world.offline_bank["id"],
+    )
+    assert kind == "ok", text
+    token = text.removeprefix("New provisioning token: ")
+    assert token and token != world.offline_bank["provisioning_token"]
+    screenshot(world.console.driver, "provisioning-token.png")
+
+
+# ---- people ----------------------------------------------------------------------------------
+
+
+def test_create_a_user_and_see_the_servers_refusal_of_a_second_one(world: World) -> None:
+    world.console.go("/people")
+    fields: dict[str, str | int] = {
+        "email": "alice@example.org",
+        "name": "Alice",
+        "password": "alice-password-1",
+    }
+    kind, text = world.act("create user", '[data-action="new-user"]', fields)
+    assert kind == "ok", text
+    assert "User alice@example.org created" in text
+    kind, text = world.console.act('[data-action="new-user"]', fields)
+    assert kind == "error"
+    assert "New user failed:" in text and "HTTP 409" in text
+
+
+# ---- metrics ---------------------------------------------------------------------------------
+
+
+def test_tenant_and_agent_then_a_metrics_chart(world: World) -> None:
+    driver = world.console.driver
+    world.console.go("/metrics")
+    kind, text = world.act("create tenant", '[data-action="new-tenant"]', {"name": "Parks"})
+    assert kind == "ok", text
+    tenant_id = text.rsplit("id ", 1)[1].rstrip(").")
+    wait_for(
+        driver,
+        lambda d: d.find_element(By.ID, "tenant").get_attribute("value") == tenant_id,
+        "the tenant chosen",
+    )
+    kind, text = world.act("create agent", '[data-action="new-agent"]', {"name": "weather"})
+    assert kind == "ok", text
+    user = text.split("MQTT user ", 1)[1].split(",", 1)[0]
+    password = text.split("password ", 1)[1]
+    wait_for(
+        driver,
+        lambda d: d.find_element(By.ID, "stream-status").get_attribute("data-state") == "live",
+        "the live stream",
+    )
+
+    def points(d: WebDriver) -> dict[str, str]:
+        return {
+            c.get_attribute("data-metric") or "": c.get_attribute("data-points") or ""
+            for c in d.find_elements(By.CSS_SELECTOR, "#charts .chart")
+        }
+
+    # points arrive live (the stream), one chart per agent and metric
+    start = datetime.now(UTC) - timedelta(minutes=5)
+    readings = [
+        ("temperature", 12.5),
+        ("humidity", 61.0),
+        ("temperature", 14.0),
+        ("humidity", 64.5),
+        ("temperature", 13.25),
+    ]
+    for n, (metric, value) in enumerate(readings):
+        stamp = (start + timedelta(seconds=30 * n)).isoformat().replace("+00:00", "Z")
+        response = world.backend.http.post(
+            "/api/metrics",
+            json={"metric": metric, "value": value, "timestamp": stamp},
+            auth=(user, password),
+        )
+        assert response.status_code == 202, response.text
+    wait_for(driver, lambda d: points(d) == {"temperature": "3", "humidity": "2"}, "live charts")
+    last = driver.find_element(By.CSS_SELECTOR, '#charts .chart[data-metric="temperature"]')
+    assert last.get_attribute("data-last") == "13.25"
+    # opened again later, the charts start from the stored points
+    world.console.go("/fleet")
+    world.console.go(f"/metrics?tenant={tenant_id}")
+    wait_for(driver, lambda d: points(d) == {"temperature": "3", "humidity": "2"}, "stored points")
+    screenshot(driver, "metrics.png")
+
+
+# ---- phone width, and nothing went wrong in the page ----------------------------------------
+
+
+def test_every_view_at_phone_width(world: World) -> None:
+    driver = world.console.driver
+    driver.set_window_size(*PHONE)
+    try:
+        for route, name in (("/fleet", "fleet"), ("/people", "people"), ("/metrics", "metrics")):
+            world.console.go(route)
+            width = driver.execute_script("return document.documentElement.scrollWidth")
+            assert width <= PHONE[0] + 1, f"{route} is {width} px wide at phone width"
+            screenshot(driver, f"{name}-phone.png")
+    finally:
+        driver.set_window_size(*DESKTOP)
+    assert world.console.severe_logs(*EXPECTED_LOGS) == []
