@@ -77,7 +77,7 @@ from lockerd.http import ops
 from lockerd.http.app import LockerdApp, create_app
 from lockerd.http.proxies import ASGIApp, behind_trusted_proxies
 from lockerd.http.server import harden, hypercorn_config
-from lockerd.keystore import KEY_TABLE_DDL, load_keyring
+from lockerd.keystore import create_key_table, load_keyring
 from lockerd.metrics import Metrics
 from lockerd.projections import EVERY_PROJECTION, refill_once
 from lockerd.telemetry import routes as telemetry_routes
@@ -124,6 +124,7 @@ BLUEPRINTS = (
 
 def create_plain_tables(tx: SqlTx) -> None:
     """Every capability's plain tables (not projections), created if missing."""
+    create_key_table(tx)
     queries.create_plain_tables(tx)
     user_tables.create_tables(tx)
     telemetry_schema.create_tables(tx)
@@ -132,7 +133,6 @@ def create_plain_tables(tx: SqlTx) -> None:
 def create_plain_tables_in_turn(tx: SqlTx) -> None:
     """:func:`create_plain_tables` when several nodes may start at once (PostgreSQL)."""
     take_startup_turn(tx)
-    tx.execute(KEY_TABLE_DDL)
     create_plain_tables(tx)
 
 
