@@ -6,10 +6,11 @@ const KIND_KEY = "lockerd.console.kind"; // "password" (a session from /api/logi
 const WHO_KEY = "lockerd.console.who";
 
 export class ApiError extends Error {
-  constructor(status, code, message) {
+  constructor(status, code, message, reason = null) {
     super(message);
     this.status = status;
     this.code = code;
+    this.reason = reason; // e.g. "offline", "out_of_service" on a refused open
   }
 }
 
@@ -35,7 +36,7 @@ export function whenUnauthorized(handler) {
 
 function errorOf(status, body) {
   if (body && typeof body === "object" && body.message) {
-    return new ApiError(status, body.error || String(status), body.message);
+    return new ApiError(status, body.error || String(status), body.message, body.reason || null);
   }
   return new ApiError(status, String(status), `the server answered HTTP ${status}`);
 }

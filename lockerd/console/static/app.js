@@ -171,6 +171,7 @@ function route() {
       view.dataset.view = "fleet";
       stopView = fleetView(view, { onCreate: createBank });
   }
+  view.dataset.route = `/${hash}`;
   document.title = `lockerd · ${view.dataset.view}`;
 }
 
