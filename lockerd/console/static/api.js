@@ -4,6 +4,7 @@
 const TOKEN_KEY = "lockerd.console.token";
 const KIND_KEY = "lockerd.console.kind"; // "password" (a session from /api/login) or "token"
 const WHO_KEY = "lockerd.console.who";
+const ME_KEY = "lockerd.console.me"; // GET /api/me of a password sign-in
 
 export class ApiError extends Error {
   constructor(status, code, message, reason = null) {
@@ -18,13 +19,15 @@ export const session = {
   token: () => sessionStorage.getItem(TOKEN_KEY),
   kind: () => sessionStorage.getItem(KIND_KEY),
   who: () => sessionStorage.getItem(WHO_KEY),
-  save(token, kind, who) {
+  me: () => JSON.parse(sessionStorage.getItem(ME_KEY) || "null"),
+  save(token, kind, who, me = null) {
     sessionStorage.setItem(TOKEN_KEY, token);
     sessionStorage.setItem(KIND_KEY, kind);
     sessionStorage.setItem(WHO_KEY, who);
+    if (me) sessionStorage.setItem(ME_KEY, JSON.stringify(me));
   },
   clear() {
-    for (const key of [TOKEN_KEY, KIND_KEY, WHO_KEY]) sessionStorage.removeItem(key);
+    for (const key of [TOKEN_KEY, KIND_KEY, WHO_KEY, ME_KEY]) sessionStorage.removeItem(key);
   },
 };
 

@@ -4,6 +4,7 @@ import { ApiError, get, post, session, whenUnauthorized } from "./api.js";
 import { refreshAlertCount, alertsView } from "./alerts.js";
 import { auditView } from "./audit.js";
 import { bankView } from "./bank.js";
+import { knowUsers } from "./format.js";
 import { connect, disconnect, fleetView, live, subscribe } from "./fleet.js";
 import { metricsView } from "./metrics.js";
 import { peopleView } from "./people.js";
@@ -59,7 +60,7 @@ $("password-form").addEventListener("submit", async (event) => {
       $("login-error").textContent = "This account is not an administrator; the console needs the admin role.";
       return;
     }
-    session.save(token, "password", me.email);
+    session.save(token, "password", me.email, me);
     start();
   } catch (error) {
     $("login-error").textContent = error instanceof ApiError && error.status === 401
@@ -102,6 +103,7 @@ function start() {
   $("sign-out").hidden = false;
   $("who").hidden = false;
   $("who").textContent = `Signed in: ${session.who()}`;
+  if (session.me()) knowUsers([session.me()]);
   live.attempt = 0;
   connect();
   refreshAlertCount();
