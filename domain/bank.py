@@ -98,6 +98,10 @@ def _decide_now(state: BankState, command: c.BankCommand, now: datetime) -> list
             return _grant(state, command, now)
         case c.RevokeAccess():
             return _revoke(state, command, now)
+        case c.GrantGroupAccess():
+            return _grant_group(state, command, now)
+        case c.RevokeGroupAccess():
+            return _revoke_group(state, command, now)
         case c.RequestOpen():
             return _request_open(state, command, now)
         case c.RequestApplyConfig():
@@ -225,6 +229,7 @@ def _grant(state: BankState, command: c.GrantAccess, now: datetime) -> list[e.Ev
             user_id=command.user_id,
             expires_at=command.expires_at,
             granted_at=now,
+            actor=command.actor,
         )
     ]
 
@@ -237,15 +242,54 @@ def _revoke(state: BankState, command: c.RevokeAccess, now: datetime) -> list[e.
             compartment_id=command.compartment_id,
             user_id=command.user_id,
             revoked_at=now,
+            actor=command.actor,
+        )
+    ]
+
+
+def _grant_group(state: BankState, command: c.GrantGroupAccess, now: datetime) -> list[e.Event]:
+    if state.compartment_by_id(command.compartment_id) is None:
+        raise c.CommandRejected("not_found", "unknown compartment")
+    if command.expires_at is not None and command.expires_at <= now:
+        raise c.CommandRejected("invalid", "expires_at must be in the future")
+    return [
+        e.CompartmentGroupAccessGranted(
+            compartment_id=command.compartment_id,
+            group_id=command.group_id,
+            expires_at=command.expires_at,
+            granted_at=now,
+            actor=command.actor,
+        )
+    ]
+
+
+def _revoke_group(state: BankState, command: c.RevokeGroupAccess, now: datetime) -> list[e.Event]:
+    if command.group_id not in state.group_grants.get(command.compartment_id, pmap()):
+        raise c.CommandRejected("not_found", "no such grant")
+    return [
+        e.CompartmentGroupAccessRevoked(
+            compartment_id=command.compartment_id,
+            group_id=command.group_id,
+            revoked_at=now,
+            actor=command.actor,
         )
     ]
 
 
 def _open_refusal(
-    state: BankState, compartment: Compartment, user_id: str, now: datetime
+    state: BankState,
+    compartment: Compartment,
+    user_id: str,
+    now: datetime,
+    group_ids: frozenset[str] = frozenset(),
 ) -> str | None:
-    """Why an open must be refused, in the contract's order of precedence; None to allow."""
-    if not state.grant_valid(compartment.id, user_id, now):
+    """Why an open must be refused, in the contract's order of precedence; None to allow.
+
+    A grant is the user's own or one of a group the user is a member of (``group_ids``)."""
+    if not (
+        state.grant_valid(compartment.id, user_id, now)
+        or state.group_grant_valid(compartment.id, group_ids, now)
+    ):
         return "no_grant"
     if state.revocation_pending(now):
         return "revocation_pending"
@@ -260,7 +304,7 @@ def _request_open(state: BankState, command: c.RequestOpen, now: datetime) -> li
     compartment = state.compartment_by_id(command.compartment_id)
     if compartment is None:
         raise c.CommandRejected("not_found", "unknown compartment")
-    reason = _open_refusal(state, compartment, command.user_id, now)
+    reason = _open_refusal(state, compartment, command.user_id, now, command.group_ids)
     if reason is not None:
         return [
             e.CompartmentOpeningDenied(
@@ -510,7 +554,7 @@ def _qr_scanned(state: BankState, command: c.RecordDeviceEvent, now: datetime) -
         return denied("qr_expired")
     if claim.nonce in state.used_qr_nonces:
         return denied("qr_used")
-    reason = _open_refusal(state, compartment, claim.user_id, now)
+    reason = _open_refusal(state, compartment, claim.user_id, now, claim.group_ids)
     if reason is not None:
         return denied(reason)
     return [
@@ -592,6 +636,17 @@ def _apply(s: BankState, event: e.Event) -> BankState:
         case e.CompartmentAccessRevoked():
             users = s.grants.get(event.compartment_id, pmap()).discard(event.user_id)
             return replace(s, grants=s.grants.set(event.compartment_id, users))
+        case e.CompartmentGroupAccessGranted():
+            groups = s.group_grants.get(event.compartment_id, pmap())
+            return replace(
+                s,
+                group_grants=s.group_grants.set(
+                    event.compartment_id, groups.set(event.group_id, event.expires_at)
+                ),
+            )
+        case e.CompartmentGroupAccessRevoked():
+            groups = s.group_grants.get(event.compartment_id, pmap()).discard(event.group_id)
+            return replace(s, group_grants=s.group_grants.set(event.compartment_id, groups))
         case e.CompartmentOpeningRequested():
             tx = Transaction(
                 transaction_id=event.transaction_id,

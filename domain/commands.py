@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
+from domain.actor import Actor
 from domain.events import CompartmentSpec
 
 
@@ -63,12 +64,29 @@ class GrantAccess:
     compartment_id: str
     user_id: str
     expires_at: datetime | None
+    actor: Actor | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class RevokeAccess:
     compartment_id: str
     user_id: str
+    actor: Actor | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GrantGroupAccess:
+    compartment_id: str
+    group_id: str
+    expires_at: datetime | None
+    actor: Actor | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RevokeGroupAccess:
+    compartment_id: str
+    group_id: str
+    actor: Actor | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +95,9 @@ class RequestOpen:
     user_id: str
     transaction_id: str
     command_timeout_seconds: int
+    #: the groups the user is a member of now (the shell reads them); a group grant of one
+    #: of them lets the user open
+    group_ids: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +151,8 @@ class QrClaim:
     compartment_id: str
     expires_at: datetime
     nonce: str
+    #: the user's groups at the moment of the scan (the shell reads them)
+    group_ids: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +174,8 @@ BankCommand = (
     | NoteCredentialsUsed
     | GrantAccess
     | RevokeAccess
+    | GrantGroupAccess
+    | RevokeGroupAccess
     | RequestOpen
     | RequestApplyConfig
     | MarkDispatched

@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 import msgspec
 
+from domain.actor import Actor
+
 DoorState = Literal["open", "closed", "unknown"]
 Presence = Literal["unknown", "online", "offline"]
 Action = Literal["open_compartment", "apply_config"]
@@ -85,12 +87,32 @@ class CompartmentAccessGranted(Event, frozen=True, kw_only=True):
     user_id: str
     expires_at: datetime | None
     granted_at: datetime
+    #: who granted it (contract §5); None in events recorded before actors were
+    actor: Actor | None = None
 
 
 class CompartmentAccessRevoked(Event, frozen=True, kw_only=True):
     compartment_id: str
     user_id: str
     revoked_at: datetime
+    actor: Actor | None = None
+
+
+class CompartmentGroupAccessGranted(Event, frozen=True, kw_only=True):
+    """Every member of the group may open the compartment, while a member."""
+
+    compartment_id: str
+    group_id: str
+    expires_at: datetime | None
+    granted_at: datetime
+    actor: Actor | None = None
+
+
+class CompartmentGroupAccessRevoked(Event, frozen=True, kw_only=True):
+    compartment_id: str
+    group_id: str
+    revoked_at: datetime
+    actor: Actor | None = None
 
 
 class CompartmentOpeningRequested(Event, frozen=True, kw_only=True):
@@ -233,6 +255,8 @@ AnyEvent = (
     | ProvisioningReplyFailed
     | CompartmentAccessGranted
     | CompartmentAccessRevoked
+    | CompartmentGroupAccessGranted
+    | CompartmentGroupAccessRevoked
     | CompartmentOpeningRequested
     | CompartmentOpeningDenied
     | ConfigApplyRequested
@@ -279,4 +303,3 @@ def event_from_stored(type_name: str, data: dict[str, Any]) -> Event:
         raise ValueError(f"unknown event type {type_name!r}")
     result: Event = msgspec.convert({**data, "type": type_name}, AnyEvent)
     return result
-

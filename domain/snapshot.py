@@ -87,6 +87,10 @@ def _decode(raw: bytes) -> BankState:
         compartment: pmap({user: _dt(expiry) for user, expiry in users.items()})
         for compartment, users in body.pop("grants").items()
     }
+    group_grants = {
+        compartment: pmap({group: _dt(expiry) for group, expiry in groups.items()})
+        for compartment, groups in body.pop("group_grants", {}).items()
+    }
     seen = {k: datetime.fromisoformat(v) for k, v in body.pop("seen_event_ids").items()}
     nonces = {k: datetime.fromisoformat(v) for k, v in body.pop("used_qr_nonces").items()}
     return BankState(
@@ -94,6 +98,7 @@ def _decode(raw: bytes) -> BankState:
         compartments=pmap(compartments),
         transactions=pmap(transactions),
         grants=pmap(grants),
+        group_grants=pmap(group_grants),
         seen_event_ids=pmap(seen),
         used_qr_nonces=pmap(nonces),
     ).reindexed()

@@ -83,6 +83,8 @@ class BankState:
     revocation_window_ends_at: datetime | None = None
     # access: compartment id -> user id -> expiry (None: no expiry)
     grants: PMap[str, PMap[str, datetime | None]] = field(default_factory=pmap)
+    # group access: compartment id -> group id -> expiry (None: no expiry)
+    group_grants: PMap[str, PMap[str, datetime | None]] = field(default_factory=pmap)
     # commands
     transactions: PMap[str, Transaction] = field(default_factory=pmap)
     config_hash: str | None = None
@@ -169,6 +171,19 @@ class BankState:
             return False
         expires_at = users[user_id]
         return expires_at is None or now < expires_at
+
+    def group_grant_valid(
+        self, compartment_id: str, group_ids: frozenset[str], now: datetime
+    ) -> bool:
+        """Whether one of ``group_ids`` holds a valid grant for the compartment."""
+        groups = self.group_grants.get(compartment_id)
+        if not groups or not group_ids:
+            return False
+        for group_id in group_ids & set(groups):
+            expires_at = groups[group_id]
+            if expires_at is None or now < expires_at:
+                return True
+        return False
 
     def heartbeat_deadline(self) -> datetime | None:
         if self.presence != "online" or self.last_seen is None:

@@ -19,6 +19,7 @@ the composition root plugs the bank registry, the directory, the dispatcher and 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -125,6 +126,7 @@ class Gateway:
         clock: Callable[[], float] = time.monotonic,
         subscriptions: Sequence[tuple[str, int]] = topics.SUBSCRIPTIONS,
         keep_server_online: bool = False,
+        groups_of: Callable[[str], frozenset[str]] | None = None,
     ) -> None:
         self.mqtt = mqtt
         self.banks = banks
@@ -148,6 +150,9 @@ class Gateway:
         #: more than one node: ``server/status`` is online while any node is, so an
         #: ``offline`` seen there (another node's will or last words) is answered ``online``
         self.keep_server_online = keep_server_online
+        #: the groups a user is a member of now: a QR claim carries them to the bank's
+        #: decision (a group grant lets a member open); None: no groups
+        self.groups_of = groups_of
 
     async def run(self) -> None:
         """Announce, subscribe and route until cancelled; announce offline on the way out."""
@@ -298,6 +303,8 @@ class Gateway:
             if not isinstance(payload, str):
                 raise payloads.PayloadError("qr_scanned needs data.qr_payload as a string")
             claim = verify_qr(self.keyring, payload)
+            if claim is not None and self.groups_of is not None:
+                claim = dataclasses.replace(claim, group_ids=self.groups_of(claim.user_id))
         return c.RecordDeviceEvent(
             event=device_event.event,
             event_id=device_event.event_id,

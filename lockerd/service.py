@@ -50,12 +50,12 @@ from gateway.outbound import MqttOutbox
 from gateway.router import Gateway
 from lockerd.appstream import routes as appstream_routes
 from lockerd.appstream.stream import AppStreams, app_stream_metrics
+from lockerd.audit import routes as audit_routes
 from lockerd.banks import queries
 from lockerd.banks import routes as bank_routes
 from lockerd.banks.directory import Directory
 from lockerd.banks.live import RECENT_TRANSACTIONS, LiveModel
 from lockerd.banks.liveness import fill_fleet, flush_last_seen
-from lockerd.banks.projections import PROJECTIONS
 from lockerd.brokerauth import routes as brokerauth_routes
 from lockerd.brokerauth.checks import BrokerAuth
 from lockerd.brokerauth.revocation import revocation_window_seconds
@@ -77,8 +77,9 @@ from lockerd.http import ops
 from lockerd.http.app import LockerdApp, create_app
 from lockerd.http.proxies import ASGIApp, behind_trusted_proxies
 from lockerd.http.server import harden, hypercorn_config
-from lockerd.keystore import KEY_TABLE_DDL, load_keyring
+from lockerd.keystore import create_key_table, load_keyring
 from lockerd.metrics import Metrics
+from lockerd.projections import EVERY_PROJECTION, refill_once
 from lockerd.telemetry import routes as telemetry_routes
 from lockerd.telemetry import schema as telemetry_schema
 from lockerd.telemetry.agents import AgentDirectory
@@ -86,7 +87,9 @@ from lockerd.telemetry.pipeline import MetricsPipeline
 from lockerd.telemetry.stream import PointStreams
 from lockerd.users import admin_routes as user_admin_routes
 from lockerd.users import app_routes as user_app_routes
+from lockerd.users import groups as user_groups
 from lockerd.users import tables as user_tables
+from lockerd.users.groups import GroupService
 from lockerd.users.hot_routes import with_hot_routes
 from lockerd.users.sessions import SessionService
 from lockerd.wiring import Service
@@ -115,11 +118,13 @@ BLUEPRINTS = (
     console_routes.blueprint,
     appstream_routes.blueprint,
     cluster_routes.blueprint,
+    audit_routes.blueprint,
 )
 
 
 def create_plain_tables(tx: SqlTx) -> None:
     """Every capability's plain tables (not projections), created if missing."""
+    create_key_table(tx)
     queries.create_plain_tables(tx)
     user_tables.create_tables(tx)
     telemetry_schema.create_tables(tx)
@@ -128,7 +133,6 @@ def create_plain_tables(tx: SqlTx) -> None:
 def create_plain_tables_in_turn(tx: SqlTx) -> None:
     """:func:`create_plain_tables` when several nodes may start at once (PostgreSQL)."""
     take_startup_turn(tx)
-    tx.execute(KEY_TABLE_DDL)
     create_plain_tables(tx)
 
 
@@ -220,8 +224,13 @@ async def running_service(
     listener = bind_http(settings)
     clustered = is_clustered(settings)
     try:
-        async with open_store(settings.database, PROJECTIONS) as store, AsyncExitStack() as stack:
+        async with (
+            open_store(settings.database, EVERY_PROJECTION) as store,
+            AsyncExitStack() as stack,
+        ):
             await store.write(create_plain_tables_in_turn if clustered else create_plain_tables)
+            if await refill_once(store):  # read models new to this database, from its history
+                log.info("projections_refilled")
             keyring = await load_keyring(store, settings.secret_key)
             # read before the directory: the cluster's event feed starts here (never misses)
             log_position = await store.read(log_end) if clustered else 0
@@ -232,6 +241,7 @@ async def running_service(
             fill_fleet(fleet, start)
             live = LiveModel(fleet)
             live.load(await store.read(queries.live_start(RECENT_TRANSACTIONS)))
+            live.load_groups(*await store.read(user_groups.group_start))
             agents = AgentDirectory()
             await store.read(agents.load)
             next_seq = await store.read(telemetry_schema.max_seq) + 1
@@ -278,6 +288,8 @@ async def running_service(
                 except (DuplicateNode, LinkLost) as exc:
                     raise StartupError(str(exc)) from None
                 listeners = cluster.local_listeners()
+            # operator changes to groups reach the same listeners as a bank actor's appends
+            groups = GroupService(store, listeners, clock)
 
             async with trio.open_nursery() as nursery:
                 dispatcher = Dispatcher(MqttOutbox(mqtt), metrics)
@@ -322,6 +334,7 @@ async def running_service(
                         topics.SUBSCRIPTIONS if cluster is None else topics.CLUSTER_SUBSCRIPTIONS
                     ),
                     keep_server_online=cluster is not None,
+                    groups_of=live.groups_of,
                 )
                 service = Service(
                     settings=settings,
@@ -335,6 +348,7 @@ async def running_service(
                     registry=registry,
                     metrics=metrics,
                     sessions=sessions,
+                    groups=groups,
                     agents=agents,
                     pipeline=pipeline,
                     point_streams=point_streams,

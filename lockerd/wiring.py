@@ -29,6 +29,7 @@ from lockerd.metrics import Metrics
 from lockerd.telemetry.agents import AgentDirectory
 from lockerd.telemetry.pipeline import MetricsPipeline
 from lockerd.telemetry.stream import PointStreams
+from lockerd.users.groups import GroupService
 from lockerd.users.sessions import SessionService
 from store.base import EventStore, Tables
 
@@ -47,6 +48,8 @@ class Service:
     registry: BankRegistry
     metrics: Metrics
     sessions: SessionService
+    #: groups of users (operator streams); their changes feed the live model
+    groups: GroupService
     agents: AgentDirectory
     pipeline: MetricsPipeline
     #: the live metric streams (server-sent events) fed by the pipeline

@@ -133,6 +133,15 @@ class Tables(Protocol):
         """
         ...
 
+    async def record(
+        self, stream_id: str, fn: Callable[[SqlTx], tuple[T, Sequence[NewEvent]]]
+    ) -> tuple[T, list[StoredEvent]]:
+        """Run ``fn`` like :meth:`write` and append the events it returns to ``stream_id``
+        (at its end, projections applied) in the same transaction; returns ``fn``'s result
+        and the stored events. For operator changes to plain tables (users, groups, tenants),
+        whose streams have no actor: see ``domain/streams.py``."""
+        ...
+
 
 class Store(EventStore, Tables, Protocol):
     """What a backend is: both views over one database."""

@@ -346,6 +346,34 @@ class ThreadedEventStore(Generic[TxT]):
         """
         return (await self._run(Kind.WRITE, fn)).unwrap()
 
+    async def record(
+        self, stream_id: str, fn: Callable[[SqlTx], tuple[T, Sequence[NewEvent]]]
+    ) -> tuple[T, list[StoredEvent]]:
+        """Run ``fn`` and append the events it returns to the end of ``stream_id``, as one job.
+
+        For streams with no actor of their own (operator changes to users, groups, tenants):
+        ``fn`` writes plain tables and says which events record what it did (none: nothing is
+        appended). Both share the job's savepoint in the next group commit, so the change and
+        its events commit together or not at all, projections included. The stream's current
+        version is read inside the write transaction, which excludes every other appender
+        (SQLite's write lock, PostgreSQL's position lock), so there is no version to expect.
+        """
+        if not stream_id:
+            raise ValueError("stream_id must not be empty")
+
+        def job(tx: TxT) -> tuple[T, list[StoredEvent]]:
+            result, events = fn(tx)
+            if not events:
+                return result, []
+            rows = []
+            for event in events:
+                text = encode_data(event.data)
+                rows.append((event.type, text, json.loads(text)))
+            version = self._t_stream_version(tx, stream_id)
+            return result, self._t_append(tx, stream_id, version, rows)
+
+        return (await self._run(Kind.WRITE, job, is_append=True, locks_events=True)).unwrap()
+
     async def rebuild_projections(self) -> int:
         """Empty every projection table and replay all events into them, in one transaction.
 

@@ -8,7 +8,9 @@ behind the appends. :class:`LiveModel` holds, per process:
   ``recent_transactions``, least recently finished forgotten first). A transaction that is
   not here is finished and older: the caller reads it from the store
   (:func:`lockerd.banks.queries.transaction`), which is the same answer;
-* **grants** per user and per compartment, with their expiry;
+* **grants** per user and per compartment, with their expiry, and **group grants** per group
+  and per compartment with the groups' **members** (a member may open what the group may,
+  while a member: membership events come from the operator streams, :mod:`domain.operations`);
 * **compartments** (bank, number, door state) and the banks' names;
 * the **presence** of a bank is not copied: it is read from the live
   :class:`~actors.fleet.FleetView`, which is what the admin API shows too.
@@ -135,6 +137,11 @@ class LiveModel:
         # compartment id -> user id -> expiry; and the same by user
         self._grants: dict[str, dict[str, datetime | None]] = {}
         self._grants_of_user: dict[str, dict[str, datetime | None]] = {}
+        # compartment id -> group id -> expiry; the same by group; members both ways
+        self._group_grants: dict[str, dict[str, datetime | None]] = {}
+        self._grants_of_group: dict[str, dict[str, datetime | None]] = {}
+        self._members: dict[str, set[str]] = {}
+        self._groups_of_user: dict[str, set[str]] = {}
         self._subscriptions: dict[str, set[AppSubscription]] = {}
         self._settled: dict[str, trio.Event] = {}
         self._presence: dict[str, str] = {}
@@ -152,6 +159,19 @@ class LiveModel:
             self._set_grant(compartment_id, user_id, _expiry(expires_at))
         for view in start.transactions:
             self._put_transaction(view)
+
+    def load_groups(
+        self,
+        group_grants: Sequence[tuple[str, str, str | None]],
+        members: Sequence[tuple[str, str]],
+    ) -> None:
+        """Fill group grants ``(compartment id, group id, expires_at)`` and memberships
+        ``(group id, user id)`` from the read models (at start-up, with :meth:`load`)."""
+        for compartment_id, group_id, expires_at in group_grants:
+            self._set_group_grant(compartment_id, group_id, _expiry(expires_at))
+        for group_id, user_id in members:
+            self._members.setdefault(group_id, set()).add(user_id)
+            self._groups_of_user.setdefault(user_id, set()).add(group_id)
 
     def follow(self, bank_id: str, events: Sequence[StoredEvent]) -> None:
         """The stored-event listener: apply the events just appended to ``bank_id``."""
@@ -193,6 +213,24 @@ class LiveModel:
         elif kind == "CompartmentAccessRevoked":
             self._drop_grant(data["compartment_id"], data["user_id"])
             self._notify_user(data["user_id"], data["compartment_id"])
+        elif kind == "CompartmentGroupAccessGranted":
+            group_id = data["group_id"]
+            self._set_group_grant(data["compartment_id"], group_id, _expiry(data["expires_at"]))
+            self._notify_members(group_id, data["compartment_id"])
+        elif kind == "CompartmentGroupAccessRevoked":
+            self._drop_group_grant(data["compartment_id"], data["group_id"])
+            self._notify_members(data["group_id"], data["compartment_id"])
+        elif kind == "GroupMemberAdded":
+            group_id, user_id = data["group_id"], data["user_id"]
+            self._members.setdefault(group_id, set()).add(user_id)
+            self._groups_of_user.setdefault(user_id, set()).add(group_id)
+            for compartment_id in self._grants_of_group.get(group_id, {}):
+                self._notify_user(user_id, compartment_id)
+        elif kind == "GroupMemberRemoved":
+            self._leave(data["group_id"], data["user_id"])
+        elif kind == "UserDeleted":
+            for group_id in list(self._groups_of_user.get(data["user_id"], ())):
+                self._leave(group_id, data["user_id"])
         elif kind == "LockerBankCreated":
             self._bank_names[event.stream_id] = data["name"]
             for spec in data["compartments"]:
@@ -253,13 +291,20 @@ class LiveModel:
             event = self._settled[transaction_id] = trio.Event()
         await event.wait()
 
+    def groups_of(self, user_id: str) -> frozenset[str]:
+        """The groups the user is a member of now (handed to the bank's open decision)."""
+        return frozenset(self._groups_of_user.get(user_id, ()))
+
+    def may_open(self, user_id: str, compartment_id: str, now: datetime) -> bool:
+        """Whether the user holds a valid grant, their own or one of a group of theirs."""
+        return any(_valid(expiry, now) for expiry in self._expiries(user_id, compartment_id))
+
     def compartments_of(self, user_id: str, now: datetime) -> list[dict[str, Any]]:
         """``GET /api/compartments``: what the user may open now, by bank name, bank, number."""
-        grants = self._grants_of_user.get(user_id, {})
         found = [
             self._render(self._compartments[compartment_id])
-            for compartment_id, expires_at in grants.items()
-            if _valid(expires_at, now) and compartment_id in self._compartments
+            for compartment_id in self._granted_compartments(user_id)
+            if compartment_id in self._compartments and self.may_open(user_id, compartment_id, now)
         ]
         found.sort(key=lambda c: (c["locker_bank_name"], c["locker_bank_id"], c["number"]))
         return found
@@ -268,11 +313,8 @@ class LiveModel:
         self, user_id: str, compartment_id: str, now: datetime
     ) -> dict[str, Any] | None:
         """One compartment as in :meth:`compartments_of`, or None if the user may not open it."""
-        grants = self._grants_of_user.get(user_id, {})
         compartment = self._compartments.get(compartment_id)
-        if compartment is None or compartment_id not in grants:
-            return None
-        if not _valid(grants[compartment_id], now):
+        if compartment is None or not self.may_open(user_id, compartment_id, now):
             return None
         return self._render(compartment)
 
@@ -292,7 +334,8 @@ class LiveModel:
         """The earliest future expiry among the user's grants (when a compartment goes)."""
         moments = [
             expires_at
-            for expires_at in self._grants_of_user.get(user_id, {}).values()
+            for compartment_id in self._granted_compartments(user_id)
+            for expires_at in self._expiries(user_id, compartment_id)
             if expires_at is not None and now < expires_at
         ]
         return min(moments, default=None)
@@ -303,6 +346,61 @@ class LiveModel:
         return subscription
 
     # --- inside -------------------------------------------------------------------------
+
+    def _granted_compartments(self, user_id: str) -> set[str]:
+        """Every compartment the user holds some grant for, valid or not."""
+        found = set(self._grants_of_user.get(user_id, {}))
+        for group_id in self._groups_of_user.get(user_id, ()):
+            found.update(self._grants_of_group.get(group_id, {}))
+        return found
+
+    def _expiries(self, user_id: str, compartment_id: str) -> list[datetime | None]:
+        """The expiries of every grant that lets the user open the compartment."""
+        found: list[datetime | None] = []
+        own = self._grants_of_user.get(user_id, {})
+        if compartment_id in own:
+            found.append(own[compartment_id])
+        groups = self._group_grants.get(compartment_id, {})
+        for group_id in self._groups_of_user.get(user_id, ()):
+            if group_id in groups:
+                found.append(groups[group_id])
+        return found
+
+    def _set_group_grant(
+        self, compartment_id: str, group_id: str, expires_at: datetime | None
+    ) -> None:
+        self._group_grants.setdefault(compartment_id, {})[group_id] = expires_at
+        self._grants_of_group.setdefault(group_id, {})[compartment_id] = expires_at
+
+    def _drop_group_grant(self, compartment_id: str, group_id: str) -> None:
+        groups = self._group_grants.get(compartment_id)
+        if groups is not None:
+            groups.pop(group_id, None)
+            if not groups:
+                del self._group_grants[compartment_id]
+        compartments = self._grants_of_group.get(group_id)
+        if compartments is not None:
+            compartments.pop(compartment_id, None)
+            if not compartments:
+                del self._grants_of_group[group_id]
+
+    def _leave(self, group_id: str, user_id: str) -> None:
+        members = self._members.get(group_id)
+        if members is not None:
+            members.discard(user_id)
+            if not members:
+                del self._members[group_id]
+        groups = self._groups_of_user.get(user_id)
+        if groups is not None:
+            groups.discard(group_id)
+            if not groups:
+                del self._groups_of_user[user_id]
+        for compartment_id in self._grants_of_group.get(group_id, {}):
+            self._notify_user(user_id, compartment_id)
+
+    def _notify_members(self, group_id: str, compartment_id: str) -> None:
+        for user_id in self._members.get(group_id, ()):
+            self._notify_user(user_id, compartment_id)
 
     def _render(self, compartment: LiveCompartment) -> dict[str, Any]:
         status = self.fleet.banks.get(compartment.bank_id)
@@ -401,6 +499,8 @@ class LiveModel:
     def _compartment_changed(self, compartment_id: str) -> None:
         for user_id in self._grants.get(compartment_id, ()):
             self._notify_user(user_id, compartment_id)
+        for group_id in self._group_grants.get(compartment_id, ()):
+            self._notify_members(group_id, compartment_id)
 
     def _notify_user(self, user_id: str, compartment_id: str) -> None:
         for subscription in self._subscriptions.get(user_id, ()):

@@ -121,6 +121,25 @@ class Ownership:
         allow_new: bool,
     ) -> Outcome:
         body = encode_ask(command, kind=kind, secret=secret, allow_new=allow_new)
+        response = await self._post_to_owner(bank_id, body)
+        if response.status_code == 200:
+            try:
+                outcome = decode_outcome(response.content)
+            except WireError as exc:
+                raise BankUnavailable(f"bank {bank_id}: {exc}") from None
+            if outcome.stored:
+                # read your writes: this node's directory and read models see them now
+                await self.feed.catch_up(until=max(s.position for s in outcome.stored))
+            return outcome
+        if response.status_code == 404:
+            raise UnknownBank(bank_id)
+        raise BankUnavailable(f"bank {bank_id}: its node answered {response.status_code}")
+
+    async def _post_to_owner(self, bank_id: str, body: bytes) -> httpx.Response:
+        """POST ``body`` to the node that owns ``bank_id`` now, following ownership moves
+        (no owner yet, owner gone before anything was sent, 409: not the owner any more) until
+        a node answers otherwise. Raises :class:`BankCameHere` once this node owns the bank,
+        and :class:`BankUnavailable` when the owner took the request but did not answer."""
         while True:
             if self.is_local(bank_id):
                 raise BankCameHere(bank_id)
@@ -144,24 +163,10 @@ class Ownership:
                 continue
             except httpx.HTTPError as exc:
                 raise BankUnavailable(f"bank {bank_id}: its node {owner} did not answer") from exc
-            if response.status_code == 200:
-                try:
-                    outcome = decode_outcome(response.content)
-                except WireError as exc:
-                    raise BankUnavailable(f"bank {bank_id}: {exc}") from None
-                if outcome.stored:
-                    # read your writes: this node's directory and read models see them now
-                    await self.feed.catch_up(until=max(s.position for s in outcome.stored))
-                return outcome
             if response.status_code == 409:  # not the owner any more
                 await self._look_again()
                 continue
-            if response.status_code == 404:
-                raise UnknownBank(bank_id)
-            raise BankUnavailable(
-                f"bank {bank_id}: its node {owner} answered {response.status_code}"
-            )
-
+            return response
     async def tell_remote(self, bank_id: str, command: c.BankCommand, *, kind: str | None) -> None:
         self.tell_remote_nowait(bank_id, command, kind)
 
@@ -197,31 +202,6 @@ class Ownership:
 
     async def _tell_once(self, bank_id: str, command: c.BankCommand, kind: str | None) -> None:
         body = encode_ask(command, kind=kind, secret=None, allow_new=False, tell=True)
-        while True:
-            owner = self.owner_of(bank_id)
-            url = None if owner is None or owner == self.node_id else self.view.live.get(owner)
-            if url is None:
-                if self.is_local(bank_id):
-                    raise BankCameHere(bank_id)
-                await self._look_again()
-                continue
-            try:
-                response = await self.http.post(
-                    url + ASK_PATH.format(bank_id=bank_id),
-                    content=body,
-                    headers={
-                        "Authorization": f"Bearer {self.token}",
-                        "Content-Type": "application/json",
-                    },
-                )
-            except httpx.ConnectError:
-                await self._look_again()
-                continue
-            except httpx.HTTPError as exc:
-                raise BankUnavailable(str(exc)) from exc
-            if response.status_code == 409:
-                await self._look_again()
-                continue
-            if response.status_code >= 300:
-                raise BankUnavailable(f"answered {response.status_code}")
-            return
+        response = await self._post_to_owner(bank_id, body)
+        if response.status_code >= 300:
+            raise BankUnavailable(f"bank {bank_id}: its node answered {response.status_code}")

@@ -36,8 +36,8 @@ from typing import IO, Any, Final
 
 import trio
 
-from lockerd.banks.projections import PROJECTIONS
 from lockerd.commands.serve import add_config_flags, settings_or_exit
+from lockerd.projections import EVERY_PROJECTION as PROJECTIONS
 from store import Snapshot, SqlTx, StoredEvent, StoreUnavailable, open_store
 
 NAMES: tuple[str, ...] = ("migrate", "export", "import", "rebuild-projections")

@@ -13,10 +13,14 @@ Agent passwords are 256-bit random (``new_token()``) and kept only as
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+from domain import operations as ops
+from domain.actor import Actor
 from domain.keys import Keyring, new_token
+from domain.records import NewEvent
 from store.base import SqlTx, Tables
 
 CREDENTIAL_PURPOSE = "agent-password"
@@ -103,7 +107,11 @@ class AgentDirectory:
         self.agents[agent.agent_id] = agent
         self._by_user[agent.mqtt_user] = agent
 
-    async def create_tenant(self, store: Tables, name: str, now: datetime) -> Tenant:
+    async def create_tenant(
+        self, store: Tables, name: str, now: datetime, *, actor: Actor | None = None
+    ) -> Tenant:
+        """A new tenant; with an ``actor`` (an operator's request) recorded as
+        ``TenantCreated`` in the tenant's stream, in the same transaction."""
         tenant = Tenant(str(uuid.uuid4()), name)
 
         def write(tx: SqlTx) -> None:
@@ -112,14 +120,29 @@ class AgentDirectory:
                 (tenant.tenant_id, tenant.name, now.isoformat()),
             )
 
-        await store.write(write)
+        await _write(
+            store,
+            write,
+            tenant.tenant_id,
+            None
+            if actor is None
+            else ops.TenantCreated(actor=actor, at=now, tenant_id=tenant.tenant_id, name=name),
+        )
         self.tenants[tenant.tenant_id] = tenant
         return tenant
 
     async def create_agent(
-        self, store: Tables, keyring: Keyring, tenant_id: str, name: str, now: datetime
+        self,
+        store: Tables,
+        keyring: Keyring,
+        tenant_id: str,
+        name: str,
+        now: datetime,
+        *,
+        actor: Actor | None = None,
     ) -> NewAgent:
-        """Raises :class:`UnknownTenant` if there is no such tenant."""
+        """Raises :class:`UnknownTenant` if there is no such tenant. With an ``actor``
+        recorded as ``AgentCreated`` in the tenant's stream (never the password)."""
         if tenant_id not in self.tenants:
             raise UnknownTenant(tenant_id)
         agent_id = str(uuid.uuid4())
@@ -147,6 +170,27 @@ class AgentDirectory:
                 ),
             )
 
-        await store.write(write)
+        event = None
+        if actor is not None:
+            event = ops.AgentCreated(actor=actor, at=now, tenant_id=tenant_id,
+                                     agent_id=agent_id, name=name,
+                                     mqtt_user=agent.mqtt_user)  # fmt: skip
+        await _write(store, write, tenant_id, event)
         self._add(agent)
         return NewAgent(agent, password)
+
+
+async def _write(
+    store: Tables, write: Callable[[SqlTx], None], tenant_id: str, event: ops.OperatorEvent | None
+) -> None:
+    """``write``, and ``event`` (if any) in the tenant's stream in the same transaction."""
+    if event is None:
+        await store.write(write)
+        return
+    recorded = ops.to_new_event(event)
+
+    def both(tx: SqlTx) -> tuple[None, list[NewEvent]]:
+        write(tx)
+        return None, [recorded]
+
+    await store.record(ops.operator_stream("tenant", tenant_id), both)

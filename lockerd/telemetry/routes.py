@@ -173,10 +173,12 @@ def known_tenant(tenant_id: str) -> str:
 @document_request(TenantIn)
 async def create_tenant() -> tuple[dict[str, Any], int]:
     """Create a tenant."""
-    await require_admin()
+    principal = await require_admin()
     data = decode_body(TenantIn, await body_bytes())
     service = ctx()
-    tenant = await ctx().agents.create_tenant(service.tables, data.name, service.clock())
+    tenant = await ctx().agents.create_tenant(
+        service.tables, data.name, service.clock(), actor=principal.actor
+    )
     return {"id": tenant.tenant_id}, 201
 
 
@@ -202,12 +204,17 @@ async def list_tenants() -> list[dict[str, Any]]:
 @document_request(AgentIn)
 async def create_agent(tenant_id: str) -> tuple[dict[str, Any], int]:
     """Create a metrics agent of a tenant, with its broker credentials."""
-    await require_admin()
+    principal = await require_admin()
     tenant_id = known_tenant(tenant_id)
     data = decode_body(AgentIn, await body_bytes())
     service = ctx()
     created = await ctx().agents.create_agent(
-        service.tables, service.keyring, tenant_id, data.name, service.clock()
+        service.tables,
+        service.keyring,
+        tenant_id,
+        data.name,
+        service.clock(),
+        actor=principal.actor,
     )
     return {
         "agent_id": created.agent.agent_id,

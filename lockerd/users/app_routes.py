@@ -254,9 +254,8 @@ async def issue_qr_code(compartment_id: str) -> tuple[dict[str, Any], int]:
     service = ctx()
     bank_of_compartment(compartment_id)
     compartment_id = parse_id(compartment_id, "compartment")
-    exists, grant_expiry = service.live.grant(compartment_id, principal.user_id)
     now = service.clock()
-    if not exists or not (grant_expiry is None or now < grant_expiry):
+    if not service.live.may_open(principal.user_id, compartment_id, now):
         raise ApiError(403, "you have no valid grant for this compartment", reason="no_grant")
     expires_at = (now + QR_LIFETIME).replace(microsecond=0)
     payload = issue_qr(service.keyring, principal.user_id, compartment_id, expires_at)

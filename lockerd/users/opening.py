@@ -47,6 +47,7 @@ async def request_open(
             user_id=principal.user_id,
             transaction_id=transaction_id,
             command_timeout_seconds=service.settings.command_timeout,
+            group_ids=service.live.groups_of(principal.user_id),
         ),
         registry=service.registry,
     )

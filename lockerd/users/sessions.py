@@ -35,13 +35,16 @@ from datetime import datetime, timedelta
 import structlog
 import trio
 
+from domain import operations as ops
+from domain.actor import Actor
 from domain.keys import Keyring, new_token
+from domain.records import NewEvent
 from domain.wiretime import iso
 from lockerd.http.auth import Principal, Role
 from lockerd.users import tables
 from lockerd.users.limits import SignInLimits, TooManyAttempts
 from lockerd.users.passwords import PasswordHasher
-from store.base import Tables
+from store.base import SqlTx, Tables
 
 log = structlog.get_logger("lockerd.users")
 
@@ -193,14 +196,99 @@ class SessionService:
 
     # --- users --------------------------------------------------------------------------
 
-    async def create_user(self, email: str, password: str, name: str, role: Role) -> str:
+    async def create_user(
+        self, email: str, password: str, name: str, role: Role, *, actor: Actor
+    ) -> str:
+        """A new user (``UserCreated`` by ``actor`` in the same transaction); raises
+        :class:`EmailTaken`."""
         user_id = str(uuid.uuid4())
         password_hash = await self.hasher.hash(password)
         row = tables.UserRow(user_id, normalize_email(email), name, role, password_hash)
-        if not await self.store.write(tables.insert_user(row, iso(self.clock()))):
+        now = self.clock()
+        insert = tables.insert_user(row, iso(now))
+        event = ops.UserCreated(actor=actor, at=now, user_id=user_id, email=row.email,
+                                name=name, role=role)  # fmt: skip
+
+        def write(tx: SqlTx) -> tuple[bool, list[NewEvent]]:
+            created = insert(tx)
+            return created, [ops.to_new_event(event)] if created else []
+
+        created, _ = await self.store.record(ops.operator_stream("user", user_id), write)
+        if not created:
             raise EmailTaken(email)
         log.info("user_created", user_id=user_id, role=role)
         return user_id
+
+    async def users(self) -> list[tables.UserListing]:
+        return await self.store.read(tables.list_users)
+
+    async def listing(self, user_id: str) -> tables.UserListing | None:
+        return await self.store.read(tables.listing_of(user_id))
+
+    async def update_user(
+        self,
+        user_id: str,
+        *,
+        actor: Actor,
+        name: str | None = None,
+        role: Role | None = None,
+        disabled: bool | None = None,
+        password: str | None = None,
+    ) -> bool:
+        """Change what is given (``PATCH /api/admin/users/{id}``), recorded as ``UserUpdated``
+        by ``actor`` in the same transaction. False: no such user.
+
+        Disabling or a new password ends every session of the user at once, here and (through
+        ``session_ends``) on every node; a role change makes every node read the user's
+        sessions again. Enabling does not bring old sessions back.
+        """
+        password_hash = None if password is None else await self.hasher.hash(password)
+        ends = bool(disabled) or password_hash is not None
+        end = self._end(user_id=user_id, ended=ends)
+        update = tables.recording(
+            tables.update_user(
+                user_id, name=name, role=role, disabled=disabled, password_hash=password_hash
+            ),
+            end,
+        )
+        event = ops.UserUpdated(actor=actor, at=self.clock(), user_id=user_id, name=name,
+                                role=role, disabled=disabled,
+                                password=None if password is None else True)  # fmt: skip
+
+        def write(tx: SqlTx) -> tuple[bool, list[NewEvent]]:
+            found = update(tx)
+            return found, [ops.to_new_event(event)] if found else []
+
+        self._bump()
+        self._cache.drop_user(user_id)
+        found, _ = await self.store.record(ops.operator_stream("user", user_id), write)
+        self._bump()
+        self._cache.drop_user(user_id)
+        if found and ends:
+            self._tell(SessionsEnded(user_id=user_id))
+        log.info("user_updated", user_id=user_id, found=found, sessions_ended=ends)
+        return found
+
+    async def delete_user(self, user_id: str, *, actor: Actor) -> bool:
+        """Delete the user and end every session of theirs at once (on every node), recorded
+        as ``UserDeleted`` by ``actor``. False: no such user. Grants and group memberships are
+        the caller's to end first (they are bank and group events)."""
+        delete = tables.recording(tables.delete_user(user_id), self._end(user_id=user_id))
+        event = ops.UserDeleted(actor=actor, at=self.clock(), user_id=user_id)
+
+        def write(tx: SqlTx) -> tuple[bool, list[NewEvent]]:
+            found = delete(tx)
+            return found, [ops.to_new_event(event)] if found else []
+
+        self._bump()
+        self._cache.drop_user(user_id)
+        found, _ = await self.store.record(ops.operator_stream("user", user_id), write)
+        self._bump()
+        self._cache.drop_user(user_id)
+        if found:
+            self._tell(SessionsEnded(user_id=user_id))
+        log.info("user_deleted", user_id=user_id, found=found)
+        return found
 
     async def user_exists(self, user_id: str) -> bool:
         return await self.store.read(tables.user_exists(user_id))

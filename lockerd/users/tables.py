@@ -295,3 +295,84 @@ def session_ends_since(at: int) -> Callable[[SqlTx], list[SessionEnd]]:
 
 def nothing(tx: SqlTx) -> None:
     """A write that changes nothing (to record a :class:`SessionEnd` on its own)."""
+
+
+@dataclass(frozen=True, slots=True)
+class UserListing:
+    """A user as the admin API lists them (no secrets)."""
+
+    id: str
+    email: str
+    name: str
+    role: str
+    disabled: bool
+    created_at: str
+
+
+_LISTING_COLUMNS = "id, email, name, role, disabled, created_at"
+
+
+def _listing(row: tuple[object, ...]) -> UserListing:
+    user_id, email, name, role, disabled, created_at = row
+    return UserListing(str(user_id), str(email), str(name), str(role), bool(disabled),
+                       str(created_at))  # fmt: skip
+
+
+def list_users(tx: SqlTx) -> list[UserListing]:
+    """Every user, oldest first (then by id, so the order is stable)."""
+    rows = tx.query(f"SELECT {_LISTING_COLUMNS} FROM users ORDER BY created_at, id")
+    return [_listing(row) for row in rows]
+
+
+def listing_of(user_id: str) -> Callable[[SqlTx], UserListing | None]:
+    def read(tx: SqlTx) -> UserListing | None:
+        rows = tx.query(f"SELECT {_LISTING_COLUMNS} FROM users WHERE id = ?", (user_id,))
+        return _listing(rows[0]) if rows else None
+
+    return read
+
+
+def update_user(
+    user_id: str,
+    *,
+    name: str | None,
+    role: str | None,
+    disabled: bool | None,
+    password_hash: str | None,
+) -> Callable[[SqlTx], bool]:
+    """Change the given columns; disabling or a new password also ends every session.
+    False: no such user."""
+
+    def write(tx: SqlTx) -> bool:
+        if not tx.query("SELECT 1 FROM users WHERE id = ?", (user_id,)):
+            return False
+        columns: list[tuple[str, object]] = []
+        if name is not None:
+            columns.append(("name", name))
+        if role is not None:
+            columns.append(("role", role))
+        if disabled is not None:
+            columns.append(("disabled", int(disabled)))
+        if password_hash is not None:
+            columns.append(("password_hash", password_hash))
+        if columns:
+            assignments = ", ".join(f"{column} = ?" for column, _ in columns)
+            tx.execute(
+                f"UPDATE users SET {assignments} WHERE id = ?",
+                [*(value for _, value in columns), user_id],
+            )
+        if disabled or password_hash is not None:
+            tx.execute("DELETE FROM user_sessions WHERE user_id = ?", (user_id,))
+        return True
+
+    return write
+
+
+def delete_user(user_id: str) -> Callable[[SqlTx], bool]:
+    """Delete the user and every session of theirs. False: no such user."""
+
+    def write(tx: SqlTx) -> bool:
+        tx.execute("DELETE FROM user_sessions WHERE user_id = ?", (user_id,))
+        return tx.execute("DELETE FROM users WHERE id = ?", (user_id,)) == 1
+
+    return write

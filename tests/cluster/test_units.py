@@ -23,6 +23,7 @@ from actors.fleet import FleetView
 from actors.registry import MOVED, BankCameHere, BankUnavailable
 from domain import commands as c
 from domain import events as e
+from domain.actor import Actor
 from domain.records import NewEvent, StoredEvent
 from domain.state import BankState, Transaction
 from lockerd.cluster.feed import EventFeed
@@ -91,6 +92,9 @@ SAMPLES: list[c.BankCommand] = [
     c.GrantAccess("comp-1", "user-1", EPOCH + timedelta(days=1)),
     c.RevokeAccess("comp-1", "user-1"),
     c.RequestOpen("comp-1", "user-1", "tx-1", 30),
+    c.RequestOpen("comp-1", "user-1", "tx-1", 30, frozenset({"group-1", "group-2"})),
+    c.GrantGroupAccess("comp-1", "group-1", None, Actor.user("admin-1")),
+    c.RevokeGroupAccess("comp-1", "group-1", Actor.admin_token()),
     c.RequestApplyConfig("tx-2", 30, "admin"),
     c.MarkDispatched("tx-1"),
     c.RecordAnswer("tx-1", "open_compartment", "error", "DOOR_JAMMED", "jammed", None),
@@ -101,7 +105,7 @@ SAMPLES: list[c.BankCommand] = [
         "qr_scanned",
         "ev-1",
         {"qr_payload": "x", "n": [1, 2]},
-        c.QrClaim("user-1", "comp-1", EPOCH, "nonce"),
+        c.QrClaim("user-1", "comp-1", EPOCH, "nonce", frozenset({"group-1"})),
         "spare",
         30,
     ),

@@ -89,3 +89,65 @@ async def test_opened_on_one_node_followed_on_the_other(
             assert waited.status_code == 200, waited.text
             assert waited.json()["status"] == "success"
             nursery.cancel_scope.cancel()
+
+
+async def test_group_membership_changed_on_one_node_is_followed_on_the_other(
+    mosquitto: MosquittoBroker, cluster_database: str
+) -> None:
+    async with nodes(mosquitto, cluster_database, "node-a", "node-b") as (a, b):
+        await balanced(a, b)
+        banks = await create_banks(a, 2, spread_over=(a, b))
+        simulator = BankSet(mosquitto.host, mosquitto.port, [x["id"] for x in banks], interval=1.0)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(simulator.run)
+            compartment = banks[1]["compartments"][0]["id"]
+            created = await a.admin_post(
+                "/api/admin/users", {"email": "m@example.org", "password": PASSWORD, "name": "M"}
+            )
+            user_id = created.json()["id"]
+            group = await a.admin_post("/api/admin/groups", {"name": "crew"})
+            group_id = group.json()["id"]
+            granted = await a.admin_post(
+                f"/api/admin/compartments/{compartment}/grants", {"group_id": group_id}
+            )
+            assert granted.status_code == 201, granted.text
+            login = await b.http.post(
+                "/api/login", json={"email": "m@example.org", "password": PASSWORD}
+            )
+            token = login.json()["token"]
+            headers = {"Authorization": f"Bearer {token}"}
+            url = b.base_url.replace("http://", "ws://") + f"/ws/app?token={token}"
+            async with open_websocket_url(url) as ws:
+                snapshot = json.loads(await ws.get_message())
+                assert snapshot["compartments"] == []
+                # joined through node a: the stream on node b shows the compartment
+                joined = await a.admin_post(
+                    f"/api/admin/groups/{group_id}/members", {"user_id": user_id}
+                )
+                assert joined.status_code == 204
+                with trio.fail_after(20):
+                    message = json.loads(await ws.get_message())
+                assert message["type"] == "compartment" and message["granted"] is True
+                assert message["compartment"]["id"] == compartment
+
+                async def online_on_b() -> bool:
+                    status = b.context.fleet.banks.get(banks[1]["id"])
+                    return status is not None and status.presence == "online"
+
+                await eventually(online_on_b, within=20.0)
+                opened = await b.http.post(f"/api/compartments/{compartment}/open", headers=headers)
+                assert opened.status_code == 202, opened.text
+                # left through node a: it ends on node b
+                left = await a.http.delete(
+                    f"/api/admin/groups/{group_id}/members/{user_id}", headers=a.admin_headers()
+                )
+                assert left.status_code == 204
+                with trio.fail_after(20):  # door changes of the open may come first
+                    while True:
+                        message = json.loads(await ws.get_message())
+                        if message.get("type") == "compartment" and not message["granted"]:
+                            break
+                assert message["compartment"]["id"] == compartment
+            listed = await b.http.get("/api/compartments", headers=headers)
+            assert listed.json() == []
+            nursery.cancel_scope.cancel()

@@ -113,3 +113,49 @@ async def test_a_role_change_is_seen_on_every_node(
             return bool(me.json()["role"] == "admin")
 
         await eventually(admin_on_b, within=10.0)
+
+
+async def test_the_admin_api_disables_deletes_and_promotes_on_every_node(
+    mosquitto: MosquittoBroker, shared_database: str
+) -> None:
+    async with AsyncExitStack() as stack:
+        a = await stack.enter_async_context(lockerd(settings(mosquitto, shared_database, "n-a")))
+        b = await stack.enter_async_context(lockerd(settings(mosquitto, shared_database, "n-b")))
+        dan, dan_headers = await signed_in(a, "dan@example.org")
+        eve, eve_headers = await signed_in(a, "eve@example.org")
+        for node in (a, b):  # cached on both nodes
+            assert await status_on(node, dan_headers) == 200
+            assert await status_on(node, eve_headers) == 200
+        admin = a.admin_headers()
+
+        # PATCH disabled on node a: 401 there at once, on node b within about a second
+        response = await a.http.patch(
+            f"/api/admin/users/{dan}", json={"disabled": True}, headers=admin
+        )
+        assert response.status_code == 200, response.text
+        assert await status_on(a, dan_headers) == 401
+
+        async def dan_gone_on_b() -> bool:
+            return await status_on(b, dan_headers) == 401
+
+        await eventually(dan_gone_on_b, within=10.0)
+
+        # a role change through node b is seen on node a
+        response = await b.http.patch(
+            f"/api/admin/users/{eve}", json={"role": "admin"}, headers=admin
+        )
+        assert response.status_code == 200
+
+        async def admin_on_a() -> bool:
+            me = await a.http.get("/api/me", headers=eve_headers)
+            return bool(me.json()["role"] == "admin")
+
+        await eventually(admin_on_a, within=10.0)
+
+        # DELETE through node b: eve's token is 401 on node a too
+        assert (await b.http.delete(f"/api/admin/users/{eve}", headers=admin)).status_code == 204
+
+        async def eve_gone_on_a() -> bool:
+            return await status_on(a, eve_headers) == 401
+
+        await eventually(eve_gone_on_a, within=10.0)

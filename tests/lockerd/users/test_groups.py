@@ -1,0 +1,235 @@
+"""Groups and group grants (contract §5): every member may open while a member; the app's list
+and ``/ws/app`` follow grants, joins and leaves; unhappy paths on both stores."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from domain.qr import issue_qr
+from tests.lockerd.appstream.test_app_ws import next_matching, receive, ws_client, ws_url
+from tests.support.device import Answer, device, provision
+from tests.support.mosquitto import MosquittoBroker
+from tests.support.postgres import server_url
+from tests.support.service import database_url_for
+from tests.support.users import App, running_app
+
+BACKENDS = ["sqlite", *(["postgresql"] if server_url() else [])]
+
+
+@pytest.fixture(params=BACKENDS)
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return database_url_for(tmp_path, request.param)
+
+
+def app_on(broker: MosquittoBroker, tmp_path: Path, database: str) -> Any:
+    return running_app(broker.url, tmp_path / "unused.db", LOCKERD_DATABASE=database)
+
+
+async def create_group(app: App, name: str) -> str:
+    response = await app.admin_post("/api/admin/groups", {"name": name})
+    assert response.status_code == 201, response.text
+    group_id: str = response.json()["id"]
+    return group_id
+
+
+async def join(app: App, group_id: str, user_id: str) -> None:
+    response = await app.admin_post(f"/api/admin/groups/{group_id}/members", {"user_id": user_id})
+    assert response.status_code == 204, response.text
+
+
+async def leave(app: App, group_id: str, user_id: str) -> None:
+    response = await app.admin_delete(f"/api/admin/groups/{group_id}/members/{user_id}")
+    assert response.status_code == 204, response.text
+
+
+async def listed(app: App, headers: dict[str, str]) -> list[str]:
+    response = await app.http.get("/api/compartments", headers=headers)
+    assert response.status_code == 200, response.text
+    return [entry["id"] for entry in response.json()]
+
+
+async def test_a_member_opens_through_a_group_grant_while_a_member(
+    mosquitto: MosquittoBroker, tmp_path: Path
+) -> None:
+    async with running_app(mosquitto.url, tmp_path / "lockerd.db") as app:
+        bank = await app.create_bank(compartments=2)
+        compartment = bank["compartments"][0]
+        credentials = await provision(mosquitto.url, bank["provisioning_token"])
+        member = await app.signed_in_user()
+        group_id = await create_group(app, "cleaners")
+        response = await app.admin_post(
+            f"/api/admin/compartments/{compartment['id']}/grants", {"group_id": group_id}
+        )
+        assert response.status_code == 201, response.text
+        assert response.json() == {
+            "compartment_id": compartment["id"],
+            "group_id": group_id,
+            "expires_at": None,
+        }
+        async with device(
+            mosquitto.url,
+            bank["id"],
+            client_id=credentials.client_id,
+            username=credentials.mqtt_user,
+            password=credentials.mqtt_password,
+        ) as dev:
+            dev.answers["open_compartment"] = Answer(message="opened")
+            await dev.heartbeat()
+            await app.until_presence(bank["id"], "online")
+            # not a member yet: no grant
+            response = await app.open(member, compartment["id"])
+            assert response.status_code == 403
+            assert response.json()["reason"] == "no_grant"
+            async with ws_client(ws_url(app, member.token)) as ws:
+                assert (await receive(ws))["compartments"] == []
+                await join(app, group_id, member.id)
+                appeared = await next_matching(ws, lambda m: m.get("type") == "compartment")
+                assert appeared["granted"] is True
+                assert appeared["compartment"]["id"] == compartment["id"]
+                assert await listed(app, member.headers) == [compartment["id"]]
+
+                response = await app.open(member, compartment["id"])
+                assert response.status_code == 202, response.text
+                command = await dev.next_command("open_compartment")
+                assert command["transaction_id"] == response.json()["transaction_id"]
+                tx = await app.until_transaction(command["transaction_id"], status="success")
+                assert tx["message"] == "opened"
+                # a QR code works for a member too
+                response = await app.http.post(
+                    f"/api/compartments/{compartment['id']}/qr", headers=member.headers
+                )
+                assert response.status_code == 201, response.text
+
+                await leave(app, group_id, member.id)
+                ended = await next_matching(ws, lambda m: m.get("type") == "compartment")
+                assert ended["granted"] is False
+                assert ended["compartment"]["id"] == compartment["id"]
+            assert await listed(app, member.headers) == []
+            response = await app.open(member, compartment["id"])
+            assert response.status_code == 403
+            # a QR code issued while a member no longer opens after leaving
+            expires_at = app.context.clock().replace(microsecond=0) + timedelta(minutes=1)
+            payload = issue_qr(app.context.keyring, member.id, compartment["id"], expires_at)
+            await dev.event("qr_scanned", {"qr_payload": payload})
+            denied = await app.wait_until(
+                lambda: _denied_qr(app, bank["id"]), what="the QR scan refused"
+            )
+            assert denied["data"]["reason"] == "no_grant"
+
+            # the group grant itself ends: members cannot open any more
+            await join(app, group_id, member.id)
+            assert await listed(app, member.headers) == [compartment["id"]]
+            response = await app.admin_delete(
+                f"/api/admin/compartments/{compartment['id']}/grants/groups/{group_id}"
+            )
+            assert response.status_code == 204, response.text
+            assert await listed(app, member.headers) == []
+            revoked = await app.events(bank["id"], "CompartmentGroupAccessRevoked")
+            assert revoked[0]["data"]["actor"] == {"kind": "admin_token"}
+
+
+async def _denied_qr(app: App, bank_id: str) -> dict[str, Any] | None:
+    for event in await app.events(bank_id, "CompartmentOpeningDenied"):
+        if event["data"].get("via") == "qr":
+            return event
+    return None
+
+
+async def test_groups_listing_and_unhappy_paths(
+    mosquitto: MosquittoBroker, tmp_path: Path, database: str
+) -> None:
+    async with app_on(mosquitto, tmp_path, database) as app:
+        user = await app.signed_in_user()
+        other = await app.create_user()
+        group_id = await create_group(app, "Drivers")
+        await join(app, group_id, user.id)
+        await join(app, group_id, user.id)  # already a member: nothing changes
+        await join(app, group_id, other.id)
+        response = await app.admin_get("/api/admin/groups")
+        assert response.status_code == 200
+        assert response.json() == [
+            {"id": group_id, "name": "Drivers", "members": sorted([user.id, other.id])}
+        ]
+        missing = str(uuid.uuid4())
+        members = f"/api/admin/groups/{group_id}/members"
+
+        # 401 / 403 first, whatever the resource or body
+        for headers, status in (({}, 401), (user.headers, 403)):
+            assert (await app.http.get("/api/admin/groups", headers=headers)).status_code == status
+            response = await app.http.post("/api/admin/groups", json={}, headers=headers)
+            assert response.status_code == status
+            for target in (group_id, missing):
+                response = await app.http.post(
+                    f"/api/admin/groups/{target}/members", json={"x": 1}, headers=headers
+                )
+                assert response.status_code == status
+                response = await app.http.delete(
+                    f"/api/admin/groups/{target}/members/{user.id}", headers=headers
+                )
+                assert response.status_code == status
+        # 409: a taken name (case-insensitive)
+        response = await app.admin_post("/api/admin/groups", {"name": "drivers"})
+        assert response.status_code == 409
+        # 400: bad bodies
+        for body in ({}, {"name": ""}, {"name": "  "}, {"name": 5}, {"name": "x", "more": 1}):
+            response = await app.admin_post("/api/admin/groups", body)
+            assert response.status_code == 400, (body, response.text)
+        for body in ({}, {"user_id": ""}, {"user_id": 5}, {"user_id": user.id, "x": 1}):
+            response = await app.admin_post(members, body)
+            assert response.status_code == 400, (body, response.text)
+        # 404: no such group, user or membership
+        for target in (missing, "nope"):
+            response = await app.admin_post(
+                f"/api/admin/groups/{target}/members", {"user_id": user.id}
+            )
+            assert response.status_code == 404
+            response = await app.admin_delete(f"/api/admin/groups/{target}/members/{user.id}")
+            assert response.status_code == 404
+        response = await app.admin_post(members, {"user_id": missing})
+        assert response.status_code == 404
+        assert "user" in response.json()["message"]
+        await leave(app, group_id, other.id)
+        response = await app.admin_delete(f"{members}/{other.id}")
+        assert response.status_code == 404
+        assert (await app.admin_delete(f"{members}/nope")).status_code == 404
+
+        # group grants: exactly one of user_id and group_id; a known group; 404 on revoke
+        bank = await app.create_bank()
+        grants = f"/api/admin/compartments/{bank['compartments'][0]['id']}/grants"
+        for body in ({}, {"user_id": user.id, "group_id": group_id}, {"group_id": ""}):
+            response = await app.admin_post(grants, body)
+            assert response.status_code == 400, (body, response.text)
+        response = await app.admin_post(grants, {"group_id": missing})
+        assert response.status_code == 404
+        assert "group" in response.json()["message"]
+        response = await app.admin_post(
+            f"/api/admin/compartments/{missing}/grants", {"group_id": group_id}
+        )
+        assert response.status_code == 404
+        response = await app.admin_post(
+            grants, {"group_id": group_id, "expires_at": "2000-01-01T00:00:00Z"}
+        )
+        assert response.status_code == 400
+        response = await app.admin_post(
+            grants, {"group_id": group_id, "expires_at": "2999-01-01T00:00:00Z"}
+        )
+        assert response.status_code == 201
+        assert (await app.admin_get(grants)).json()[0]["group_id"] == group_id
+        for target in (missing, "nope"):
+            response = await app.admin_delete(f"{grants}/groups/{target}")
+            assert response.status_code == 404
+        for headers, status in (({}, 401), (user.headers, 403)):
+            response = await app.http.delete(f"{grants}/groups/{group_id}", headers=headers)
+            assert response.status_code == status
+        assert (await app.admin_delete(f"{grants}/groups/{group_id}")).status_code == 204
+        assert (await app.admin_delete(f"{grants}/groups/{group_id}")).status_code == 404
+
+        # deleting a user ends their memberships
+        assert (await app.admin_delete(f"/api/admin/users/{user.id}")).status_code == 204
+        groups = (await app.admin_get("/api/admin/groups")).json()
+        assert groups[0]["members"] == []
