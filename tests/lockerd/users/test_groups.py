@@ -4,19 +4,21 @@ and ``/ws/app`` follow grants, joins and leaves; unhappy paths on both stores.""
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from domain.qr import issue_qr
+from lockerd.commands.store_ops import rebuild
+from store.base import SqlTx
 from tests.lockerd.appstream.test_app_ws import next_matching, receive, ws_client, ws_url
 from tests.support.device import Answer, device, provision
 from tests.support.mosquitto import MosquittoBroker
 from tests.support.postgres import server_url
 from tests.support.service import database_url_for
-from tests.support.users import App, running_app
+from tests.support.users import App, MovableClock, running_app
 
 BACKENDS = ["sqlite", *(["postgresql"] if server_url() else [])]
 
@@ -233,3 +235,88 @@ async def test_groups_listing_and_unhappy_paths(
         assert (await app.admin_delete(f"/api/admin/users/{user.id}")).status_code == 204
         groups = (await app.admin_get("/api/admin/groups")).json()
         assert groups[0]["members"] == []
+
+
+def grant_valid(expires_at: object, now: Any) -> bool:
+    return expires_at is None or now < datetime.fromisoformat(str(expires_at))
+
+
+async def store_compartments(app: App, user_id: str) -> list[dict[str, Any]]:
+    """What the read models say the user may open now: own grants and their groups' grants."""
+    now = app.context.clock()
+
+    def read(tx: SqlTx) -> list[tuple[Any, ...]]:
+        return tx.query(
+            "SELECT c.id, c.number, c.bank_id, b.name, c.door_state, g.expires_at"
+            " FROM access_grants g JOIN compartments c ON c.id = g.compartment_id"
+            " JOIN banks b ON b.id = c.bank_id"
+            " WHERE g.user_id = ? OR g.group_id IN"
+            " (SELECT group_id FROM group_members WHERE user_id = ?)",
+            (user_id, user_id),
+        )
+
+    found: dict[str, dict[str, Any]] = {}
+    for cid, number, bank_id, name, door, expires_at in await app.context.tables.read(read):
+        if grant_valid(expires_at, now):
+            status = app.context.fleet.banks.get(bank_id)
+            found[cid] = {
+                "id": cid,
+                "number": number,
+                "locker_bank_id": bank_id,
+                "locker_bank_name": name,
+                "presence": "unknown" if status is None else status.presence,
+                "door_state": door,
+            }
+    return sorted(
+        found.values(), key=lambda c: (c["locker_bank_name"], c["locker_bank_id"], c["number"])
+    )
+
+
+async def assert_agree(app: App, user_ids: list[str]) -> dict[str, list[str]]:
+    now = app.context.clock()
+    seen = {}
+    for user_id in user_ids:
+        stored = await store_compartments(app, user_id)
+        assert app.context.live.compartments_of(user_id, now) == stored, user_id
+        seen[user_id] = [c["id"] for c in stored]
+    return seen
+
+
+async def test_the_live_model_agrees_with_the_store_on_groups_after_restart_and_rebuild(
+    mosquitto: MosquittoBroker, tmp_path: Path, database: str
+) -> None:
+    clock = MovableClock()
+    env = {"LOCKERD_DATABASE": database}
+    async with running_app(mosquitto.url, tmp_path / "unused.db", clock, **env) as app:
+        bank = await app.create_bank(compartments=3)
+        a1, a2, a3 = (c["id"] for c in bank["compartments"])
+        u1, u2, u3 = [await app.create_user() for _ in range(3)]
+        g = await create_group(app, "g")
+        h = await create_group(app, "h")
+        await join(app, g, u1.id)
+        await join(app, h, u1.id)
+        await join(app, h, u2.id)
+        await join(app, h, u3.id)
+        grants = "/api/admin/compartments/{}/grants"
+        soon = (clock() + timedelta(hours=1)).isoformat()
+        for cid, body in (
+            (a1, {"group_id": g}),
+            (a2, {"group_id": h, "expires_at": soon}),
+            (a3, {"group_id": h}),
+            (a2, {"user_id": u1.id}),
+        ):
+            assert (await app.admin_post(grants.format(cid), body)).status_code == 201
+        revoked = await app.admin_delete(f"{grants.format(a3)}/groups/{h}")
+        assert revoked.status_code == 204
+        await leave(app, h, u3.id)
+        users = [u1.id, u2.id, u3.id]
+        seen = await assert_agree(app, users)
+        assert seen == {u1.id: [a1, a2], u2.id: [a2], u3.id: []}
+        clock.advance(timedelta(hours=2))  # h's grant of a2 has expired; u1's own has not
+        before = await assert_agree(app, users)
+        assert before == {u1.id: [a1, a2], u2.id: [], u3.id: []}
+    async with running_app(mosquitto.url, tmp_path / "unused.db", clock, **env) as app:
+        assert await assert_agree(app, users) == before  # loaded from the read models
+    await rebuild(database)
+    async with running_app(mosquitto.url, tmp_path / "unused.db", clock, **env) as app:
+        assert await assert_agree(app, users) == before
