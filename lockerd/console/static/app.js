@@ -5,7 +5,7 @@ import { refreshAlertCount, alertsView } from "./alerts.js";
 import { auditView } from "./audit.js";
 import { bankView } from "./bank.js";
 import { knowUsers } from "./format.js";
-import { connect, disconnect, fleetView, live, subscribe } from "./fleet.js";
+import { connect, disconnect, fleetView, live, subscribe, subscribeAlerts } from "./fleet.js";
 import { metricsView } from "./metrics.js";
 import { peopleView } from "./people.js";
 import { action, clearFlash, errorText } from "./ui.js";
@@ -110,7 +110,21 @@ function start() {
   route();
 }
 
-subscribe(() => refreshAlertCount());
+// The open-alert count follows alert messages and the banks' alert lists (not every heartbeat).
+const alertKeys = new Map();
+subscribe((id) => {
+  const ids = id === null ? [...live.banks.keys()] : [id];
+  let changed = id === null;
+  for (const bankId of ids) {
+    const key = JSON.stringify(live.banks.get(bankId)?.alerts || []);
+    if (alertKeys.get(bankId) !== key) {
+      alertKeys.set(bankId, key);
+      changed = true;
+    }
+  }
+  if (changed) refreshAlertCount();
+});
+subscribeAlerts(() => refreshAlertCount());
 
 // ---- creating a bank (from the fleet view) --------------------------------------------------
 
