@@ -129,6 +129,8 @@ def test_a_banks_page_shows_compartments_and_a_readable_history(world: World) ->
     screenshot(driver, "bank-phone.png")
     driver.set_window_size(*DESKTOP)
     screenshot(driver, "bank.png")
+    driver.execute_script("document.getElementById('history-title').scrollIntoView()")
+    screenshot(driver, "history.png")
 
 
 def test_cancelling_an_action_changes_nothing(world: World) -> None:
