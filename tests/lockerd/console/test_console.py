@@ -1,11 +1,11 @@
 """The operators' console (``GET /console``) end to end: a real lockerd, a real Mosquitto,
 simulated devices that answer commands, and headless Chromium driving the page.
 
-One service and one browser serve the whole module (see harness.py); each test sets up what it
-needs and performs one action through the page: it clicks, checks that the console asks first,
-confirms, and reads the result line. Every operator action is remembered with the time window
-it happened in and who did it, and the last test finds each of them, with its actor, in
-``GET /api/admin/audit``. Screenshots go to test-artifacts/console/.
+One service and one browser serve every console test module (harness.py, conftest.py); each
+test sets up what it needs and performs one action through the page: it clicks, checks that the
+console asks first, confirms, and reads the result line. Every operator action is remembered
+(``World.performed``) with the time window it happened in and who did it, for the audit check.
+Screenshots go to test-artifacts/console/.
 """
 
 from __future__ import annotations
@@ -257,7 +257,14 @@ def test_every_view_at_phone_width(world: World) -> None:
     driver = world.console.driver
     driver.set_window_size(*PHONE)
     try:
-        for route, name in (("/fleet", "fleet"), ("/people", "people"), ("/metrics", "metrics")):
+        for route, name in (
+            ("/fleet", "fleet"),
+            (f"/banks/{world.bank['id']}", "bank"),
+            ("/people", "people"),
+            ("/alerts", "alerts"),
+            ("/audit", "audit"),
+            ("/metrics", "metrics"),
+        ):
             world.console.go(route)
             width = driver.execute_script("return document.documentElement.scrollWidth")
             assert width <= PHONE[0] + 1, f"{route} is {width} px wide at phone width"
