@@ -305,11 +305,14 @@ async def test_every_json_route_answers_415_for_a_body_that_is_not_json(
     user = await svc.admin_post(
         "/api/admin/users", {"email": "m@x.org", "password": "long-password", "name": "M"}
     )
+    group = await svc.admin_post("/api/admin/groups", {"name": "Staff"})
+    assert group.status_code == 201, group.text
     ids = {
         "bank_id": bank["id"],
         "compartment_id": bank["compartments"][0]["id"],
         "tenant_id": tenant,
         "user_id": user.json()["id"],
+        "group_id": group.json()["id"],
     }
     document = (await svc.http.get("/openapi.json")).json()
     checked = []
