@@ -305,7 +305,8 @@ async def test_every_json_route_answers_415_for_a_body_that_is_not_json(
     user = await svc.admin_post(
         "/api/admin/users", {"email": "m@x.org", "password": "long-password", "name": "M"}
     )
-    group = await svc.admin_post("/api/admin/groups", {"name": "boundary"})
+    group = await svc.admin_post("/api/admin/groups", {"name": "Staff"})
+    assert group.status_code == 201, group.text
     ids = {
         "bank_id": bank["id"],
         "compartment_id": bank["compartments"][0]["id"],

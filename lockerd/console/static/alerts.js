@@ -1,11 +1,10 @@
 // Alerts (open, acknowledged, resolved) with acknowledge; live: reloaded whenever a bank changes.
 import { enc, get, post, query } from "./api.js";
 import { details, moment } from "./format.js";
-import { live, subscribe } from "./fleet.js";
+import { live, subscribe, subscribeAlerts } from "./fleet.js";
 import { action, badge, button, h, row, table } from "./ui.js";
 
 const STATES = ["open", "acknowledged", "resolved"];
-const POLL_MS = 5000; // alerts also change without a bank message (e.g. a webhook retry's outcome)
 
 const COLUMNS = [
   { label: "Raised", nowrap: true },
@@ -81,16 +80,30 @@ export function alertsView(container, params) {
     }
   }
 
+  // Live: /ws/status sends every alert change; a bank's entry also lists its open alerts.
+  const seen = new Map(); // bank id -> its alerts as last seen
   let pending = null;
-  const unsubscribe = subscribe(() => {
+  const later = () => {
     clearTimeout(pending);
-    pending = setTimeout(load, 150);
+    pending = setTimeout(load, 100);
+  };
+  const unsubscribe = subscribe((id) => {
+    const ids = id === null ? [...live.banks.keys()] : [id];
+    let changed = false;
+    for (const bankId of ids) {
+      const key = JSON.stringify(live.banks.get(bankId)?.alerts || []);
+      if (seen.get(bankId) !== key) {
+        seen.set(bankId, key);
+        changed = true;
+      }
+    }
+    if (changed) later();
   });
-  const poll = setInterval(load, POLL_MS);
+  const unsubscribeAlerts = subscribeAlerts(later);
   load();
   return () => {
     unsubscribe();
-    clearInterval(poll);
+    unsubscribeAlerts();
     clearTimeout(pending);
   };
 }

@@ -4,12 +4,14 @@
 const TOKEN_KEY = "lockerd.console.token";
 const KIND_KEY = "lockerd.console.kind"; // "password" (a session from /api/login) or "token"
 const WHO_KEY = "lockerd.console.who";
+const ME_KEY = "lockerd.console.me"; // GET /api/me of a password sign-in
 
 export class ApiError extends Error {
-  constructor(status, code, message) {
+  constructor(status, code, message, reason = null) {
     super(message);
     this.status = status;
     this.code = code;
+    this.reason = reason; // e.g. "offline", "out_of_service" on a refused open
   }
 }
 
@@ -17,13 +19,15 @@ export const session = {
   token: () => sessionStorage.getItem(TOKEN_KEY),
   kind: () => sessionStorage.getItem(KIND_KEY),
   who: () => sessionStorage.getItem(WHO_KEY),
-  save(token, kind, who) {
+  me: () => JSON.parse(sessionStorage.getItem(ME_KEY) || "null"),
+  save(token, kind, who, me = null) {
     sessionStorage.setItem(TOKEN_KEY, token);
     sessionStorage.setItem(KIND_KEY, kind);
     sessionStorage.setItem(WHO_KEY, who);
+    if (me) sessionStorage.setItem(ME_KEY, JSON.stringify(me));
   },
   clear() {
-    for (const key of [TOKEN_KEY, KIND_KEY, WHO_KEY]) sessionStorage.removeItem(key);
+    for (const key of [TOKEN_KEY, KIND_KEY, WHO_KEY, ME_KEY]) sessionStorage.removeItem(key);
   },
 };
 
@@ -35,7 +39,7 @@ export function whenUnauthorized(handler) {
 
 function errorOf(status, body) {
   if (body && typeof body === "object" && body.message) {
-    return new ApiError(status, body.error || String(status), body.message);
+    return new ApiError(status, body.error || String(status), body.message, body.reason || null);
   }
   return new ApiError(status, String(status), `the server answered HTTP ${status}`);
 }

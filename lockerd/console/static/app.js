@@ -4,7 +4,8 @@ import { ApiError, get, post, session, whenUnauthorized } from "./api.js";
 import { refreshAlertCount, alertsView } from "./alerts.js";
 import { auditView } from "./audit.js";
 import { bankView } from "./bank.js";
-import { connect, disconnect, fleetView, live, subscribe } from "./fleet.js";
+import { knowUsers } from "./format.js";
+import { connect, disconnect, fleetView, live, subscribe, subscribeAlerts } from "./fleet.js";
 import { metricsView } from "./metrics.js";
 import { peopleView } from "./people.js";
 import { action, clearFlash, errorText } from "./ui.js";
@@ -59,7 +60,7 @@ $("password-form").addEventListener("submit", async (event) => {
       $("login-error").textContent = "This account is not an administrator; the console needs the admin role.";
       return;
     }
-    session.save(token, "password", me.email);
+    session.save(token, "password", me.email, me);
     start();
   } catch (error) {
     $("login-error").textContent = error instanceof ApiError && error.status === 401
@@ -102,13 +103,28 @@ function start() {
   $("sign-out").hidden = false;
   $("who").hidden = false;
   $("who").textContent = `Signed in: ${session.who()}`;
+  if (session.me()) knowUsers([session.me()]);
   live.attempt = 0;
   connect();
   refreshAlertCount();
   route();
 }
 
-subscribe(() => refreshAlertCount());
+// The open-alert count follows alert messages and the banks' alert lists (not every heartbeat).
+const alertKeys = new Map();
+subscribe((id) => {
+  const ids = id === null ? [...live.banks.keys()] : [id];
+  let changed = id === null;
+  for (const bankId of ids) {
+    const key = JSON.stringify(live.banks.get(bankId)?.alerts || []);
+    if (alertKeys.get(bankId) !== key) {
+      alertKeys.set(bankId, key);
+      changed = true;
+    }
+  }
+  if (changed) refreshAlertCount();
+});
+subscribeAlerts(() => refreshAlertCount());
 
 // ---- creating a bank (from the fleet view) --------------------------------------------------
 
@@ -171,6 +187,7 @@ function route() {
       view.dataset.view = "fleet";
       stopView = fleetView(view, { onCreate: createBank });
   }
+  view.dataset.route = `/${hash}`;
   document.title = `lockerd · ${view.dataset.view}`;
 }
 

@@ -10,6 +10,7 @@ export const live = {
   banks: new Map(), // id -> status entry as /ws/status sends it
   ready: false,
   listeners: new Set(), // fn(changedBankId | null for a snapshot)
+  alertListeners: new Set(), // fn(alert) for every {"type":"alert"} message
   socket: null,
   attempt: 0,
   retry: null,
@@ -30,6 +31,12 @@ function notify(id) {
       console.error(error);
     }
   }
+}
+
+// Alert changes as /ws/status sends them ({"type":"alert","alert":{…}}).
+export function subscribeAlerts(listener) {
+  live.alertListeners.add(listener);
+  return () => live.alertListeners.delete(listener);
 }
 
 export function subscribe(listener) {
@@ -83,6 +90,8 @@ export function connect() {
     } else if (message.type === "bank") {
       live.banks.set(message.bank.id, message.bank);
       notify(message.bank.id);
+    } else if (message.type === "alert") {
+      for (const listener of live.alertListeners) listener(message.alert);
     }
   };
   socket.onclose = () => {

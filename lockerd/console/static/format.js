@@ -64,8 +64,11 @@ export function actorText(actor) {
 
 const HIDDEN = new Set(["actor"]);
 
+const ISO_MOMENT = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})$/;
+
 function valueText(key, value) {
   if (value === null || value === undefined) return "–";
+  if (typeof value === "string" && ISO_MOMENT.test(value)) return moment(value);
   if (key === "actor") return actorText(value);
   if (key === "user_id" || key === "granted_by") return typeof value === "string" ? userLabel(value) : actorText(value);
   if (Array.isArray(value)) {

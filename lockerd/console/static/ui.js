@@ -87,7 +87,8 @@ export function clearFlash() {
 
 export function errorText(error) {
   if (error instanceof ApiError) {
-    return error.status ? `${error.message} (HTTP ${error.status}, ${error.code})` : error.message;
+    if (!error.status) return error.message;
+    return `${error.message} (HTTP ${error.status}, ${error.reason || error.code})`;
   }
   return String(error && error.message ? error.message : error);
 }

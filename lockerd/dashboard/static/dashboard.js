@@ -506,7 +506,10 @@
   }
 
   // An event's data as key/value chips (readable; a long value is cut short, in full on hover).
+  const ISO_MOMENT = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})$/;
+
   function chipValue(value) {
+    if (typeof value === "string" && ISO_MOMENT.test(value)) return formatMoment(value);
     if (Array.isArray(value) && value.every((item) => typeof item !== "object")) return value.join(", ");
     if (Array.isArray(value)) return `${value.length} item${value.length === 1 ? "" : "s"}`;
     if (value && typeof value === "object") {

@@ -13,6 +13,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -239,17 +241,22 @@ class Console:
         """Navigate inside the page (``/fleet``, ``/banks/<id>``, ``/audit?…``)."""
         if not self.driver.current_url.startswith(f"{self.base_url}/console"):
             self.load()
-        self.driver.execute_script("window.location.hash = arguments[0]", f"#{route}")
-        view = route.lstrip("/").split("/")[0].split("?")[0] or "fleet"
+        self.driver.execute_script(
+            "document.getElementById('view').removeAttribute('data-route');"
+            "if (location.hash === arguments[0])"
+            " window.dispatchEvent(new HashChangeEvent('hashchange'));"
+            "else location.hash = arguments[0];",
+            f"#{route}",
+        )
         wait_for(
             self.driver,
-            lambda d: d.find_element(By.ID, "view").get_attribute("data-view") == view,
-            f"the {view} view",
+            lambda d: d.find_element(By.ID, "view").get_attribute("data-route") == route,
+            f"the view of {route}",
         )
 
     def sign_in_with_password(self, email: str, password: str) -> None:
-        for field, value in (("login-email", email), ("login-password", password)):
-            element = visible(self.driver, f"#{field}")
+        for name, value in (("login-email", email), ("login-password", password)):
+            element = visible(self.driver, f"#{name}")
             element.clear()
             element.send_keys(value)
         self.driver.find_element(By.CSS_SELECTOR, "#password-form button[type=submit]").click()
@@ -312,3 +319,91 @@ class Console:
             for entry in self.driver.get_log("browser")
             if entry["level"] == "SEVERE" and not any(a in entry["message"] for a in allowed)
         ]
+
+
+# ---- the shared world of the console tests ------------------------------------------------
+
+OPERATOR_EMAIL = "operator@example.org"
+OPERATOR_PASSWORD = "operator-password-1"
+# Chromium logs every non-2xx fetch as SEVERE; the console shows those answers on purpose
+EXPECTED_LOGS = ("Failed to load resource",)
+
+
+@dataclass
+class Performed:
+    """An operator action the browser performed: who, and when (for the audit check)."""
+
+    what: str
+    actor: dict[str, str]
+    since: datetime
+    until: datetime
+    bank_id: str | None = None
+
+
+@dataclass
+class World:
+    backend: Backend
+    console: Console
+    operator_id: str
+    bank: dict[str, Any]  # online: a simulated device answers
+    offline_bank: dict[str, Any]  # no device
+    performed: list[Performed] = field(default_factory=list)
+
+    @property
+    def operator(self) -> dict[str, str]:
+        return {"kind": "user", "id": self.operator_id}
+
+    def act(
+        self,
+        what: str,
+        trigger: Any,
+        fields: dict[str, str | int] | None = None,
+        *,
+        bank_id: str | None = None,
+        actor: dict[str, str] | None = None,
+    ) -> tuple[str, str]:
+        """Perform an action through the page and remember it for the audit check."""
+        since = datetime.now(UTC) - timedelta(milliseconds=5)
+        kind, text = self.console.act(trigger, fields)
+        until = datetime.now(UTC) + timedelta(milliseconds=5)
+        if kind == "ok":
+            self.performed.append(Performed(what, actor or self.operator, since, until, bank_id))
+        return kind, text
+
+
+def bank_row(driver: WebDriver, bank_id: str) -> Any:
+    return driver.find_element(By.CSS_SELECTOR, f'#fleet-table tr[data-bank-id="{bank_id}"]')
+
+
+def compartment_action(compartment_id: str, action: str) -> str:
+    """The selector of one compartment's action button on a bank's page."""
+    return f'#compartment-table tr[data-compartment-id="{compartment_id}"] [data-action="{action}"]'
+
+
+def open_bank(world: World, bank_id: str) -> None:
+    world.console.go(f"/banks/{bank_id}")
+    text_of(world.console.driver, "#history-status", "events")
+
+
+def history_types(driver: WebDriver) -> list[str]:
+    return [
+        row.get_attribute("data-type") or ""
+        for row in driver.find_elements(By.CSS_SELECTOR, "#history-table tbody tr")
+    ]
+
+
+def fail_bank(backend: Backend, bank_id: str) -> None:
+    """Drive a bank's actor past its restart budget (its store appends fail), so that the
+    console's restart has something to restart."""
+    from tests.faults.test_failed_banks import BrokenAppends
+
+    async def run() -> None:
+        svc = backend.svc
+        assert svc is not None
+        path = f"/api/admin/locker-banks/{bank_id}/provisioning-token"
+        with BrokenAppends(svc, bank_id):
+            while not svc.context.registry.is_failed(bank_id):
+                response = await svc.http.post(path, headers=svc.admin_headers())
+                assert response.status_code == 503, response.text
+
+    backend.call(run)

@@ -1,140 +1,37 @@
 """The operators' console (``GET /console``) end to end: a real lockerd, a real Mosquitto,
 simulated devices that answer commands, and headless Chromium driving the page.
 
-One service and one browser serve the whole module (see harness.py); each test sets up what it
-needs and performs one action through the page: it clicks, checks that the console asks first,
-confirms, and reads the result line. Every operator action is remembered with the time window
-it happened in and who did it, and the last test finds each of them, with its actor, in
-``GET /api/admin/audit``. Screenshots go to test-artifacts/console/.
+One service and one browser serve every console test module (harness.py, conftest.py); each
+test sets up what it needs and performs one action through the page: it clicks, checks that the
+console asks first, confirms, and reads the result line. Every operator action is remembered
+(``World.performed``) with the time window it happened in and who did it, for the audit check.
+Screenshots go to test-artifacts/console/.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
-import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
 from tests.lockerd.console.harness import (
     DESKTOP,
+    EXPECTED_LOGS,
+    OPERATOR_EMAIL,
+    OPERATOR_PASSWORD,
     PHONE,
     Backend,
     Console,
-    chromium,
+    World,
+    bank_row,
+    history_types,
+    open_bank,
     screenshot,
     text_of,
-    visible,
     wait_for,
 )
 from tests.support.service import ADMIN_TOKEN
-
-OPERATOR_EMAIL = "operator@example.org"
-OPERATOR_PASSWORD = "operator-password-1"
-# Chromium logs every non-2xx fetch as SEVERE; the console shows those answers on purpose
-EXPECTED_LOGS = ("Failed to load resource",)
-
-
-@dataclass
-class Performed:
-    """An operator action the browser performed: who, and when (for the audit check)."""
-
-    what: str
-    actor: dict[str, str]
-    since: datetime
-    until: datetime
-    bank_id: str | None = None
-
-
-@dataclass
-class World:
-    backend: Backend
-    console: Console
-    operator_id: str
-    bank: dict[str, Any]  # online: a simulated device answers
-    offline_bank: dict[str, Any]  # no device
-    performed: list[Performed] = field(default_factory=list)
-
-    @property
-    def operator(self) -> dict[str, str]:
-        return {"kind": "user", "id": self.operator_id}
-
-    def act(
-        self,
-        what: str,
-        trigger: Any,
-        fields: dict[str, str | int] | None = None,
-        *,
-        bank_id: str | None = None,
-        actor: dict[str, str] | None = None,
-    ) -> tuple[str, str]:
-        """Perform an action through the page and remember it for the audit check."""
-        since = datetime.now(UTC) - timedelta(milliseconds=5)
-        kind, text = self.console.act(trigger, fields)
-        until = datetime.now(UTC) + timedelta(milliseconds=5)
-        if kind == "ok":
-            self.performed.append(Performed(what, actor or self.operator, since, until, bank_id))
-        return kind, text
-
-
-@pytest.fixture(scope="module")
-def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
-    running = Backend(tmp_path_factory.mktemp("console-backend"))
-    try:
-        yield running
-    finally:
-        running.close()
-
-
-@pytest.fixture(scope="module")
-def driver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
-    with chromium(tmp_path_factory.mktemp("chromium") / "profile") as browser:
-        yield browser
-
-
-@pytest.fixture(scope="module")
-def world(backend: Backend, driver: WebDriver) -> World:
-    operator_id = backend.create_user(
-        OPERATOR_EMAIL, OPERATOR_PASSWORD, role="admin", name="Olga Operator"
-    )
-    bank = backend.create_bank(
-        "Central Station", 3, location="Hall B", heartbeat_interval_seconds=2
-    )
-    offline = backend.create_bank("Harbour", 2, location="Pier 4")
-    backend.start_device(bank["id"])
-    console = Console(driver, backend.base_url)
-    console.load()
-    console.sign_in_with_password(OPERATOR_EMAIL, OPERATOR_PASSWORD)
-    console.signed_in()
-    console.live()
-    return World(backend, console, operator_id, bank, offline)
-
-
-def bank_row(driver: WebDriver, bank_id: str) -> Any:
-    return driver.find_element(By.CSS_SELECTOR, f'#fleet-table tr[data-bank-id="{bank_id}"]')
-
-
-def compartment_button(driver: WebDriver, compartment_id: str, action: str) -> Any:
-    return visible(
-        driver,
-        f'#compartment-table tr[data-compartment-id="{compartment_id}"] [data-action="{action}"]',
-    )
-
-
-def open_bank(world: World, bank_id: str) -> None:
-    world.console.go(f"/banks/{bank_id}")
-    text_of(world.console.driver, "#history-status", "events")
-
-
-def history_types(driver: WebDriver) -> list[str]:
-    return [
-        row.get_attribute("data-type") or ""
-        for row in driver.find_elements(By.CSS_SELECTOR, "#history-table tbody tr")
-    ]
-
 
 # ---- signing in and out ----------------------------------------------------------------------
 
@@ -232,6 +129,8 @@ def test_a_banks_page_shows_compartments_and_a_readable_history(world: World) ->
     screenshot(driver, "bank-phone.png")
     driver.set_window_size(*DESKTOP)
     screenshot(driver, "bank.png")
+    driver.execute_script("document.getElementById('history-title').scrollIntoView()")
+    screenshot(driver, "history.png")
 
 
 def test_cancelling_an_action_changes_nothing(world: World) -> None:
@@ -358,7 +257,14 @@ def test_every_view_at_phone_width(world: World) -> None:
     driver = world.console.driver
     driver.set_window_size(*PHONE)
     try:
-        for route, name in (("/fleet", "fleet"), ("/people", "people"), ("/metrics", "metrics")):
+        for route, name in (
+            ("/fleet", "fleet"),
+            (f"/banks/{world.bank['id']}", "bank"),
+            ("/people", "people"),
+            ("/alerts", "alerts"),
+            ("/audit", "audit"),
+            ("/metrics", "metrics"),
+        ):
             world.console.go(route)
             width = driver.execute_script("return document.documentElement.scrollWidth")
             assert width <= PHONE[0] + 1, f"{route} is {width} px wide at phone width"
