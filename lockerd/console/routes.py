@@ -8,13 +8,13 @@ Only the files listed in :data:`STATIC_FILES` are served (anything else is a 404
 
 from __future__ import annotations
 
-from importlib import resources
 from typing import Final
 
 from quart import Blueprint, Response
 
 from lockerd.http.errors import ApiError
 from lockerd.http.openapi import ResponseSpec, documented
+from lockerd.http.static import static_response
 
 STATIC_PACKAGE: Final = "lockerd.console"
 HTML: Final = "text/html; charset=utf-8"
@@ -52,13 +52,7 @@ blueprint = Blueprint("console", __name__)
 
 
 def static_file(name: str) -> Response:
-    body = resources.files(STATIC_PACKAGE).joinpath("static", name).read_bytes()
-    response = Response(body, content_type=STATIC_FILES[name])
-    response.headers["Cache-Control"] = "no-cache"
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["Referrer-Policy"] = "no-referrer"
-    response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
-    return response
+    return static_response(STATIC_PACKAGE, STATIC_FILES, name, CONTENT_SECURITY_POLICY)
 
 
 @blueprint.get("/console")

@@ -6,7 +6,6 @@ websocket, so ``/ws/status`` is not in it (quart-schema leaves websocket routes 
 
 from __future__ import annotations
 
-from importlib import resources
 from typing import Any, Final, cast
 
 from quart import Blueprint, Response, websocket
@@ -16,6 +15,7 @@ from lockerd.http.auth import authenticate
 from lockerd.http.context import ctx
 from lockerd.http.errors import ApiError
 from lockerd.http.openapi import ResponseSpec, documented
+from lockerd.http.static import static_response
 from lockerd.http.websocket import QuartTransport
 
 STATIC_PACKAGE: Final = "lockerd.dashboard"
@@ -41,13 +41,7 @@ blueprint = Blueprint("dashboard", __name__)
 
 
 def static_file(name: str) -> Response:
-    body = resources.files(STATIC_PACKAGE).joinpath("static", name).read_bytes()
-    response = Response(body, content_type=STATIC_FILES[name])
-    response.headers["Cache-Control"] = "no-cache"
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["Referrer-Policy"] = "no-referrer"
-    response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
-    return response
+    return static_response(STATIC_PACKAGE, STATIC_FILES, name, CONTENT_SECURITY_POLICY)
 
 
 @blueprint.get("/dashboard")
