@@ -17,7 +17,14 @@ from pyrsistent import PMap, pmap
 
 from domain import commands as c
 from domain import events as e
-from domain.config_hash import config_compartments, config_hash
+from domain.lifecycle import (
+    LIFECYCLE_COMMANDS,
+    LIFECYCLE_EVENTS,
+    apply_config_request,
+    apply_lifecycle,
+    config_push,
+    decide_lifecycle,
+)
 from domain.state import (
     DEDUP_WINDOW,
     MAX_REMEMBERED,
@@ -60,9 +67,28 @@ def decide(state: BankState, command: c.BankCommand, now: datetime) -> list[e.Ev
 # Device messages that a revoked session could have sent while its credentials may still pass
 # the broker's cache (docs/broker-auth.md): not applied during the revocation window.
 _DEVICE_MESSAGES = (c.RecordHeartbeat, c.RecordAnswer, c.RecordDeviceEvent, c.RecordLastWill)
+# What a decommissioned bank refuses (409) besides device messages and lifecycle changes:
+# anything that would give it a token, a device or a command. Opens are refused as opens
+# (a recorded refusal, reason ``decommissioned``); grants may still be revoked.
+_REFUSED_WHEN_DECOMMISSIONED = (
+    c.IssueProvisioningToken,
+    c.RequestApplyConfig,
+    c.GrantAccess,
+    c.GrantGroupAccess,
+)
 
 
 def _decide_now(state: BankState, command: c.BankCommand, now: datetime) -> list[e.Event]:
+    if isinstance(command, _DEVICE_MESSAGES) and state.decommissioned:
+        raise c.CommandRejected(
+            "revoked_session",
+            "the locker bank is decommissioned: its device credentials are revoked and"
+            " nothing it publishes is applied",
+        )
+    if isinstance(command, _REFUSED_WHEN_DECOMMISSIONED) and state.decommissioned:
+        raise c.CommandRejected("conflict", "the locker bank is decommissioned")
+    if isinstance(command, LIFECYCLE_COMMANDS):
+        return decide_lifecycle(state, command, now)
     if isinstance(command, _DEVICE_MESSAGES) and state.revocation_pending(now):
         raise c.CommandRejected(
             "revoked_session",
@@ -104,6 +130,10 @@ def _decide_now(state: BankState, command: c.BankCommand, now: datetime) -> list
             return _revoke_group(state, command, now)
         case c.RequestOpen():
             return _request_open(state, command, now)
+        case c.RequestOperatorOpen():
+            return _operator_open(state, command, now)
+        case c.RecordRestart():
+            return [e.BankActorRestarted(actor=command.actor, at=now)]
         case c.RequestApplyConfig():
             if state.revocation_pending(now):
                 raise c.CommandRejected(
@@ -116,7 +146,7 @@ def _decide_now(state: BankState, command: c.BankCommand, now: datetime) -> list
             if state.pending_config() is not None:
                 raise c.CommandRejected("conflict", "an apply_config command is still pending")
             return [
-                _apply_config_request(
+                apply_config_request(
                     state,
                     command.transaction_id,
                     now,
@@ -291,6 +321,15 @@ def _open_refusal(
         or state.group_grant_valid(compartment.id, group_ids, now)
     ):
         return "no_grant"
+    return _state_refusal(state, compartment, now)
+
+
+def _state_refusal(state: BankState, compartment: Compartment, now: datetime) -> str | None:
+    """Why the bank cannot open the compartment now, whoever asks; None when it can."""
+    if state.decommissioned:
+        return "decommissioned"
+    if compartment.out_of_service:
+        return "out_of_service"
     if state.revocation_pending(now):
         return "revocation_pending"
     if state.presence != "online":
@@ -326,19 +365,39 @@ def _request_open(state: BankState, command: c.RequestOpen, now: datetime) -> li
     ]
 
 
-def _apply_config_request(
-    state: BankState, transaction_id: str, now: datetime, timeout: int, requested_by: str | None
-) -> e.ConfigApplyRequested:
-    compartments = config_compartments(state.config_entries())
-    return e.ConfigApplyRequested(
-        transaction_id=transaction_id,
-        config_hash=config_hash(compartments, state.heartbeat_interval_seconds),
-        heartbeat_interval_seconds=state.heartbeat_interval_seconds,
-        compartments=tuple(compartments),
-        requested_at=now,
-        expires_at=now + timedelta(seconds=timeout),
-        requested_by=requested_by,
-    )
+def _operator_open(
+    state: BankState, command: c.RequestOperatorOpen, now: datetime
+) -> list[e.Event]:
+    """An operator's open: no grant needed, refused (and recorded) like a user's otherwise."""
+    compartment = state.compartment_by_id(command.compartment_id)
+    if compartment is None:
+        raise c.CommandRejected("not_found", "unknown compartment")
+    reason = _state_refusal(state, compartment, now)
+    if reason is not None:
+        return [
+            e.CompartmentOpeningDenied(
+                user_id=command.user_id,
+                compartment_id=compartment.id,
+                reason=reason,
+                at=now,
+                via="operator",
+                actor=command.actor,
+                request_reason=command.reason,
+            )
+        ]
+    return [
+        e.CompartmentOpeningRequested(
+            transaction_id=command.transaction_id,
+            compartment_id=compartment.id,
+            compartment_number=compartment.number,
+            user_id=command.user_id,
+            requested_at=now,
+            expires_at=now + timedelta(seconds=command.command_timeout_seconds),
+            via="operator",
+            actor=command.actor,
+            reason=command.reason,
+        )
+    ]
 
 
 def _answer(state: BankState, command: c.RecordAnswer, now: datetime) -> list[e.Event]:
@@ -373,7 +432,7 @@ def _answer(state: BankState, command: c.RecordAnswer, now: datetime) -> list[e.
             )
         ]
     if tx.action == "apply_config":
-        return [
+        applied: list[e.Event] = [
             e.ConfigApplied(
                 transaction_id=tx.transaction_id,
                 applied_config_hash=command.applied_config_hash,
@@ -381,6 +440,12 @@ def _answer(state: BankState, command: c.RecordAnswer, now: datetime) -> list[e.
                 received_at=now,
             )
         ]
+        if not command.spare_transaction_id:
+            return applied
+        # the configuration changed while this one was pending: push the new one now
+        return applied + config_push(
+            fold(state, applied), command.spare_transaction_id, now, command.command_timeout_seconds
+        )
     assert tx.compartment_number is not None
     return [
         e.CompartmentOpened(
@@ -439,20 +504,9 @@ def _heartbeat(state: BankState, command: c.RecordHeartbeat, now: datetime) -> l
     if state.presence != "online":
         session = command.session_id if in_order else state.session_id
         result.append(e.LockerBankCameOnline(at=now, session_id=session))
-        if (
-            state.config_hash is not None
-            and state.config_hash != state.applied_config_hash
-            and state.pending_config() is None
-        ):
-            result.append(
-                _apply_config_request(
-                    state,
-                    command.spare_transaction_id,
-                    now,
-                    command.command_timeout_seconds,
-                    None,
-                )
-            )
+        result += config_push(
+            fold(state, result), command.spare_transaction_id, now, command.command_timeout_seconds
+        )
     return result
 
 
@@ -588,6 +642,8 @@ def fold(state: BankState, events: list[e.Event]) -> BankState:
 
 
 def _apply(s: BankState, event: e.Event) -> BankState:
+    if isinstance(event, LIFECYCLE_EVENTS):
+        return apply_lifecycle(s, event)
     match event:
         case e.LockerBankCreated():
             return replace(

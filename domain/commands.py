@@ -101,6 +101,19 @@ class RequestOpen:
 
 
 @dataclass(frozen=True, slots=True)
+class RequestOperatorOpen:
+    """An operator opens a compartment without a grant (contract §5); ``user_id`` is the
+    principal's id (``admin`` for the admin token), who may read the transaction."""
+
+    compartment_id: str
+    actor: Actor
+    user_id: str
+    reason: str
+    transaction_id: str
+    command_timeout_seconds: int
+
+
+@dataclass(frozen=True, slots=True)
 class RequestApplyConfig:
     transaction_id: str
     command_timeout_seconds: int
@@ -120,6 +133,10 @@ class RecordAnswer:
     error_code: str | None
     message: str | None
     applied_config_hash: str | None
+    #: for the apply_config the bank sends by itself when the configuration changed while
+    #: the answered one was pending (contract §2); "" sends none
+    spare_transaction_id: str = ""
+    command_timeout_seconds: int = 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +183,64 @@ class RecordDeviceEvent:
     command_timeout_seconds: int = 30
 
 
+@dataclass(frozen=True, slots=True)
+class ConfigChange:
+    """What every configuration change carries: the id and timeout of the ``apply_config``
+    the bank sends by itself when the change happens while it is online (contract §2)."""
+
+    actor: Actor
+    transaction_id: str
+    command_timeout_seconds: int
+
+
+@dataclass(frozen=True, slots=True)
+class EditBank(ConfigChange):
+    """Only the given fields change; ``location`` is applied when ``set_location`` (it may
+    clear the location)."""
+
+    name: str | None = None
+    location: str | None = None
+    set_location: bool = False
+    heartbeat_interval_seconds: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AddCompartment(ConfigChange):
+    compartment_id: str = ""
+    number: int = 0
+    slave_id: int = 0
+    address: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class EditCompartment(ConfigChange):
+    """Only the given fields change; ``out_of_service`` is not part of the Modbus
+    configuration (it changes no ``config_hash``)."""
+
+    compartment_id: str = ""
+    slave_id: int | None = None
+    address: int | None = None
+    out_of_service: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RetireCompartment(ConfigChange):
+    compartment_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Decommission:
+    actor: Actor
+
+
+@dataclass(frozen=True, slots=True)
+class RecordRestart:
+    """An operator started the failed bank's actor again (the registry restarts it first,
+    then hands this to the new incarnation, which records it)."""
+
+    actor: Actor
+
+
 BankCommand = (
     CreateBank
     | IssueProvisioningToken
@@ -177,6 +252,7 @@ BankCommand = (
     | GrantGroupAccess
     | RevokeGroupAccess
     | RequestOpen
+    | RequestOperatorOpen
     | RequestApplyConfig
     | MarkDispatched
     | RecordAnswer
@@ -184,6 +260,12 @@ BankCommand = (
     | RecordLastWill
     | Tick
     | RecordDeviceEvent
+    | EditBank
+    | AddCompartment
+    | EditCompartment
+    | RetireCompartment
+    | Decommission
+    | RecordRestart
 )
 
 
