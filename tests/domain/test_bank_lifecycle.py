@@ -6,6 +6,7 @@ apply_config is pending."""
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -41,10 +42,10 @@ ADMIN = Actor.user("admin-user")
 NOW = T0 + secs(200)
 
 
-def edit_bank(**fields: object) -> c.EditBank:
+def edit_bank(**fields: Any) -> c.EditBank:
     return c.EditBank(
         actor=ADMIN, transaction_id="push-tx", command_timeout_seconds=TIMEOUT, **fields
-    )  # type: ignore[arg-type]
+    )
 
 
 def add(
@@ -61,13 +62,13 @@ def add(
     )
 
 
-def edit(number: int, **fields: object) -> c.EditCompartment:
+def edit(number: int, **fields: Any) -> c.EditCompartment:
     return c.EditCompartment(
         actor=ADMIN,
         transaction_id="push-tx",
         command_timeout_seconds=TIMEOUT,
         compartment_id=comp_id(number),
-        **fields,  # type: ignore[arg-type]
+        **fields,
     )
 
 
