@@ -210,6 +210,8 @@ class BankActor:
         lose the command. Expired ones are left to time out; the device must not act on them.
         """
         now = self.s.clock()
+        if self.state.decommissioned:
+            return  # its credentials are revoked: nothing is published to it any more
         for tx in self.state.pending():
             if not tx.dispatched and tx.expires_at > now:
                 if self.s.record_dispatch_first:
@@ -405,6 +407,10 @@ class BankActor:
         status.doors = {n: comp.door_state for n, comp in state.compartments.items()}
         status.config_hash = state.config_hash
         status.applied_config_hash = state.applied_config_hash
+        status.decommissioned = state.decommissioned
+        status.out_of_service = sorted(
+            n for n, comp in state.compartments.items() if comp.out_of_service
+        )
         for event in decided or ():
             if isinstance(event, ALERT_EVENTS):
                 status.alerts.append({"type": e.event_type(event), **e.event_data(event)})

@@ -43,6 +43,11 @@ DEADLINES_RETRY_INITIAL = 0.5
 DEADLINES_RETRY_MAX = 30.0
 
 
+NOT_FAILED = c.CommandRejected(
+    "conflict", "the locker bank's actor has not failed: there is nothing to restart"
+)
+
+
 class BankUnavailable(Exception):
     """The bank's actor crashed on this message, has failed, or did not answer in time.
 
@@ -363,6 +368,10 @@ class BankRegistry:
         """
         if self.placement is not None and not self.placement.is_local(bank_id):
             raise NotOwner(bank_id)
+        if isinstance(command, c.RecordRestart) and not await self.restart(bank_id):
+            # asked of the owner like any command (so a restart works on every node); the
+            # restarted actor then records it
+            return Outcome(BankState(), rejected=NOT_FAILED)
         entry = self._entry(bank_id, allow_new=allow_new)
         if entry.stopping:
             return Outcome(BankState(), crashed=MOVED)
