@@ -44,7 +44,7 @@ DEADLINES_RETRY_MAX = 30.0
 
 
 NOT_FAILED = c.CommandRejected(
-    "conflict", "the locker bank's actor has not failed: there is nothing to restart"
+    "not_failed", "the locker bank's actor has not failed: there is nothing to restart"
 )
 
 

@@ -141,6 +141,7 @@ async def test_a_failed_banks_commands_time_out_on_time_and_it_can_be_restarted(
         assert not registry.is_failed(bank["id"])
         again_restart = await svc.admin_post(restart)  # running: nothing to restart
         assert again_restart.status_code == 409, again_restart.text
+        assert again_restart.json()["error"] == "not_failed"
         history = (await svc.admin_get(f"/api/admin/locker-banks/{bank['id']}/events")).json()
         recorded = [ev for ev in history if ev["type"] == "BankActorRestarted"]
         assert [ev["data"]["actor"] for ev in recorded] == [{"kind": "admin_token"}]

@@ -432,7 +432,9 @@ async def test_refusals_of_the_lifecycle_routes(mosquitto: MosquittoBroker, tmp_
             409,
         )
         assert_refused(await patch(app, f"/api/admin/compartments/{c2}", {"address": 0}), 409)
-        assert_refused(await app.admin_post(f"{bank_path}/restart"), 409)  # it has not failed
+        not_failed = await app.admin_post(f"{bank_path}/restart")
+        assert_refused(not_failed, 409)  # it has not failed
+        assert not_failed.json()["error"] == "not_failed"
         async with device(mosquitto.url, bank["id"]) as dev:
             dev.answers["open_compartment"] = None
             await dev.heartbeat()
