@@ -103,6 +103,7 @@ def _decide_now(state: BankState, command: c.BankCommand, now: datetime) -> list
                     token_hash=command.token_hash,
                     expires_at=command.expires_at,
                     issued_at=now,
+                    actor=command.actor,
                 )
             ]
         case c.Provision():
@@ -152,6 +153,7 @@ def _decide_now(state: BankState, command: c.BankCommand, now: datetime) -> list
                     now,
                     command.command_timeout_seconds,
                     command.requested_by,
+                    command.actor,
                 )
             ]
         case c.MarkDispatched():
@@ -193,11 +195,13 @@ def _create(state: BankState, command: c.CreateBank, now: datetime) -> list[e.Ev
             heartbeat_interval_seconds=command.heartbeat_interval_seconds,
             compartments=command.compartments,
             created_at=now,
+            actor=command.actor,
         ),
         e.ProvisioningTokenIssued(
             token_hash=command.token_hash,
             expires_at=command.token_expires_at,
             issued_at=now,
+            actor=command.actor,
         ),
     ]
 

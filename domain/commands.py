@@ -24,12 +24,14 @@ class CreateBank:
     compartments: tuple[CompartmentSpec, ...]
     token_hash: str
     token_expires_at: datetime
+    actor: Actor | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class IssueProvisioningToken:
     token_hash: str
     expires_at: datetime
+    actor: Actor | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +120,7 @@ class RequestApplyConfig:
     transaction_id: str
     command_timeout_seconds: int
     requested_by: str | None = None
+    actor: Actor | None = None
 
 
 @dataclass(frozen=True, slots=True)

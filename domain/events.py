@@ -41,12 +41,15 @@ class LockerBankCreated(Event, frozen=True, kw_only=True):
     heartbeat_interval_seconds: int
     compartments: tuple[CompartmentSpec, ...]
     created_at: datetime
+    #: who created it (contract §5); None in events recorded before actors were
+    actor: Actor | None = None
 
 
 class ProvisioningTokenIssued(Event, frozen=True, kw_only=True):
     token_hash: str
     expires_at: datetime
     issued_at: datetime
+    actor: Actor | None = None
 
 
 class LockerBankProvisioned(Event, frozen=True, kw_only=True):
@@ -153,6 +156,8 @@ class ConfigApplyRequested(Event, frozen=True, kw_only=True):
     requested_at: datetime
     expires_at: datetime
     requested_by: str | None = None
+    #: the operator who asked; None for the apply_config the bank sends by itself
+    actor: Actor | None = None
 
 
 class CommandDispatched(Event, frozen=True, kw_only=True):

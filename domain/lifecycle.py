@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 
 from domain import commands as c
 from domain import events as e
+from domain.actor import Actor
 from domain.config_hash import config_compartments, config_hash
 from domain.state import BankState, Compartment
 
@@ -47,7 +48,12 @@ def current_config_hash(state: BankState) -> str:
 
 
 def apply_config_request(
-    state: BankState, transaction_id: str, now: datetime, timeout: int, requested_by: str | None
+    state: BankState,
+    transaction_id: str,
+    now: datetime,
+    timeout: int,
+    requested_by: str | None,
+    actor: Actor | None = None,
 ) -> e.ConfigApplyRequested:
     compartments = config_compartments(state.config_entries())
     return e.ConfigApplyRequested(
@@ -58,6 +64,7 @@ def apply_config_request(
         requested_at=now,
         expires_at=now + timedelta(seconds=timeout),
         requested_by=requested_by,
+        actor=actor,
     )
 
 

@@ -117,6 +117,7 @@ class ApplyConfigOut(msgspec.Struct):
 @json_body(CreateBankIn)
 async def create_bank(data: CreateBankIn) -> tuple[dict[str, Any], int]:
     """Create a locker bank with its compartments."""
+    principal = await require_admin()
     service = ctx()
     bank_id = str(uuid.uuid4())
     token = new_token()
@@ -135,6 +136,7 @@ async def create_bank(data: CreateBankIn) -> tuple[dict[str, Any], int]:
         compartments=specs,
         token_hash=service.keyring.hash("provisioning-token", token),
         token_expires_at=now + timedelta(seconds=service.settings.provisioning_token_ttl),
+        actor=principal.actor,
     )
     await ask_bank(bank_id, command, allow_new=True)
     return {
@@ -208,7 +210,7 @@ async def bank_events(bank_id: str) -> list[dict[str, Any]]:
 )
 async def rotate_token(bank_id: str) -> dict[str, Any]:
     """Issue a new provisioning token; the older ones are void."""
-    await require_admin()
+    principal = await require_admin()
     service = ctx()
     bank_id = parse_id(bank_id, "locker bank")
     token = new_token()
@@ -218,6 +220,7 @@ async def rotate_token(bank_id: str) -> dict[str, Any]:
         c.IssueProvisioningToken(
             token_hash=service.keyring.hash("provisioning-token", token),
             expires_at=now + timedelta(seconds=service.settings.provisioning_token_ttl),
+            actor=principal.actor,
         ),
     )
     return {"provisioning_token": token}
@@ -246,6 +249,7 @@ async def apply_config(bank_id: str) -> tuple[dict[str, Any], int]:
             transaction_id=transaction_id,
             command_timeout_seconds=service.settings.command_timeout,
             requested_by=principal.user_id,
+            actor=principal.actor,
         ),
     )
     return {"transaction_id": transaction_id}, 202

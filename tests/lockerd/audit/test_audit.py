@@ -132,7 +132,12 @@ async def test_the_audit_log_shows_every_lifecycle_action_with_its_actor(
         assert mine[1]["data"]["request_reason"] == "check"
         assert mine[1]["data"]["reason"] == "out_of_service"
         tokens = await audit(app, actor_id="admin_token", bank_id=bank["id"])
-        assert [entry["type"] for entry in tokens] == ["CompartmentRetired", "CompartmentAdded"]
+        assert [entry["type"] for entry in tokens] == [
+            "CompartmentRetired",
+            "CompartmentAdded",
+            "ProvisioningTokenIssued",  # with the creation: it names its actor too
+            "LockerBankCreated",
+        ]
         await rebuild(database)
         assert await audit(app, actor_id=admin.id, bank_id=bank["id"]) == mine
 
