@@ -122,6 +122,9 @@ class BankServices:
 
 #: What a failed bank's deadlines-only incarnation still handles (internal messages only).
 DEADLINE_COMMANDS = (c.Tick, c.MarkDispatched, c.RecordProvisioningReplyFailed)
+#: What a failed bank still answers when asked: an operator acknowledging one of its alerts
+#: (its ``bank_actor_failed`` alert above all) needs no working actor, only the store.
+FAILED_BANK_ASKS = (c.AcknowledgeAlert,)
 UNSTORABLE = c.CommandRejected("invalid", "the request holds a value that cannot be stored")
 
 
@@ -145,16 +148,20 @@ class BankActor:
         services: BankServices,
         *,
         deadlines_only: bool = False,
+        failure: c.RecordActorFailed | None = None,
     ) -> None:
         self.bank_id = bank_id
         self.mailbox = mailbox
         self.s = services
         self.deadlines_only = deadlines_only
+        #: why the bank failed, recorded by its deadlines-only incarnation (``BankActorFailed``)
+        self.failure = failure
         self.state = BankState()
         self._snapshot_version = 0
 
     async def run(self) -> None:
         await self._load()
+        await self._record_supervision()
         if not self.deadlines_only:
             await self._resume_outbox()
         self._publish_status()
@@ -202,6 +209,18 @@ class BankActor:
         state = fold(state, [e.event_from_stored(ev.type, dict(ev.data)) for ev in tail])
         self.state = state.rehydrated()
         self._snapshot_version = snapshot.version if snapshot is not None else 0
+
+    async def _record_supervision(self) -> None:
+        """Make the bank's failure durable and auditable: a failed bank's deadlines-only
+        incarnation records ``BankActorFailed`` (once: it is tried again on every start until
+        it is stored), a working incarnation of a bank recorded as failed records
+        ``BankActorRestarted``, which resolves the alert."""
+        if not self.state.exists:
+            return
+        if self.deadlines_only and self.failure is not None and not self.state.actor_failed:
+            await self._handle(Envelope(self.failure))
+        elif not self.deadlines_only and self.state.actor_failed:
+            await self._handle(Envelope(c.RecordActorRestarted()))
 
     async def _resume_outbox(self) -> None:
         """Publish commands that were recorded but never acknowledged by the broker.
@@ -414,6 +433,8 @@ class BankActor:
 
 def _keeps_deadlines(envelope: Envelope) -> bool:
     """Whether a failed bank's deadlines-only incarnation handles this message."""
+    if isinstance(envelope.command, FAILED_BANK_ASKS):
+        return True
     return (
         envelope.kind is None
         and envelope.reply is None

@@ -28,7 +28,7 @@ import structlog
 import trio
 import trio.lowlevel
 
-from actors.bank import BankActor, BankServices, Envelope, Outcome
+from actors.bank import FAILED_BANK_ASKS, BankActor, BankServices, Envelope, Outcome
 from actors.mailbox import Mailbox, MailboxFull
 from actors.ports import BankCatalog
 from actors.supervisor import ChildInfo, RestartPolicy, Supervisor
@@ -237,9 +237,18 @@ class BankRegistry:
         try:
             with scope:
                 delay = DEADLINES_RETRY_INITIAL
+                child = entry.child
+                failure = c.RecordActorFailed(
+                    restarts=child.restarts if child is not None else 0,
+                    error=child.last_error if child is not None else None,
+                )
                 while True:
                     actor = BankActor(
-                        entry.bank_id, entry.mailbox, self.services, deadlines_only=True
+                        entry.bank_id,
+                        entry.mailbox,
+                        self.services,
+                        deadlines_only=True,
+                        failure=failure,
                     )
                     started = trio.current_time()
                     try:
@@ -366,7 +375,7 @@ class BankRegistry:
         entry = self._entry(bank_id, allow_new=allow_new)
         if entry.stopping:
             return Outcome(BankState(), crashed=MOVED)
-        if entry.failed:
+        if entry.failed and not isinstance(command, FAILED_BANK_ASKS):
             self.services.observer.message_dropped(kind, "bank_failed")
             if on_done is not None:
                 on_done()

@@ -166,6 +166,27 @@ class RecordDeviceEvent:
     command_timeout_seconds: int = 30
 
 
+@dataclass(frozen=True, slots=True)
+class RecordActorFailed:
+    """The shell saw the bank's actor fail (past its restart budget); recorded once."""
+
+    restarts: int
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordActorRestarted:
+    """The actor of a bank recorded as failed has started again."""
+
+
+@dataclass(frozen=True, slots=True)
+class AcknowledgeAlert:
+    """An operator acknowledges one of the bank's open alerts."""
+
+    alert_id: str
+    actor: Actor
+
+
 BankCommand = (
     CreateBank
     | IssueProvisioningToken
@@ -184,6 +205,9 @@ BankCommand = (
     | RecordLastWill
     | Tick
     | RecordDeviceEvent
+    | RecordActorFailed
+    | RecordActorRestarted
+    | AcknowledgeAlert
 )
 
 
