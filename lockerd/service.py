@@ -48,6 +48,8 @@ from gateway import outbound, topics
 from gateway.mqtt import MqttClient, MqttSettings, Will, running
 from gateway.outbound import MqttOutbox
 from gateway.router import Gateway
+from lockerd.alerts import queries as alert_queries
+from lockerd.alerts import routes as alert_routes
 from lockerd.appstream import routes as appstream_routes
 from lockerd.appstream.stream import AppStreams, app_stream_metrics
 from lockerd.audit import routes as audit_routes
@@ -119,6 +121,7 @@ BLUEPRINTS = (
     appstream_routes.blueprint,
     cluster_routes.blueprint,
     audit_routes.blueprint,
+    alert_routes.blueprint,
 )
 
 
@@ -395,6 +398,10 @@ async def running_service(
                     # wake every bank with a pending command now: its actor resumes its
                     # outbox (publishes what was recorded but never sent) and schedules
                     # its own deadlines
+                    timers.schedule(bank_id, clock())
+                for bank_id in await store.read(alert_queries.banks_in_outage):
+                    # and every bank in an outage not yet alerted: its actor holds the
+                    # deadline (3 heartbeat intervals after it went offline)
                     timers.schedule(bank_id, clock())
                 app = behind_trusted_proxies(
                     with_hot_routes(create_app(service, blueprints), service),
