@@ -109,6 +109,9 @@ SAMPLES: list[c.BankCommand] = [
         "spare",
         30,
     ),
+    c.RecordActorFailed(5, "RuntimeError('boom')"),
+    c.RecordActorRestarted(),
+    c.AcknowledgeAlert("alert-1", Actor.user("admin-1")),
 ]
 
 
