@@ -128,8 +128,6 @@ FAILED_BANK_ASKS = (c.AcknowledgeAlert,)
 UNSTORABLE = c.CommandRejected("invalid", "the request holds a value that cannot be stored")
 
 
-ALERT_EVENTS = (e.UncommandedDoorOpening, e.CommandFailed, e.CommandTimedOut)
-
 _OUTCOME_STATUS: dict[type[e.Event], str] = {
     e.CompartmentOpened: "success",
     e.ConfigApplied: "success",
@@ -424,10 +422,6 @@ class BankActor:
         status.doors = {n: comp.door_state for n, comp in state.compartments.items()}
         status.config_hash = state.config_hash
         status.applied_config_hash = state.applied_config_hash
-        for event in decided or ():
-            if isinstance(event, ALERT_EVENTS):
-                status.alerts.append({"type": e.event_type(event), **e.event_data(event)})
-                del status.alerts[:-50]
         self.s.fleet.changed(self.bank_id)
 
 
