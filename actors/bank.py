@@ -43,6 +43,7 @@ from actors.ports import ActorObserver, EventLog, StoredEventListener
 from actors.timers import TimerService
 from domain import commands as c
 from domain import events as e
+from domain.actor import Actor
 from domain.bank import decide, fold
 from domain.outbound import ProvisioningGranted, ProvisioningRefused, device_command
 from domain.records import ConcurrencyError, NewEvent, Snapshot, StoredEvent
@@ -122,10 +123,11 @@ class BankServices:
 
 #: What a failed bank's deadlines-only incarnation still handles (internal messages only).
 DEADLINE_COMMANDS = (c.Tick, c.MarkDispatched, c.RecordProvisioningReplyFailed)
+#: What a failed bank still answers when asked: an operator acknowledging one of its alerts
+#: (its ``bank_actor_failed`` alert above all) needs no working actor, only the store.
+FAILED_BANK_ASKS = (c.AcknowledgeAlert,)
 UNSTORABLE = c.CommandRejected("invalid", "the request holds a value that cannot be stored")
 
-
-ALERT_EVENTS = (e.UncommandedDoorOpening, e.CommandFailed, e.CommandTimedOut)
 
 _OUTCOME_STATUS: dict[type[e.Event], str] = {
     e.CompartmentOpened: "success",
@@ -145,16 +147,23 @@ class BankActor:
         services: BankServices,
         *,
         deadlines_only: bool = False,
+        failure: c.RecordActorFailed | None = None,
+        restarted_by: Actor | None = None,
     ) -> None:
         self.bank_id = bank_id
         self.mailbox = mailbox
         self.s = services
         self.deadlines_only = deadlines_only
+        #: why the bank failed, recorded by its deadlines-only incarnation (``BankActorFailed``)
+        self.failure = failure
+        #: the operator whose restart started this incarnation (recorded with the restart)
+        self.restarted_by = restarted_by
         self.state = BankState()
         self._snapshot_version = 0
 
     async def run(self) -> None:
         await self._load()
+        await self._record_supervision()
         if not self.deadlines_only:
             await self._resume_outbox()
         self._publish_status()
@@ -202,6 +211,19 @@ class BankActor:
         state = fold(state, [e.event_from_stored(ev.type, dict(ev.data)) for ev in tail])
         self.state = state.rehydrated()
         self._snapshot_version = snapshot.version if snapshot is not None else 0
+
+    async def _record_supervision(self) -> None:
+        """Make the bank's failure durable and auditable: a failed bank's deadlines-only
+        incarnation records ``BankActorFailed`` (once: it is tried again on every start until
+        it is stored), a working incarnation of a bank recorded as failed records
+        ``BankActorRestarted``, which resolves the alert; after an operator's restart it names
+        the operator (and is recorded even if the failure could not be)."""
+        if not self.state.exists:
+            return
+        if self.deadlines_only and self.failure is not None and not self.state.actor_failed:
+            await self._handle(Envelope(self.failure))
+        elif not self.deadlines_only and (self.state.actor_failed or self.restarted_by):
+            await self._handle(Envelope(c.RecordActorRestarted(actor=self.restarted_by)))
 
     async def _resume_outbox(self) -> None:
         """Publish commands that were recorded but never acknowledged by the broker.
@@ -411,15 +433,13 @@ class BankActor:
         status.out_of_service = sorted(
             n for n, comp in state.compartments.items() if comp.out_of_service
         )
-        for event in decided or ():
-            if isinstance(event, ALERT_EVENTS):
-                status.alerts.append({"type": e.event_type(event), **e.event_data(event)})
-                del status.alerts[:-50]
         self.s.fleet.changed(self.bank_id)
 
 
 def _keeps_deadlines(envelope: Envelope) -> bool:
     """Whether a failed bank's deadlines-only incarnation handles this message."""
+    if isinstance(envelope.command, FAILED_BANK_ASKS):
+        return True
     return (
         envelope.kind is None
         and envelope.reply is None

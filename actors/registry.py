@@ -28,11 +28,12 @@ import structlog
 import trio
 import trio.lowlevel
 
-from actors.bank import BankActor, BankServices, Envelope, Outcome
+from actors.bank import FAILED_BANK_ASKS, BankActor, BankServices, Envelope, Outcome
 from actors.mailbox import Mailbox, MailboxFull
 from actors.ports import BankCatalog
 from actors.supervisor import ChildInfo, RestartPolicy, Supervisor
 from domain import commands as c
+from domain.actor import Actor
 from domain.state import BankState
 
 log = structlog.get_logger("lockerd.registry")
@@ -161,18 +162,22 @@ class BankRegistry:
         self.services.observer.bank_actors_running(len(self.entries))
         return entry
 
-    def _start_actor(self, entry: BankEntry) -> None:
+    def _start_actor(self, entry: BankEntry, restarted_by: Actor | None = None) -> None:
+        """Supervise the bank's actor; ``restarted_by``: the operator whose restart this is
+        (its first incarnation records the restart with them)."""
         services = self.services
         mailbox = entry.mailbox
         bank_id = entry.bank_id
         entry.stopped = trio.Event()
+        by = [restarted_by]
 
         async def incarnation() -> None:
             if entry.stopping:
                 return
             with trio.CancelScope() as scope:
                 entry.scope = scope
-                await BankActor(bank_id, mailbox, services).run()
+                restarted, by[0] = by[0], None  # the first incarnation only
+                await BankActor(bank_id, mailbox, services, restarted_by=restarted).run()
 
         entry.child = self.supervisor.start_child(bank_id, incarnation)
 
@@ -242,9 +247,18 @@ class BankRegistry:
         try:
             with scope:
                 delay = DEADLINES_RETRY_INITIAL
+                child = entry.child
+                failure = c.RecordActorFailed(
+                    restarts=child.restarts if child is not None else 0,
+                    error=child.last_error if child is not None else None,
+                )
                 while True:
                     actor = BankActor(
-                        entry.bank_id, entry.mailbox, self.services, deadlines_only=True
+                        entry.bank_id,
+                        entry.mailbox,
+                        self.services,
+                        deadlines_only=True,
+                        failure=failure,
                     )
                     started = trio.current_time()
                     try:
@@ -263,14 +277,14 @@ class BankRegistry:
         finally:
             done.set()
 
-    async def restart(self, bank_id: str) -> bool:
+    async def restart(self, bank_id: str, actor: Actor | None = None) -> bool:
         """Start a failed bank's actor again, with a fresh restart budget.
 
         Returns True when the bank had failed and its actor has been started again (its
         deadlines-only incarnation has stopped first; the new actor reloads the bank from the
-        store), False when it had not failed (nothing is done: a running bank needs no restart,
-        and one without an actor starts with its next message). Raises :class:`UnknownBank` for
-        an id that names no bank.
+        store and records ``BankActorRestarted`` naming ``actor``), False when it had not
+        failed (nothing is done: a running bank needs no restart, and one without an actor
+        starts with its next message). Raises :class:`UnknownBank` for an id that names no bank.
         """
         entry = self.entries.get(bank_id)
         if entry is None:
@@ -286,7 +300,7 @@ class BankRegistry:
             if scope is not None and done is not None:
                 scope.cancel()
                 await done.wait()  # one reader of the mailbox at a time
-            self._start_actor(entry)
+            self._start_actor(entry, restarted_by=actor)
         finally:
             entry.restarting = False
         self.services.observer.bank_actor_recovered()
@@ -368,14 +382,17 @@ class BankRegistry:
         """
         if self.placement is not None and not self.placement.is_local(bank_id):
             raise NotOwner(bank_id)
-        if isinstance(command, c.RecordRestart) and not await self.restart(bank_id):
-            # asked of the owner like any command (so a restart works on every node); the
-            # restarted actor then records it
-            return Outcome(BankState(), rejected=NOT_FAILED)
+        if isinstance(command, c.RecordActorRestarted) and command.actor is not None:
+            # an operator's restart, asked of the owner like any command (so it works on every
+            # node): the restarted actor records it first; the command itself, queued behind
+            # that, changes nothing and answers once the restart is recorded
+            if not await self.restart(bank_id, actor=command.actor):
+                return Outcome(BankState(), rejected=NOT_FAILED)
+            command = c.RecordActorRestarted()
         entry = self._entry(bank_id, allow_new=allow_new)
         if entry.stopping:
             return Outcome(BankState(), crashed=MOVED)
-        if entry.failed:
+        if entry.failed and not isinstance(command, FAILED_BANK_ASKS):
             self.services.observer.message_dropped(kind, "bank_failed")
             if on_done is not None:
                 on_done()

@@ -17,6 +17,7 @@ from pyrsistent import PMap, pmap
 
 from domain import commands as c
 from domain import events as e
+from domain.alerts import RAISED_BY, RESOLVED_BY, alert_id
 from domain.lifecycle import (
     LIFECYCLE_COMMANDS,
     LIFECYCLE_EVENTS,
@@ -133,8 +134,6 @@ def _decide_now(state: BankState, command: c.BankCommand, now: datetime) -> list
             return _request_open(state, command, now)
         case c.RequestOperatorOpen():
             return _operator_open(state, command, now)
-        case c.RecordRestart():
-            return [e.BankActorRestarted(actor=command.actor, at=now)]
         case c.RequestApplyConfig():
             if state.revocation_pending(now):
                 raise c.CommandRejected(
@@ -169,6 +168,28 @@ def _decide_now(state: BankState, command: c.BankCommand, now: datetime) -> list
             return _last_will(state, command, now)
         case c.RecordDeviceEvent():
             return _device_event(state, command, now)
+        case c.RecordActorFailed():
+            if state.actor_failed:
+                return []
+            error = None if command.error is None else command.error[:500]
+            return [e.BankActorFailed(restarts=command.restarts, error=error, at=now)]
+        case c.RecordActorRestarted():
+            # an operator's restart is recorded even when the failure could not be (the store
+            # was down then): the restart is an operator action (contract §5)
+            if not state.actor_failed and command.actor is None:
+                return []
+            return [e.BankActorRestarted(at=now, actor=command.actor)]
+        case c.AcknowledgeAlert():
+            alert_type = state.open_alerts.get(command.alert_id)
+            if alert_type is None:
+                raise c.CommandRejected(
+                    "conflict", "the alert is not open (acknowledged or resolved already)"
+                )
+            return [
+                e.AlertAcknowledged(
+                    alert_id=command.alert_id, alert_type=alert_type, at=now, actor=command.actor
+                )
+            ]
     raise AssertionError(f"unhandled command {command!r}")  # pragma: no cover
 
 
@@ -534,6 +555,16 @@ def _tick(state: BankState, now: datetime) -> list[e.Event]:
     deadline = state.heartbeat_deadline()
     if deadline is not None and deadline <= now:
         result.append(e.LockerBankWentOffline(at=now, reason="heartbeat_timeout"))
+    offline = state.offline_alert_deadline()
+    if offline is not None and offline <= now:
+        assert state.offline_since is not None
+        result.append(
+            e.BankOfflineTooLong(
+                went_offline_at=state.offline_since,
+                heartbeat_interval_seconds=state.heartbeat_interval_seconds,
+                at=now,
+            )
+        )
     return result
 
 
@@ -635,10 +666,24 @@ def _qr_scanned(state: BankState, command: c.RecordDeviceEvent, now: datetime) -
 
 
 def evolve(state: BankState, event: e.Event) -> BankState:
-    state = _apply(state, event)
+    state = _track_alerts(_apply(state, event), event)
     if e.is_durable(event):
         state = replace(state, version=state.version + 1)
     return state
+
+
+def _track_alerts(s: BankState, event: e.Event) -> BankState:
+    """Keep ``open_alerts`` (domain.alerts): before the version is counted, so the raising
+    event's stream version is ``s.version + 1``."""
+    name = type(event).__name__
+    raised = RAISED_BY.get(name)
+    if raised is not None:
+        return replace(s, open_alerts=s.open_alerts.set(alert_id(s.bank_id, s.version + 1), raised))
+    resolved = RESOLVED_BY.get(name)
+    if resolved is not None and resolved in s.open_alerts.values():
+        kept = {k: v for k, v in s.open_alerts.items() if v != resolved}
+        return replace(s, open_alerts=pmap(kept))
+    return s
 
 
 def fold(state: BankState, events: list[e.Event]) -> BankState:
@@ -783,9 +828,21 @@ def _apply(s: BankState, event: e.Event) -> BankState:
                 presence="online",
                 last_seen=s.last_seen or event.at,
                 credentials_seen_in_use=True,
+                offline_since=None,
+                offline_alerted=False,
             )
         case e.LockerBankWentOffline():
-            return replace(s, presence="offline")
+            if s.offline_since is not None:  # the same outage (a last will after a restart)
+                return replace(s, presence="offline")
+            return replace(s, presence="offline", offline_since=event.at, offline_alerted=False)
+        case e.BankOfflineTooLong():
+            return replace(s, offline_alerted=True)
+        case e.BankActorFailed():
+            return replace(s, actor_failed=True)
+        case e.BankActorRestarted():
+            return replace(s, actor_failed=False)
+        case e.AlertAcknowledged():
+            return replace(s, open_alerts=s.open_alerts.discard(event.alert_id))
         case e.DoorStateChanged():
             compartment = s.compartments[event.compartment_number]
             return _seen(

@@ -237,10 +237,26 @@ class Decommission:
 
 
 @dataclass(frozen=True, slots=True)
-class RecordRestart:
-    """An operator started the failed bank's actor again (the registry restarts it first,
-    then hands this to the new incarnation, which records it)."""
+class RecordActorFailed:
+    """The shell saw the bank's actor fail (past its restart budget); recorded once."""
 
+    restarts: int
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordActorRestarted:
+    """The actor of a bank recorded as failed has started again; ``actor`` is the operator
+    who restarted it (``POST …/restart``), None when the shell saw it run again by itself."""
+
+    actor: Actor | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AcknowledgeAlert:
+    """An operator acknowledges one of the bank's open alerts."""
+
+    alert_id: str
     actor: Actor
 
 
@@ -268,7 +284,9 @@ BankCommand = (
     | EditCompartment
     | RetireCompartment
     | Decommission
-    | RecordRestart
+    | RecordActorFailed
+    | RecordActorRestarted
+    | AcknowledgeAlert
 )
 
 

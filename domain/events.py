@@ -318,11 +318,41 @@ class LockerBankDecommissioned(Event, frozen=True, kw_only=True):
     at: datetime
 
 
-class BankActorRestarted(Event, frozen=True, kw_only=True):
-    """An operator started the failed bank actor again."""
+class BankOfflineTooLong(Event, frozen=True, kw_only=True):
+    """The bank went offline at ``went_offline_at`` and has not come back within 3 heartbeat
+    intervals (raises the ``bank_offline`` alert; ``LockerBankCameOnline`` resolves it)."""
 
-    actor: Actor
+    went_offline_at: datetime
+    heartbeat_interval_seconds: int
     at: datetime
+
+
+class BankActorFailed(Event, frozen=True, kw_only=True):
+    """The bank's actor crashed past its restart budget (raises ``bank_actor_failed``).
+
+    Recorded by the failed bank's deadlines-only incarnation; ``error`` is the last crash's
+    text as the supervisor saw it (shortened)."""
+
+    restarts: int
+    error: str | None
+    at: datetime
+
+
+class BankActorRestarted(Event, frozen=True, kw_only=True):
+    """The actor of a bank that had failed runs again (resolves ``bank_actor_failed``);
+    ``actor``: the operator who restarted it (``POST …/restart``), None when it was not."""
+
+    at: datetime
+    actor: Actor | None = None
+
+
+class AlertAcknowledged(Event, frozen=True, kw_only=True):
+    """An operator acknowledged the bank's alert ``alert_id``."""
+
+    alert_id: str
+    alert_type: str
+    at: datetime
+    actor: Actor
 
 
 AnyEvent = (
@@ -358,7 +388,10 @@ AnyEvent = (
     | CompartmentEdited
     | CompartmentRetired
     | LockerBankDecommissioned
+    | BankOfflineTooLong
+    | BankActorFailed
     | BankActorRestarted
+    | AlertAcknowledged
 )
 
 EPHEMERAL: frozenset[type[Event]] = frozenset({HeartbeatReceived, RegistrationRefused})

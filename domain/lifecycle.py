@@ -37,7 +37,6 @@ LIFECYCLE_EVENTS = (
     e.CompartmentEdited,
     e.CompartmentRetired,
     e.LockerBankDecommissioned,
-    e.BankActorRestarted,
 )
 
 
@@ -285,8 +284,6 @@ def apply_lifecycle(s: BankState, event: e.Event) -> BankState:
                 uptime_seconds=None,
                 heartbeat_device_time=None,
             )
-        case e.BankActorRestarted():
-            return s
     raise AssertionError(f"not a lifecycle event: {event!r}")  # pragma: no cover
 
 

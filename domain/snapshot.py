@@ -27,6 +27,7 @@ _DATETIME_FIELDS = {
     "credentials_revoked_at",
     "revocation_window_ends_at",
     "decommissioned_at",
+    "offline_since",
 }
 
 
@@ -92,6 +93,7 @@ def _decode(raw: bytes) -> BankState:
         compartment: pmap({group: _dt(expiry) for group, expiry in groups.items()})
         for compartment, groups in body.pop("group_grants", {}).items()
     }
+    open_alerts = {str(k): str(v) for k, v in body.pop("open_alerts", {}).items()}
     seen = {k: datetime.fromisoformat(v) for k, v in body.pop("seen_event_ids").items()}
     nonces = {k: datetime.fromisoformat(v) for k, v in body.pop("used_qr_nonces").items()}
     return BankState(
@@ -102,4 +104,5 @@ def _decode(raw: bytes) -> BankState:
         group_grants=pmap(group_grants),
         seen_event_ids=pmap(seen),
         used_qr_nonces=pmap(nonces),
+        open_alerts=pmap(open_alerts),
     ).reindexed()

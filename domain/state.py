@@ -104,6 +104,16 @@ class BankState:
     alerts: int = 0
     # decommissioned (contract §5): no command to it, nothing from it applied, no changes
     decommissioned_at: datetime | None = None
+    # the bank's alerts that are open (raised, not yet acknowledged nor resolved): alert id ->
+    # alert type (domain.alerts); acknowledged and resolved ones live in the read model only
+    open_alerts: PMap[str, str] = field(default_factory=pmap)
+    # when the bank went offline (a stored LockerBankWentOffline; None once it came back), and
+    # whether BankOfflineTooLong was recorded for that outage: folded from stored events, so
+    # the offline alert's deadline survives a restart of the actor
+    offline_since: datetime | None = None
+    offline_alerted: bool = False
+    # BankActorFailed recorded and no BankActorRestarted since
+    actor_failed: bool = False
     # indexes derived from ``transactions`` (kept by ``domain.bank``, rebuilt by
     # :meth:`reindexed`, never in a snapshot), so that no message costs a scan of every
     # remembered transaction (up to MAX_REMEMBERED per bank):
@@ -198,12 +208,22 @@ class BankState:
             return None
         return self.last_seen + timedelta(seconds=3 * self.heartbeat_interval_seconds)
 
+    def offline_alert_deadline(self) -> datetime | None:
+        """When an outage becomes an alert: 3 heartbeat intervals after going offline."""
+        if self.offline_since is None or self.offline_alerted:
+            return None
+        return self.offline_since + timedelta(seconds=3 * self.heartbeat_interval_seconds)
+
     def next_deadline(self) -> datetime | None:
-        """The earliest moment at which time alone changes this bank (a timeout, going offline)."""
+        """The earliest moment at which time alone changes this bank (a timeout, going
+        offline, an outage becoming an alert)."""
         deadlines = [tx.expires_at for tx in self.pending()]
         heartbeat = self.heartbeat_deadline()
         if heartbeat is not None:
             deadlines.append(heartbeat)
+        offline = self.offline_alert_deadline()
+        if offline is not None:
+            deadlines.append(offline)
         return min(deadlines, default=None)
 
     def config_entries(self) -> list[tuple[int, int, int]]:

@@ -10,15 +10,25 @@ from the history it already has.
 
 from __future__ import annotations
 
+from lockerd.alerts.projection import ALERTS, settle_history
 from lockerd.audit.projection import AUDIT
 from lockerd.banks.projections import PROJECTIONS as BANK_PROJECTIONS
 from lockerd.users.projections import ACCESS_GRANTS, GROUPS
 from store.base import Projection, SqlTx, Store
 
-EVERY_PROJECTION: tuple[Projection, ...] = (*BANK_PROJECTIONS, ACCESS_GRANTS, GROUPS, AUDIT)
+EVERY_PROJECTION: tuple[Projection, ...] = (
+    *BANK_PROJECTIONS,
+    ACCESS_GRANTS,
+    GROUPS,
+    AUDIT,
+    ALERTS,
+)
 
 #: names of the refills applied once per database (never edit a released one; append)
-REFILLS: tuple[str, ...] = ("projections.people-1",)
+REFILLS: tuple[str, ...] = ("projections.people-1", "projections.alerts-1")
+#: the refill that first fills the alerts: the alerts of the history it finds are not news,
+#: so their webhook deliveries are settled, not sent
+ALERTS_REFILL = "projections.alerts-1"
 
 
 async def refill_once(store: Store) -> bool:
@@ -34,6 +44,8 @@ async def refill_once(store: Store) -> bool:
     if not names:
         return False
     await store.rebuild_projections()
+    if ALERTS_REFILL in names:
+        await store.write(settle_history)
 
     def record(tx: SqlTx) -> None:
         for name in names:

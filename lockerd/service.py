@@ -48,6 +48,10 @@ from gateway import outbound, topics
 from gateway.mqtt import MqttClient, MqttSettings, Will, running
 from gateway.outbound import MqttOutbox
 from gateway.router import Gateway
+from lockerd.alerts import queries as alert_queries
+from lockerd.alerts import routes as alert_routes
+from lockerd.alerts.live import AlertBoard
+from lockerd.alerts.webhook import AlertWebhook
 from lockerd.appstream import routes as appstream_routes
 from lockerd.appstream.stream import AppStreams, app_stream_metrics
 from lockerd.audit import routes as audit_routes
@@ -121,6 +125,7 @@ BLUEPRINTS = (
     appstream_routes.blueprint,
     cluster_routes.blueprint,
     audit_routes.blueprint,
+    alert_routes.blueprint,
 )
 
 
@@ -241,6 +246,10 @@ async def running_service(
             directory.load(start)
             fleet = FleetView()
             fill_fleet(fleet, start)
+            alert_board = AlertBoard(fleet)
+            alert_board.load(await store.read(alert_queries.unresolved))
+            webhook = AlertWebhook(store, settings.alert_webhook_url, settings.node_id, clock)
+            alert_board.on_change.append(webhook.wake)
             live = LiveModel(fleet)
             live.load(await store.read(queries.live_start(RECENT_TRANSACTIONS)))
             live.load_groups(*await store.read(user_groups.group_start))
@@ -264,7 +273,11 @@ async def running_service(
             # go in ``listeners``: with a cluster they also get the events appended by other
             # nodes (the event feed). A reaction that must run once per event (a side effect)
             # must not: add it to BankServices.listeners below, where the bank's actor runs.
-            listeners: list[StoredEventListener] = [directory.follow, live.follow]
+            listeners: list[StoredEventListener] = [
+                directory.follow,
+                live.follow,
+                alert_board.follow,
+            ]
             pipeline = MetricsPipeline(store, agents, metrics, clock, next_seq=next_seq)
             point_streams = PointStreams(pipeline, shutdown, metrics.registry)
             cluster: ClusterNode | None = None
@@ -354,8 +367,10 @@ async def running_service(
                     agents=agents,
                     pipeline=pipeline,
                     point_streams=point_streams,
+                    alerts=alert_board,
                     status_hub=StatusHub(
                         fleet=fleet,
+                        alerts=alert_board,
                         shutdown=shutdown,
                         clock=clock,
                         metrics=dashboard_metrics(metrics.registry),
@@ -384,6 +399,7 @@ async def running_service(
                 root.start_child("live-presence", live.watch_presence)
                 root.start_child("long-polls", lambda: live.release_waiters_on(shutdown))
                 root.start_child("metric-streams", point_streams.end_on_shutdown)
+                root.start_child("alert-webhook", webhook.run)
                 if clustered:
                     # other nodes' logouts, password changes, disabled accounts
                     root.start_child("session-ends", sessions.follow_other_nodes)
@@ -397,6 +413,10 @@ async def running_service(
                     # wake every bank with a pending command now: its actor resumes its
                     # outbox (publishes what was recorded but never sent) and schedules
                     # its own deadlines
+                    timers.schedule(bank_id, clock())
+                for bank_id in await store.read(alert_queries.banks_in_outage):
+                    # and every bank in an outage not yet alerted: its actor holds the
+                    # deadline (3 heartbeat intervals after it went offline)
                     timers.schedule(bank_id, clock())
                 app = behind_trusted_proxies(
                     with_hot_routes(create_app(service, blueprints), service),

@@ -18,6 +18,7 @@ from actors.registry import BankRegistry
 from domain.keys import Keyring
 from gateway.mqtt import MqttClient
 from gateway.router import Gateway
+from lockerd.alerts.live import AlertBoard
 from lockerd.appstream.stream import AppStreams
 from lockerd.banks.directory import Directory
 from lockerd.banks.live import LiveModel
@@ -54,6 +55,8 @@ class Service:
     pipeline: MetricsPipeline
     #: the live metric streams (server-sent events) fed by the pipeline
     point_streams: PointStreams
+    #: every unresolved alert, live (the fleet view's ``alerts``, ``/ws/status``)
+    alerts: AlertBoard
     status_hub: StatusHub
     app_streams: AppStreams
     broker_auth: BrokerAuth

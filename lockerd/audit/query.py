@@ -10,6 +10,7 @@ from typing import Any
 
 from lockerd.audit.projection import stored_time
 from store.base import SqlTx
+from store.filters import where
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,28 +36,18 @@ class AuditEntry:
 def audit_entries(query: AuditFilter) -> Callable[[SqlTx], list[AuditEntry]]:
     """The entries matching every given filter, newest (highest position) first."""
 
+    clause, params = where(
+        [
+            ("a.actor_id = ?", query.actor_id),
+            ("a.bank_id = ?", query.bank_id),
+            ("a.type = ?", query.type),
+            ("a.recorded_at >= ?", None if query.since is None else stored_time(query.since)),
+            ("a.recorded_at < ?", None if query.until is None else stored_time(query.until)),
+            ("a.position < ?", query.before),
+        ]
+    )
+
     def read(tx: SqlTx) -> list[AuditEntry]:
-        where: list[str] = []
-        params: list[Any] = []
-        if query.actor_id is not None:
-            where.append("a.actor_id = ?")
-            params.append(query.actor_id)
-        if query.bank_id is not None:
-            where.append("a.bank_id = ?")
-            params.append(query.bank_id)
-        if query.type is not None:
-            where.append("a.type = ?")
-            params.append(query.type)
-        if query.since is not None:
-            where.append("a.recorded_at >= ?")
-            params.append(stored_time(query.since))
-        if query.until is not None:
-            where.append("a.recorded_at < ?")
-            params.append(stored_time(query.until))
-        if query.before is not None:
-            where.append("a.position < ?")
-            params.append(query.before)
-        clause = f" WHERE {' AND '.join(where)}" if where else ""
         rows = tx.query(
             "SELECT a.position, a.recorded_at, a.bank_id, a.type, CAST(e.data AS TEXT)"
             " FROM audit_log a JOIN events e ON e.position = a.position"

@@ -251,7 +251,7 @@ async def restart(bank_id: str) -> tuple[dict[str, Any], int]:
     budget; the restart is recorded in the bank's history with the actor."""
     principal = await require_admin()
     bank_id = parse_id(bank_id, "locker bank")
-    await ask_bank(bank_id, c.RecordRestart(actor=principal.actor))
+    await ask_bank(bank_id, c.RecordActorRestarted(actor=principal.actor))
     return {"id": bank_id, "restarted": True}, 202
 
 

@@ -34,10 +34,9 @@ def encode_batches(node_id: str, statuses: list[dict[str, Any]]) -> list[str]:
     size = 0
     head = json.dumps(node_id)
     for status in statuses:
+        # a bank's alerts are not sent: every node's alert board follows every node's events
+        status = {key: value for key, value in status.items() if key != "alerts"}
         text = json.dumps(status, separators=(",", ":"))
-        if len(text) > MAX_PAYLOAD - 100:
-            status = {**status, "alerts": []}
-            text = json.dumps(status, separators=(",", ":"))
         if current and size + len(text) + 1 > MAX_PAYLOAD - 100:
             batches.append(f'{{"node":{head},"banks":[{",".join(current)}]}}')
             current, size = [], 0
@@ -61,7 +60,7 @@ def apply_status(fleet: FleetView, data: dict[str, Any]) -> str:
     status.restarts = int(data.get("restarts", 0))
     status.supervision = str(data.get("supervision", "idle"))
     status.doors = {int(k): str(v) for k, v in dict(data.get("doors", {})).items()}
-    status.alerts = list(data.get("alerts", []))
+    # status.alerts is this node's own: its alert board follows every node's events
     status.config_hash = data.get("config_hash")
     status.applied_config_hash = data.get("applied_config_hash")
     status.last_error = data.get("last_error")

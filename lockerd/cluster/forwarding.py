@@ -167,6 +167,7 @@ class Ownership:
                 await self._look_again()
                 continue
             return response
+
     async def tell_remote(self, bank_id: str, command: c.BankCommand, *, kind: str | None) -> None:
         self.tell_remote_nowait(bank_id, command, kind)
 

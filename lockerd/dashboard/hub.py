@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from actors.fleet import FleetView
 from domain.wiretime import iso
+from lockerd.alerts.live import AlertBoard, AlertSubscription
 from lockerd.http.websocket import (
     CLOSE_TIMEOUT_SECONDS,
     QUEUE_SIZE,
@@ -50,6 +51,11 @@ def bank_message(bank: dict[str, Any]) -> str:
     return encode({"type": "bank", "bank": bank})
 
 
+def alert_message(alert: dict[str, Any]) -> str:
+    """An alert raised or changed (as ``GET /api/admin/alerts`` lists it; docs/alerts.md)."""
+    return encode({"type": "alert", "alert": alert})
+
+
 def dashboard_metrics(registry: CollectorRegistry) -> StreamMetrics:
     """``lockerd_dashboard_clients`` and ``lockerd_dashboard_disconnects_total{reason}``."""
     return StreamMetrics.register(registry, "lockerd_dashboard", "dashboard")
@@ -62,6 +68,7 @@ class StatusHub(LiveStreams):
         self,
         *,
         fleet: FleetView,
+        alerts: AlertBoard,
         shutdown: trio.Event,
         clock: Callable[[], datetime],
         metrics: StreamMetrics,
@@ -78,6 +85,7 @@ class StatusHub(LiveStreams):
             queue_size=queue_size,
         )
         self.fleet = fleet
+        self.alerts = alerts
         self.clock = clock
 
     async def stream(self, transport: Transport) -> None:
@@ -86,16 +94,28 @@ class StatusHub(LiveStreams):
 
     async def _feed(self, session: StreamSession, outgoing: Outgoing) -> None:
         """Subscribes before taking the snapshot, so no change between the two is lost (a
-        bank may be sent twice; the later message is always the newer status)."""
+        bank may be sent twice; the later message is always the newer status). Alert changes
+        go out as they happen, beside the banks' statuses."""
         subscription = self.fleet.subscribe()
+        alerts = self.alerts.subscribe()
         session.on_finish.append(subscription.close)
+        session.on_finish.append(alerts.close)
         try:
             await outgoing.send(snapshot_message(self.fleet, self.clock()))
-            while True:
-                changed = await subscription.changes()
-                for bank_id in sorted(changed):
-                    status = self.fleet.banks.get(bank_id)
-                    if status is not None:
-                        await outgoing.send(bank_message(status.to_json()))
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._send_alerts, alerts, outgoing)
+                while True:
+                    changed = await subscription.changes()
+                    for bank_id in sorted(changed):
+                        status = self.fleet.banks.get(bank_id)
+                        if status is not None:
+                            await outgoing.send(bank_message(status.to_json()))
         finally:
             subscription.close()
+            alerts.close()
+
+    @staticmethod
+    async def _send_alerts(alerts: AlertSubscription, outgoing: Outgoing) -> None:
+        while True:
+            for alert in await alerts.changes():
+                await outgoing.send(alert_message(alert))

@@ -15,6 +15,7 @@ from typing import Any, Final
 
 from lockerd.telemetry.schema import iso_us
 from store.base import SqlTx
+from store.filters import where
 
 DEFAULT_LIMIT: Final = 1000
 MAX_LIMIT: Final = 100_000
@@ -48,21 +49,18 @@ class PointRow:
 
 def read_points(query: PointQuery) -> Callable[[SqlTx], list[PointRow]]:
     """A read function for ``EventStore.read``."""
-    clauses = ["tenant_id = ?"]
-    params: list[Any] = [query.tenant_id]
-    if query.agent_id is not None:
-        clauses.append("agent_id = ?")
-        params.append(query.agent_id)
-    if query.metric is not None:
-        clauses.append("metric = ?")
-        params.append(query.metric)
-    if query.since_us is not None:
-        clauses.append("ts_us >= ?")
-        params.append(query.since_us)
+    clause, params = where(
+        [
+            ("tenant_id = ?", query.tenant_id),
+            ("agent_id = ?", query.agent_id),
+            ("metric = ?", query.metric),
+            ("ts_us >= ?", query.since_us),
+        ]
+    )
     params.append(query.limit)
     sql = (
         "SELECT agent_id, metric, value, ts_us FROM metric_points"
-        f" WHERE {' AND '.join(clauses)} ORDER BY ts_us DESC, seq DESC LIMIT ?"
+        f"{clause} ORDER BY ts_us DESC, seq DESC LIMIT ?"
     )
 
     def read(tx: SqlTx) -> list[PointRow]:

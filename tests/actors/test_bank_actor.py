@@ -28,6 +28,8 @@ from actors.supervisor import RestartPolicy
 from actors.timers import TimerService
 from domain import commands as c
 from domain import events as e
+from domain.actor import Actor
+from domain.alerts import alert_id
 from domain.outbound import DeviceCommand, ProvisioningGranted, ProvisioningRefused
 from domain.records import ConcurrencyError, NewEvent, Snapshot, StoredEvent
 from tests.support.fakes import (
@@ -346,7 +348,6 @@ async def test_pending_command_times_out_at_expires_at_and_a_late_answer_is_reco
         assert w.observer.commands[("open_compartment", "timeout")] == 1
         status = w.fleet.banks[BANK]
         assert status.pending_commands == 0
-        assert [alert["type"] for alert in status.alerts] == ["CommandTimedOut"]
 
         late = await w.registry.ask(BANK, answer("tx-1"), kind="response")
         assert types(late.events) == ["LateAnswerReceived"]
@@ -471,7 +472,12 @@ async def test_bank_past_its_restart_budget_is_failed_and_unavailable(
         assert not w.registry.tell_nowait(BANK, c.NoteCredentialsUsed("dev-user-1"))
         await trio.testing.wait_all_tasks_blocked()
         assert w.registry.entries[BANK].mailbox.depth == 0
-        assert w.log.version(BANK) == 2  # none of the failed messages left a trace
+        # none of the failed messages left a trace; the failure itself is recorded (an alert)
+        assert w.log.types(BANK)[2:] == ["BankActorFailed"]
+        (failed,) = w.log.events(BANK)[2:]
+        assert isinstance(failed, e.BankActorFailed)
+        assert failed.restarts == POLICY.max_restarts
+        assert failed.error is not None
 
         # one poisoned bank does not stop the others
         assert types((await create(w, OTHER_BANK)).events)[0] == "LockerBankCreated"
@@ -486,6 +492,7 @@ async def fail_bank(w: World) -> None:
             await grant(w, 2)
     await w.observer.wait_until(lambda: w.observer.failed == 1)
     assert w.registry.is_failed(BANK)
+    await w.log.wait_for_type(BANK, "BankActorFailed")  # recorded by its deadlines incarnation
 
 
 async def test_a_failed_banks_pending_commands_still_time_out_on_time(
@@ -553,7 +560,8 @@ async def test_restart_starts_a_failed_bank_again_with_a_fresh_budget(
         assert w.observer.recovered == 1
         outcome = await grant(w, 2)
         assert types(outcome.events) == ["CompartmentAccessGranted"]
-        assert w.log.version(BANK) == version + 1
+        # the restarted actor recorded that it runs again (resolving the alert), then the grant
+        assert w.log.types(BANK)[version:] == ["BankActorRestarted", "CompartmentAccessGranted"]
         await trio.testing.wait_all_tasks_blocked()
         status = w.fleet.banks[BANK]
         assert status.supervision == "running"
@@ -565,6 +573,21 @@ async def test_restart_starts_a_failed_bank_again_with_a_fresh_budget(
                 await grant(w, 3)
         assert types((await grant(w, 3)).events) == ["CompartmentAccessGranted"]
         assert not w.registry.is_failed(BANK)
+
+
+async def test_a_failed_banks_alert_can_be_acknowledged_while_it_is_failed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with world() as w:
+        await online_bank(w)
+        await fail_bank(w)
+        failed_at = w.log.types(BANK).index("BankActorFailed") + 1  # its stream version
+        the_id = alert_id(BANK, failed_at)
+        outcome = await w.registry.ask(BANK, c.AcknowledgeAlert(the_id, Actor.admin_token()))
+        assert types(outcome.events) == ["AlertAcknowledged"]
+        assert w.registry.is_failed(BANK)  # still failed: only the acknowledgement got through
+        with pytest.raises(BankUnavailable):
+            await grant(w, 3)
 
 
 class ValueTheStoreCannotHold(Exception):
@@ -620,9 +643,13 @@ async def test_a_refused_creation_leaves_no_bank_behind(
         refused = await w.registry.ask(
             BANK,
             c.CreateBank(
-                bank_id=BANK, name="Bad", location=None, heartbeat_interval_seconds=10,
+                bank_id=BANK,
+                name="Bad",
+                location=None,
+                heartbeat_interval_seconds=10,
                 compartments=(spec(1), spec(1)),  # numbers must be unique
-                token_hash=TOKEN_HASH, token_expires_at=EPOCH + timedelta(days=7),
+                token_hash=TOKEN_HASH,
+                token_expires_at=EPOCH + timedelta(days=7),
             ),
             allow_new=True,
         )

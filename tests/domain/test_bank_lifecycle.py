@@ -377,10 +377,13 @@ def test_pending_commands_of_a_decommissioned_bank_still_time_out() -> None:
     assert types(events) == [e.CommandTimedOut]
 
 
-def test_a_restart_is_recorded_with_its_actor() -> None:
-    events = b.decide(created(), c.RecordRestart(actor=Actor.admin_token()), NOW)
+def test_an_operators_restart_is_recorded_with_its_actor() -> None:
+    restart = c.RecordActorRestarted(actor=Actor.admin_token())
+    events = b.decide(created(), restart, NOW)
     assert events == [e.BankActorRestarted(actor=Actor.admin_token(), at=NOW)]
     assert e.event_data(events[0])["actor"] == {"kind": "admin_token"}
+    # without an operator, only a bank recorded as failed records one
+    assert b.decide(created(), c.RecordActorRestarted(), NOW) == []
 
 
 # --- a property ------------------------------------------------------------------------------

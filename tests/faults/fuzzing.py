@@ -38,6 +38,7 @@ from hypothesis import HealthCheck, Phase, given
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
+from domain import commands as c
 from gateway.mqtt import MqttClient, open_mqtt_client
 from tests.support.device import client_settings, now_iso
 from tests.support.service import ADMIN_TOKEN, RunningLockerd, eventually
@@ -181,6 +182,16 @@ async def run_http_fuzz(
         f"/api/admin/compartments/{compartment}/grants", {"user_id": user_id}
     )
     assert granted.status_code == 201
+    # an alert to acknowledge: a door that opened by itself, as the device would report it
+    await svc.context.registry.ask(
+        bank["id"],
+        c.RecordDeviceEvent(
+            event="door_state_changed",
+            event_id=None,
+            data={"compartment_number": 1, "state": "open"},
+        ),
+    )
+    (alert,) = (await svc.admin_get("/api/admin/alerts")).json()
     basic = base64.b64encode(f"{agent['mqtt_user']}:{agent['mqtt_password']}".encode()).decode()
     admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     auth = {"/": admin, "/api/metrics": {"Authorization": f"Basic {basic}"}, "/api/mosq": {}}
@@ -189,6 +200,7 @@ async def run_http_fuzz(
         "compartment_id": compartment,
         "tenant_id": tenant,
         "user_id": user_id,
+        "alert_id": alert["id"],
     }
     document = (await svc.http.get("/openapi.json")).json()
     assert len(document["paths"]) >= 15

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import uuid
 from typing import Any
 
 import httpx
@@ -313,6 +314,8 @@ async def test_every_json_route_answers_415_for_a_body_that_is_not_json(
         "tenant_id": tenant,
         "user_id": user.json()["id"],
         "group_id": group.json()["id"],
+        # no alert exists: the media type is refused before the id is looked up
+        "alert_id": str(uuid.uuid4()),
     }
     document = (await svc.http.get("/openapi.json")).json()
     checked = []

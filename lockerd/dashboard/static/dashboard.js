@@ -469,14 +469,21 @@
     );
     if (!doors.length) el.doors.append(emptyItem("No compartments reported."));
 
+    // the bank's unresolved alerts as the server keeps them (GET /api/admin/alerts), newest first
     const alerts = [...(bank.alerts || [])].reverse();
     el.alerts.replaceChildren(
       ...alerts.map((alert) => {
         const item = document.createElement("li");
-        const { type, ...data } = alert;
+        item.dataset.alertId = alert.id;
+        item.dataset.state = alert.state;
         const name = document.createElement("strong");
-        name.textContent = type;
-        item.append(name, " ", detailChips(data));
+        name.textContent = alert.type;
+        const raised = document.createElement("time");
+        raised.dateTime = alert.raised_at;
+        raised.title = new Date(alert.raised_at).toLocaleString();
+        raised.textContent = new Date(alert.raised_at).toLocaleString();
+        item.append(name, " ", badge(`alert-${alert.state}`, alert.state), " ", raised, " ",
+          detailChips(alert.data || {}));
         return item;
       }),
     );
@@ -487,7 +494,7 @@
       bank.id,
       bank.presence,
       bank.doors,
-      (bank.alerts || []).length,
+      (bank.alerts || []).map((alert) => `${alert.id}:${alert.state}`),
       bank.pending_commands,
       bank.config_hash,
       bank.applied_config_hash,

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from domain import commands as c
 from lockerd.commands.store_ops import rebuild
 from tests.support.mosquitto import MosquittoBroker
 from tests.support.postgres import server_url
@@ -183,3 +184,36 @@ async def test_audit_parameters_are_validated(
         )
         assert response.status_code == 200
         assert len(await audit(app)) <= 100  # the default limit
+
+
+async def test_acknowledging_an_alert_is_audited_with_its_actor(
+    mosquitto: MosquittoBroker, tmp_path: Path, database: str
+) -> None:
+    async with app_on(mosquitto, tmp_path, database) as app:
+        admin = await app.signed_in_user(role="admin")
+        bank = await app.create_bank()
+        # a door that opened by itself, as the bank's device would report it
+        await app.context.registry.ask(
+            bank["id"],
+            c.RecordDeviceEvent(
+                event="door_state_changed",
+                event_id=None,
+                data={"compartment_number": 1, "state": "open"},
+            ),
+        )
+        (alert,) = (await app.admin_get("/api/admin/alerts")).json()
+        response = await app.http.post(
+            f"/api/admin/alerts/{alert['id']}/acknowledge", headers=admin.headers
+        )
+        assert response.status_code == 200, response.text
+        (entry,) = await audit(app, actor_id=admin.id)
+        assert entry["type"] == "AlertAcknowledged"
+        assert entry["bank_id"] == bank["id"]
+        assert entry["actor"] == {"kind": "user", "id": admin.id}
+        assert entry["data"]["alert_id"] == alert["id"]
+        assert entry["data"]["alert_type"] == "uncommanded_door_opening"
+        # the alert itself is raised by the bank (no operator): in the log without an actor
+        (raised,) = await audit(app, bank_id=bank["id"], type="UncommandedDoorOpening")
+        assert raised["actor"] is None
+        await rebuild(database)
+        assert (await audit(app, actor_id=admin.id)) == [entry]

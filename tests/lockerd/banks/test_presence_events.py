@@ -92,7 +92,7 @@ async def test_door_events_update_state_dedupe_and_raise_alerts(
         doors = [c["door_state"] for c in (await app.bank(bank))["compartments"]]
         assert doors == ["unknown", "closed"]
         status = app.context.fleet.banks[bank]
-        assert [a["type"] for a in status.alerts] == ["UncommandedDoorOpening"]
+        assert [a["type"] for a in status.alerts] == ["uncommanded_door_opening"]
         recorded = (await app.events(bank, "DeviceEventRecorded"))[0]["data"]
         assert (recorded["event"], recorded["data"]) == ("battery_low", {"level": 7})
 

@@ -24,6 +24,7 @@ from trio_websocket import (
     wrap_client_stream,
 )
 
+from domain import commands as c
 from tests.support.mosquitto import MosquittoBroker
 from tests.support.service import ADMIN_TOKEN, RunningLockerd, eventually, lockerd, test_settings
 
@@ -100,7 +101,9 @@ async def next_bank_update(
     with trio.fail_after(15):
         while True:
             message = await receive_json(ws)
-            assert message["type"] == "bank", message
+            assert message["type"] in ("bank", "alert"), message
+            if message["type"] == "alert":
+                continue  # e.g. a bank offline for 3 intervals (test_alert_messages_follow_…)
             bank: dict[str, Any] = message["bank"]
             if bank["id"] == bank_id and check(bank):
                 return bank
@@ -158,6 +161,59 @@ async def test_snapshot_lists_every_bank_then_updates_follow_heartbeats(
             created = await next_bank_update(ws, third["id"], lambda b: b["name"] != "")
             assert created["name"] == "Museum"
             assert created["presence"] == "unknown"
+
+
+async def next_alert(ws: WebSocketConnection) -> dict[str, Any]:
+    """Read messages until an alert message; returns its alert."""
+    with trio.fail_after(15):
+        while True:
+            message = await receive_json(ws)
+            assert message["type"] in ("bank", "alert"), message
+            if message["type"] == "alert":
+                assert set(message) == {"type", "alert"}
+                alert: dict[str, Any] = message["alert"]
+                return alert
+
+
+async def test_alert_messages_follow_every_alert_change(
+    mosquitto: MosquittoBroker, tmp_path: Path
+) -> None:
+    async with service(mosquitto, tmp_path) as svc:
+        bank = await svc.create_bank(name="Station", heartbeat_interval_seconds=3600)
+        async with open_websocket_url(ws_url(svc)) as ws:
+            assert (await receive_json(ws))["type"] == "snapshot"
+            await svc.context.registry.ask(
+                bank["id"],
+                c.RecordDeviceEvent(
+                    event="door_state_changed",
+                    event_id=None,
+                    data={"compartment_number": 1, "state": "open"},
+                ),
+            )
+            # an alert message, and the bank's entry listing its unresolved alerts (two
+            # streams: in either order)
+            alert_seen: dict[str, Any] | None = None
+            entry: dict[str, Any] | None = None
+            with trio.fail_after(15):
+                while alert_seen is None or entry is None:
+                    message = await receive_json(ws)
+                    if message["type"] == "alert":
+                        alert_seen = message["alert"]
+                    elif message["bank"]["id"] == bank["id"] and message["bank"]["alerts"]:
+                        entry = message["bank"]
+            raised = alert_seen
+            (listed,) = (await svc.admin_get("/api/admin/alerts")).json()
+            assert raised == listed
+            assert (raised["type"], raised["state"]) == ("uncommanded_door_opening", "open")
+            assert entry["alerts"] == [raised]
+            response = await svc.admin_post(f"/api/admin/alerts/{raised['id']}/acknowledge")
+            assert response.status_code == 200
+            assert await next_alert(ws) == {**raised, "state": "acknowledged"}
+        # a new connection's snapshot has the durable alerts
+        async with open_websocket_url(ws_url(svc)) as ws:
+            snapshot = await receive_json(ws)
+            (station,) = snapshot["banks"]
+            assert station["alerts"] == [{**raised, "state": "acknowledged"}]
 
 
 async def _user_token(svc: RunningLockerd) -> str:
