@@ -19,15 +19,22 @@ import structlog.testing
 import trio
 from trio_websocket import open_websocket_url
 
+from domain import commands as c
 from lockerd.cluster.shards import SHARD_COUNT, shard_of
 from lockerd.service import StartupError
 from lockerd.wiring import Service
 from tests.cluster.conftest import needs_postgres
 from tests.cluster.simulator import BankSet
-from tests.lockerd.dashboard.test_status_ws import next_bank_update, receive_json, ws_url
+from tests.lockerd.dashboard.test_status_ws import (
+    next_alert,
+    next_bank_update,
+    receive_json,
+    ws_url,
+)
 from tests.lockerd.test_service import heartbeat, publish
 from tests.support.mosquitto import MosquittoBroker
 from tests.support.service import RunningLockerd, eventually, lockerd, test_settings
+from tests.support.webhook import receiver
 
 pytestmark = needs_postgres
 
@@ -335,3 +342,60 @@ async def test_a_second_node_with_the_same_id_stops_at_start_up_with_one_line(
             async with lockerd(node_settings(mosquitto, cluster_database, "node-a")):
                 pass  # pragma: no cover - never reached
         assert len(held(a)) == SHARD_COUNT  # the first one is untouched
+
+
+async def test_alerts_are_acknowledged_through_any_node_and_posted_once(
+    mosquitto: MosquittoBroker, cluster_database: str
+) -> None:
+    async with receiver() as rx, AsyncExitStack() as stack:
+        a, b = [
+            await stack.enter_async_context(
+                lockerd(
+                    test_settings(
+                        mosquitto.url,
+                        Path("unused.db"),
+                        LOCKERD_DATABASE=cluster_database,
+                        LOCKERD_NODE_ID=name,
+                        LOCKERD_ALERT_WEBHOOK_URL=rx.url,
+                    )
+                )
+            )
+            for name in ("node-a", "node-b")
+        ]
+        await balanced(a, b)
+        banks = await create_banks(a, 1, spread_over=(a,))  # at least one of them is a's
+        bank_id = next(x["id"] for x in banks if shard_of(x["id"]) in held(a))
+        async with open_websocket_url(ws_url(b)) as ws:
+            assert (await receive_json(ws))["type"] == "snapshot"
+            # raised on the owner (a door that opened by itself)
+            await a.context.registry.ask(
+                bank_id,
+                c.RecordDeviceEvent(
+                    event="door_state_changed",
+                    event_id=None,
+                    data={"compartment_number": 1, "state": "open"},
+                ),
+            )
+            # node b sends it live: its board follows a's events through the event feed
+            raised = await next_alert(ws)
+            assert (raised["bank_id"], raised["state"]) == (bank_id, "open")
+            # acknowledged through b, which does not own the bank: forwarded to a
+            response = await b.admin_post(f"/api/admin/alerts/{raised['id']}/acknowledge")
+            assert response.status_code == 200, response.text
+            assert response.json()["state"] == "acknowledged"
+            assert (await next_alert(ws))["state"] == "acknowledged"
+        received = await rx.until(2)
+        assert [r.body["alert"]["state"] for r in received] == ["open", "acknowledged"]
+        events = (await a.admin_get(f"/api/admin/locker-banks/{bank_id}/events")).json()
+        (acknowledged,) = [ev for ev in events if ev["type"] == "AlertAcknowledged"]
+        assert acknowledged["data"]["actor"] == {"kind": "admin_token"}
+
+        def all_delivered(tx: Any) -> bool:
+            rows = tx.query("SELECT delivered_at IS NOT NULL FROM alert_outbox")
+            return len(rows) == 2 and all(row[0] for row in rows)
+
+        async def delivered() -> bool:
+            return bool(await a.context.tables.read(all_delivered))
+
+        await eventually(delivered)
+        assert len(rx.received) == 2  # two senders, one delivery each

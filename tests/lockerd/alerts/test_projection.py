@@ -20,7 +20,8 @@ from domain.records import NewEvent
 from domain.state import BankState
 from lockerd.alerts import queries
 from lockerd.alerts.queries import AlertFilter
-from lockerd.projections import EVERY_PROJECTION
+from lockerd.projections import EVERY_PROJECTION, refill_once
+from lockerd.users import tables as user_tables
 from store import Store, open_store
 from store.base import SqlTx
 from tests.domain._bank import (
@@ -193,3 +194,22 @@ async def test_an_outage_is_watched_until_its_alert_or_the_bank_is_back(store: S
     assert await store.read(queries.banks_in_outage) == []  # raised: nothing left to wake
     (offline,) = await listed(store)
     assert offline["id"] == alert_id(BANK_ID, bank.state.version)
+
+
+async def test_the_first_fill_of_an_older_database_sends_none_of_its_old_alerts(
+    store: Store,
+) -> None:
+    await store.write(user_tables.create_tables)  # table_migrations
+    bank = await online(store)
+    await bank.run(
+        device_event("door_state_changed", {"compartment_number": 2, "state": "open"}, T_ONLINE)
+    )
+    # a database whose history predates alerts: no refill recorded yet
+    assert await refill_once(store)
+
+    def outcomes(tx: SqlTx) -> list[Any]:
+        return [row[0] for row in tx.query("SELECT outcome FROM alert_outbox")]
+
+    assert await store.read(outcomes) == ["history"]
+    assert [a["type"] for a in await listed(store)] == ["uncommanded_door_opening"]
+    assert not await refill_once(store)  # once
