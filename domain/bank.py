@@ -141,8 +141,8 @@ def _decide_now(state: BankState, command: c.BankCommand, now: datetime) -> list
         case c.RecordActorFailed():
             if state.actor_failed:
                 return []
-            error = None if command.error is None else command.error[:500]
-            return [e.BankActorFailed(restarts=command.restarts, error=error, at=now)]
+            kind = None if command.error_type is None else command.error_type[:100]
+            return [e.BankActorFailed(restarts=command.restarts, error_type=kind, at=now)]
         case c.RecordActorRestarted():
             return [e.BankActorRestarted(at=now)] if state.actor_failed else []
         case c.AcknowledgeAlert():

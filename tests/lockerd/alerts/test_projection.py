@@ -122,7 +122,7 @@ async def test_every_alert_type_is_raised_acknowledged_and_resolved(store: Store
     gone = T_ONLINE + secs(3 + TIMEOUT)
     await bank.run(at(c.RecordLastWill(session_id="session-1"), gone))
     await bank.run(at(c.Tick(), gone + secs(3 * INTERVAL)))  # offline too long
-    await bank.run(at(c.RecordActorFailed(restarts=5, error="RuntimeError('boom')"), gone))
+    await bank.run(at(c.RecordActorFailed(restarts=5, error_type="RuntimeError"), gone))
 
     alerts = await listed(store)
     assert [a["type"] for a in alerts] == [
