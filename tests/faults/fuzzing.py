@@ -46,6 +46,8 @@ from tests.support.service import ADMIN_TOKEN, RunningLockerd, eventually
 #: examples per operation, per generation mode and per kind of path ids
 HTTP_EXAMPLES = 15
 REQUEST_TIMEOUT = 15.0
+#: how long an event stream is read (see :func:`one_run`)
+STREAM_TIMEOUT = 1.0
 #: hypothesis examples (batches of malformed messages) of one MQTT run
 MQTT_BATCHES = 25
 MQTT_BATCH_SIZE = 40
@@ -83,8 +85,15 @@ def one_run(
     report: FuzzReport,
     examples: int,
     derandomize: bool = True,
+    streaming: bool = False,
 ) -> Callable[[], None]:
-    """A hypothesis test sending ``examples`` requests drawn from ``strategy``."""
+    """A hypothesis test sending ``examples`` requests drawn from ``strategy``.
+
+    ``streaming``: the operation answers with a stream that has no end (server-sent events),
+    which schemathesis reads until the request timeout has passed in total; such operations
+    get :data:`STREAM_TIMEOUT`, enough for the status, headers and first events, or every
+    example would take the whole :data:`REQUEST_TIMEOUT`.
+    """
 
     @hypothesis.settings(
         max_examples=examples,
@@ -100,13 +109,19 @@ def one_run(
             base_url=base_url,
             session=session,
             headers=headers,
-            timeout=REQUEST_TIMEOUT,
+            timeout=STREAM_TIMEOUT if streaming else REQUEST_TIMEOUT,
             allow_redirects=False,
         )
         report.record(label, response, case)
 
     result: Callable[[], None] = call
     return result
+
+
+def answers_a_stream(document: dict[str, Any], method: str, path: str) -> bool:
+    """Whether the operation's 200 answer is documented as ``text/event-stream``."""
+    responses = document["paths"][path][method.lower()].get("responses", {})
+    return "text/event-stream" in responses.get("200", {}).get("content", {})
 
 
 def fuzz(
@@ -131,6 +146,7 @@ def fuzz(
         prefix = max((p for p in auth if operation.path.startswith(p)), key=len, default="")
         headers = auth.get(prefix, {})
         names = {p.name for p in operation.path_parameters}
+        streaming = answers_a_stream(document, operation.method, operation.path)
         variants: list[dict[str, str] | None] = [None]
         if names and names <= set(known_ids):
             variants.append({name: known_ids[name] for name in names})
@@ -144,7 +160,15 @@ def fuzz(
                     continue
 
                 call = one_run(
-                    strategy, label, headers, base_url, session, report, examples, derandomize
+                    strategy,
+                    label,
+                    headers,
+                    base_url,
+                    session,
+                    report,
+                    examples,
+                    derandomize,
+                    streaming,
                 )
                 try:
                     call()
