@@ -49,6 +49,13 @@ NOT_FAILED = c.CommandRejected(
 )
 
 
+def _error_type(last_error: str | None) -> str | None:
+    """The class name in a supervisor's ``last_error`` (``repr`` of the exception)."""
+    if not last_error:
+        return None
+    return last_error.split("(", 1)[0].strip() or None
+
+
 class BankUnavailable(Exception):
     """The bank's actor crashed on this message, has failed, or did not answer in time.
 
@@ -250,7 +257,7 @@ class BankRegistry:
                 child = entry.child
                 failure = c.RecordActorFailed(
                     restarts=child.restarts if child is not None else 0,
-                    error=child.last_error if child is not None else None,
+                    error_type=_error_type(child.last_error if child is not None else None),
                 )
                 while True:
                     actor = BankActor(

@@ -49,6 +49,9 @@ RESOLVED_BY: Final[dict[str, AlertType]] = {
     "BankActorRestarted": "bank_actor_failed",
 }
 
+#: the alert types that end by themselves (the others are incidents: acknowledged, they are over)
+SELF_RESOLVING: Final[frozenset[AlertType]] = frozenset(RESOLVED_BY.values())
+
 ACKNOWLEDGED_BY: Final = "AlertAcknowledged"
 
 _NAMESPACE: Final = uuid.UUID("6f1c2a8e-5b0d-4c57-9a1e-3d2f7b6c4e10")

@@ -171,8 +171,8 @@ def _decide_now(state: BankState, command: c.BankCommand, now: datetime) -> list
         case c.RecordActorFailed():
             if state.actor_failed:
                 return []
-            error = None if command.error is None else command.error[:500]
-            return [e.BankActorFailed(restarts=command.restarts, error=error, at=now)]
+            kind = None if command.error_type is None else command.error_type[:100]
+            return [e.BankActorFailed(restarts=command.restarts, error_type=kind, at=now)]
         case c.RecordActorRestarted():
             # an operator's restart is recorded even when the failure could not be (the store
             # was down then): the restart is an operator action (contract §5)

@@ -241,7 +241,7 @@ class RecordActorFailed:
     """The shell saw the bank's actor fail (past its restart budget); recorded once."""
 
     restarts: int
-    error: str | None
+    error_type: str | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -330,11 +330,13 @@ class BankOfflineTooLong(Event, frozen=True, kw_only=True):
 class BankActorFailed(Event, frozen=True, kw_only=True):
     """The bank's actor crashed past its restart budget (raises ``bank_actor_failed``).
 
-    Recorded by the failed bank's deadlines-only incarnation; ``error`` is the last crash's
-    text as the supervisor saw it (shortened)."""
+    Recorded by the failed bank's deadlines-only incarnation; ``error_type`` is the kind of the
+    last crash (its exception's class name). Its text may hold internal detail (addresses of
+    servers), so it stays in the log and the fleet view's ``last_error``, for admins only: this
+    event reaches the audit log and the alert webhook."""
 
     restarts: int
-    error: str | None
+    error_type: str | None
     at: datetime
 
 

@@ -247,7 +247,7 @@ async def running_service(
             fleet = FleetView()
             fill_fleet(fleet, start)
             alert_board = AlertBoard(fleet)
-            alert_board.load(await store.read(alert_queries.unresolved))
+            alert_board.load(await store.read(alert_queries.active))
             webhook = AlertWebhook(store, settings.alert_webhook_url, settings.node_id, clock)
             alert_board.on_change.append(webhook.wake)
             live = LiveModel(fleet)

@@ -55,7 +55,8 @@ class Service:
     pipeline: MetricsPipeline
     #: the live metric streams (server-sent events) fed by the pipeline
     point_streams: PointStreams
-    #: every unresolved alert, live (the fleet view's ``alerts``, ``/ws/status``)
+    #: every active alert (open, or acknowledged while it lasts), live: the fleet view's
+    #: ``alerts`` and the alert messages of ``/ws/status``
     alerts: AlertBoard
     status_hub: StatusHub
     app_streams: AppStreams

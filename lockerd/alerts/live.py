@@ -1,10 +1,15 @@
-"""The alerts live: every unresolved alert in memory, followed from the stored events.
+"""The alerts live: every *active* alert in memory, followed from the stored events.
+
+Active means open, or acknowledged while its condition lasts (a bank still offline, an actor
+still failed: the types that resolve by themselves, ``domain.alerts.RESOLVED_BY``). An
+acknowledged incident (a door, a failed or timed-out command) has been dealt with and nothing
+will resolve it, so it leaves the board; the read model keeps it.
 
 :class:`AlertBoard` is loaded from the read model at start, then fed by the stored-event
 listeners (on every node: the cluster's event feed hands it other nodes' events too). Each
 change (raised, acknowledged, resolved) is
 
-* written into the bank's entry of the fleet view (``alerts``: its unresolved alerts, newest
+* written into the bank's entry of the fleet view (``alerts``: its active alerts, newest
   last), which ``/dashboard``, the console and ``/ws/status`` show;
 * handed to every subscriber (``/ws/status`` sends ``{"type":"alert","alert":{…}}``);
 * announced to the ``on_change`` callbacks (the webhook sender wakes up).
@@ -22,7 +27,7 @@ from typing import Any, Final
 import trio
 
 from actors.fleet import FleetView
-from domain.alerts import ACKNOWLEDGED_BY, RAISED_BY, RESOLVED_BY, alert_id
+from domain.alerts import ACKNOWLEDGED_BY, RAISED_BY, RESOLVED_BY, SELF_RESOLVING, alert_id
 from domain.records import StoredEvent
 from domain.wiretime import iso
 
@@ -58,16 +63,16 @@ class AlertSubscription:
 class AlertBoard:
     def __init__(self, fleet: FleetView) -> None:
         self.fleet = fleet
-        #: alert id -> alert, for every alert not resolved yet
-        self.unresolved: dict[str, Alert] = {}
+        #: alert id -> alert, for every active alert (see the module doc)
+        self.active: dict[str, Alert] = {}
         self.on_change: list[Callable[[], None]] = []
         self._subscribers: set[AlertSubscription] = set()
 
     def load(self, alerts: Iterable[Alert]) -> None:
-        """Start from the read model's unresolved alerts (oldest first)."""
+        """Start from the read model's active alerts (oldest first)."""
         banks: set[str] = set()
         for alert in alerts:
-            self.unresolved[alert["id"]] = alert
+            self.active[alert["id"]] = alert
             banks.add(alert["bank_id"])
         for bank_id in banks:
             self._show(bank_id)
@@ -78,7 +83,7 @@ class AlertBoard:
         return subscription
 
     def of_bank(self, bank_id: str) -> list[Alert]:
-        return [alert for alert in self.unresolved.values() if alert["bank_id"] == bank_id]
+        return [alert for alert in self.active.values() if alert["bank_id"] == bank_id]
 
     def follow(self, bank_id: str, stored: Sequence[StoredEvent]) -> None:
         """A stored-event listener (see ``actors.ports.StoredEventListener``)."""
@@ -106,27 +111,29 @@ class AlertBoard:
                 "state": "open",
                 "data": dict(event.data),
             }
-            self.unresolved[alert["id"]] = alert
+            self.active[alert["id"]] = alert
             return [dict(alert)]
         if kind == ACKNOWLEDGED_BY:
-            found = self.unresolved.get(str(event.data.get("alert_id")))
+            found = self.active.get(str(event.data.get("alert_id")))
             if found is None or found["state"] != "open":
                 return []
             found["state"] = "acknowledged"
+            if found["type"] not in SELF_RESOLVING:
+                del self.active[found["id"]]  # dealt with: nothing will resolve it
             return [dict(found)]
         resolved_type = RESOLVED_BY.get(kind)
         if resolved_type is None:
             return []
         ended = [
             alert
-            for alert in self.unresolved.values()
+            for alert in self.active.values()
             if alert["bank_id"] == bank_id and alert["type"] == resolved_type
         ]
         for alert in ended:
-            del self.unresolved[alert["id"]]
+            del self.active[alert["id"]]
         return [{**alert, "state": "resolved"} for alert in ended]
 
     def _show(self, bank_id: str) -> None:
-        """The bank's unresolved alerts (newest last) in its fleet entry."""
+        """The bank's active alerts (newest last) in its fleet entry."""
         self.fleet.status(bank_id).alerts = [dict(alert) for alert in self.of_bank(bank_id)]
         self.fleet.changed(bank_id)

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from domain.alerts import SELF_RESOLVING
 from lockerd.alerts.projection import ALERT_COLUMNS, alert_json
 from store.base import SqlTx
 
@@ -50,10 +51,15 @@ def alert(alert_id: str) -> Callable[[SqlTx], dict[str, Any] | None]:
     return read
 
 
-def unresolved(tx: SqlTx) -> list[dict[str, Any]]:
-    """Every alert not resolved yet, oldest first (the live board's start)."""
+def active(tx: SqlTx) -> list[dict[str, Any]]:
+    """Every active alert, oldest first (the live board's start, ``lockerd.alerts.live``):
+    open, or acknowledged while it may still resolve by itself."""
+    resolving = sorted(SELF_RESOLVING)
+    marks = ", ".join("?" for _ in resolving)
     rows = tx.query(
-        f"SELECT {ALERT_COLUMNS} FROM alerts WHERE state <> 'resolved' ORDER BY position"
+        f"SELECT {ALERT_COLUMNS} FROM alerts WHERE state = 'open'"
+        f" OR (state = 'acknowledged' AND type IN ({marks})) ORDER BY position",
+        resolving,
     )
     return [alert_json(row) for row in rows]
 

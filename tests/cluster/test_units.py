@@ -109,7 +109,7 @@ SAMPLES: list[c.BankCommand] = [
         "spare",
         30,
     ),
-    c.RecordActorFailed(5, "RuntimeError('boom')"),
+    c.RecordActorFailed(5, "RuntimeError"),
     c.RecordActorRestarted(),
     c.RecordActorRestarted(Actor.user("admin-1")),
     c.AcknowledgeAlert("alert-1", Actor.user("admin-1")),

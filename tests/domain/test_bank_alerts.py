@@ -157,12 +157,13 @@ def test_acknowledging_twice_or_an_unknown_alert_is_a_conflict() -> None:
 
 def test_actor_failure_is_recorded_once_and_resolved_by_the_restart() -> None:
     state = online_bank()
-    state, events = step(state, at(c.RecordActorFailed(restarts=5, error="x" * 900), T_ONLINE))
+    failed = c.RecordActorFailed(restarts=5, error_type="X" * 900)
+    state, events = step(state, at(failed, T_ONLINE))
     assert len(events) == 1 and isinstance(events[0], e.BankActorFailed)
-    assert events[0].error == "x" * 500
+    assert events[0].error_type == "X" * 100
     assert state.actor_failed
     assert list(state.open_alerts.values()) == ["bank_actor_failed"]
-    assert decide(state, at(c.RecordActorFailed(restarts=5, error=None), T_ONLINE)) == []
+    assert decide(state, at(c.RecordActorFailed(restarts=5, error_type=None), T_ONLINE)) == []
     state, events = step(state, at(c.RecordActorRestarted(), T_ONLINE + secs(1)))
     assert events == [e.BankActorRestarted(at=T_ONLINE + secs(1))]
     assert not state.actor_failed
@@ -171,7 +172,7 @@ def test_actor_failure_is_recorded_once_and_resolved_by_the_restart() -> None:
 
 
 def test_open_alerts_survive_a_snapshot() -> None:
-    state = apply(online_bank(), at(c.RecordActorFailed(restarts=5, error=None), T_ONLINE))
+    state = apply(online_bank(), at(c.RecordActorFailed(restarts=5, error_type=None), T_ONLINE))
     rebuilt = decode_snapshot(encode_snapshot(state))
     assert rebuilt.open_alerts == state.open_alerts
     assert rebuilt.actor_failed

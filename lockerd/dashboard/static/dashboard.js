@@ -469,7 +469,7 @@
     );
     if (!doors.length) el.doors.append(emptyItem("No compartments reported."));
 
-    // the bank's unresolved alerts as the server keeps them (GET /api/admin/alerts), newest first
+    // the bank's active alerts (open, or acknowledged while they last) as the server keeps them (GET /api/admin/alerts), newest first
     const alerts = [...(bank.alerts || [])].reverse();
     el.alerts.replaceChildren(
       ...alerts.map((alert) => {

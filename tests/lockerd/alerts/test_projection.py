@@ -122,7 +122,7 @@ async def test_every_alert_type_is_raised_acknowledged_and_resolved(store: Store
     gone = T_ONLINE + secs(3 + TIMEOUT)
     await bank.run(at(c.RecordLastWill(session_id="session-1"), gone))
     await bank.run(at(c.Tick(), gone + secs(3 * INTERVAL)))  # offline too long
-    await bank.run(at(c.RecordActorFailed(restarts=5, error="RuntimeError('boom')"), gone))
+    await bank.run(at(c.RecordActorFailed(restarts=5, error_type="RuntimeError"), gone))
 
     alerts = await listed(store)
     assert [a["type"] for a in alerts] == [
@@ -151,6 +151,7 @@ async def test_every_alert_type_is_raised_acknowledged_and_resolved(store: Store
     jam_id = by_type["command_failed"]["id"]
     for the_id in (offline_id, jam_id):
         await bank.run(at(c.AcknowledgeAlert(the_id, Actor.user("u-1")), gone + secs(100)))
+    assert {a["type"] for a in await store.read(queries.active)} >= {"bank_offline"}
     await bank.run(heartbeat(gone + secs(200)))
     await bank.run(at(c.RecordActorRestarted(), gone + secs(201)))
     states = {a["type"]: a["state"] for a in await listed(store)}
@@ -166,6 +167,11 @@ async def test_every_alert_type_is_raised_acknowledged_and_resolved(store: Store
         "uncommanded_door_opening",
     ]
     assert [a["id"] for a in await listed(store, state="acknowledged")] == [jam_id]
+    # active (the live board's start): open, or acknowledged while it may resolve by itself
+    assert [a["type"] for a in await store.read(queries.active)] == [
+        "uncommanded_door_opening",
+        "command_timeout",
+    ]
     assert await listed(store, bank_id="8d4b2c1a-0000-4000-8000-000000000000") == []
     assert len(await listed(store, limit=2)) == 2
     assert await store.read(queries.alert(offline_id)) is not None

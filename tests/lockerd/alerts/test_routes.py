@@ -5,6 +5,7 @@ stores)."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 
 from domain import commands as c
+from tests.faults.test_failed_banks import BrokenAppends
 from tests.support.device import Answer, device
 from tests.support.mosquitto import MosquittoBroker
 from tests.support.postgres import server_url
@@ -231,3 +233,32 @@ async def test_alerts_and_an_outage_deadline_survive_a_restart(
         assert response.status_code == 200
     async with app_on(mosquitto, tmp_path, database, clock) as app:
         assert [a["state"] for a in await alerts(app)] == ["open", "acknowledged"]
+
+
+async def test_a_failed_bank_actor_raises_an_alert_that_its_restart_resolves(
+    mosquitto: MosquittoBroker, tmp_path: Path, database: str
+) -> None:
+    async with app_on(mosquitto, tmp_path, database) as app:
+        bank_id = (await app.create_bank())["id"]
+        registry = app.context.registry
+        rotate = f"/api/admin/locker-banks/{bank_id}/provisioning-token"
+        with BrokenAppends(app, bank_id):  # the store refuses the bank's appends: it fails
+            while not registry.is_failed(bank_id):
+                assert (await app.admin_post(rotate)).status_code == 503
+        # recorded by the failed bank once its appends work again
+        (alert,) = await until_alerts(app, 1)
+        assert (alert["type"], alert["state"]) == ("bank_actor_failed", "open")
+        assert alert["data"]["error_type"] == "StoreUnavailable"
+        assert "secret detail" not in json.dumps(alert)  # the crash's text stays internal
+        assert registry.is_failed(bank_id)
+        # acknowledged while the bank is still failed (the only request it takes)
+        response = await app.admin_post(f"/api/admin/alerts/{alert['id']}/acknowledge")
+        assert response.status_code == 200, response.text
+        assert registry.is_failed(bank_id)
+        assert (await app.admin_post(rotate)).status_code == 503
+        # an operator starts it again: the alert is resolved
+        assert await registry.restart(bank_id)
+        (resolved,) = await until_alerts(app, 1, state="resolved")
+        assert resolved == {**alert, "state": "resolved"}
+        types = [ev["type"] for ev in await app.events(bank_id)]
+        assert types[-3:] == ["BankActorFailed", "AlertAcknowledged", "BankActorRestarted"]
