@@ -16,6 +16,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 
 from tests.lockerd.console.harness import (
     World,
+    bank_row,
     compartment_action,
     fail_bank,
     history_types,
@@ -212,6 +213,14 @@ def test_decommission(world: World, pier: dict[str, Any]) -> None:
     screenshot(driver, "decommissioned.png")
     bank = world.backend.admin("GET", f"/api/admin/locker-banks/{pier['id']}")
     assert bank["decommissioned"] is True
+    # the live fleet marks it too
+    world.console.go("/fleet")
+    wait_for(
+        driver,
+        lambda d: bank_row(d, pier["id"]).get_attribute("data-decommissioned") == "true",
+        "the fleet row marked decommissioned",
+    )
+    text_of(driver, f'#fleet-table tr[data-bank-id="{pier["id"]}"]', "decommissioned")
 
 
 def test_restart_a_failed_bank(world: World) -> None:
