@@ -73,6 +73,7 @@ def test_open_a_compartment_with_a_reason(world: World) -> None:
     ]
     assert requested[-1]["data"]["reason"] == "parcel stuck in the door"
     assert requested[-1]["data"]["actor"] == world.operator
+    driver.execute_script("window.scrollTo(0, 0)")  # the result line, above the bank
     screenshot(driver, "open.png")
 
 
@@ -101,6 +102,7 @@ def test_out_of_service_refuses_an_open_until_back_in_service(world: World) -> N
     )
     assert kind == "error"
     assert "the compartment is out of service (HTTP 409, out_of_service)" in text
+    driver.execute_script("window.scrollTo(0, 0)")
     screenshot(driver, "out-of-service.png")
     kind, text = world.act(
         "back in service",
@@ -226,15 +228,15 @@ def test_decommission(world: World, pier: dict[str, Any]) -> None:
 def test_restart_a_failed_bank(world: World) -> None:
     driver = world.console.driver
     depot = world.backend.create_bank("Depot", 1, location="Yard")
-    open_bank(world, depot["id"])
-    # not failed: the server's refusal is shown
-    kind, text = world.console.act('[data-action="restart"]')
-    assert kind == "error"
-    assert "(HTTP 409, not_failed)" in text
     fail_bank(world.backend, depot["id"])
+    open_bank(world, depot["id"])
     text_of(driver, "#bank-facts", "failed")
     screenshot(driver, "failed.png")
     kind, text = world.act("restart", '[data-action="restart"]', bank_id=depot["id"])
     assert (kind, text) == ("ok", "Restart requested."), text
     text_of(driver, "#bank-facts", "running")
     wait_for(driver, lambda d: "BankActorRestarted" in history_types(d), "the restart recorded")
+    # running now: a second restart is refused, and the console shows why
+    kind, text = world.console.act('[data-action="restart"]')
+    assert kind == "error"
+    assert "(HTTP 409, not_failed)" in text
