@@ -43,6 +43,7 @@ from actors.ports import ActorObserver, EventLog, StoredEventListener
 from actors.timers import TimerService
 from domain import commands as c
 from domain import events as e
+from domain.actor import Actor
 from domain.bank import decide, fold
 from domain.outbound import ProvisioningGranted, ProvisioningRefused, device_command
 from domain.records import ConcurrencyError, NewEvent, Snapshot, StoredEvent
@@ -147,6 +148,7 @@ class BankActor:
         *,
         deadlines_only: bool = False,
         failure: c.RecordActorFailed | None = None,
+        restarted_by: Actor | None = None,
     ) -> None:
         self.bank_id = bank_id
         self.mailbox = mailbox
@@ -154,6 +156,8 @@ class BankActor:
         self.deadlines_only = deadlines_only
         #: why the bank failed, recorded by its deadlines-only incarnation (``BankActorFailed``)
         self.failure = failure
+        #: the operator whose restart started this incarnation (recorded with the restart)
+        self.restarted_by = restarted_by
         self.state = BankState()
         self._snapshot_version = 0
 
@@ -212,13 +216,14 @@ class BankActor:
         """Make the bank's failure durable and auditable: a failed bank's deadlines-only
         incarnation records ``BankActorFailed`` (once: it is tried again on every start until
         it is stored), a working incarnation of a bank recorded as failed records
-        ``BankActorRestarted``, which resolves the alert."""
+        ``BankActorRestarted``, which resolves the alert; after an operator's restart it names
+        the operator (and is recorded even if the failure could not be)."""
         if not self.state.exists:
             return
         if self.deadlines_only and self.failure is not None and not self.state.actor_failed:
             await self._handle(Envelope(self.failure))
-        elif not self.deadlines_only and self.state.actor_failed:
-            await self._handle(Envelope(c.RecordActorRestarted()))
+        elif not self.deadlines_only and (self.state.actor_failed or self.restarted_by):
+            await self._handle(Envelope(c.RecordActorRestarted(actor=self.restarted_by)))
 
     async def _resume_outbox(self) -> None:
         """Publish commands that were recorded but never acknowledged by the broker.
@@ -227,6 +232,8 @@ class BankActor:
         lose the command. Expired ones are left to time out; the device must not act on them.
         """
         now = self.s.clock()
+        if self.state.decommissioned:
+            return  # its credentials are revoked: nothing is published to it any more
         for tx in self.state.pending():
             if not tx.dispatched and tx.expires_at > now:
                 if self.s.record_dispatch_first:
@@ -422,6 +429,10 @@ class BankActor:
         status.doors = {n: comp.door_state for n, comp in state.compartments.items()}
         status.config_hash = state.config_hash
         status.applied_config_hash = state.applied_config_hash
+        status.decommissioned = state.decommissioned
+        status.out_of_service = sorted(
+            n for n, comp in state.compartments.items() if comp.out_of_service
+        )
         self.s.fleet.changed(self.bank_id)
 
 

@@ -34,6 +34,9 @@ class BankStatus:
     config_hash: str | None = None
     applied_config_hash: str | None = None
     last_error: str | None = None
+    decommissioned: bool = False
+    #: the numbers of the compartments out of service
+    out_of_service: list[int] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -51,6 +54,8 @@ class BankStatus:
             "config_hash": self.config_hash,
             "applied_config_hash": self.applied_config_hash,
             "last_error": self.last_error,
+            "decommissioned": self.decommissioned,
+            "out_of_service": list(self.out_of_service),
         }
 
 

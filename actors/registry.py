@@ -33,6 +33,7 @@ from actors.mailbox import Mailbox, MailboxFull
 from actors.ports import BankCatalog
 from actors.supervisor import ChildInfo, RestartPolicy, Supervisor
 from domain import commands as c
+from domain.actor import Actor
 from domain.state import BankState
 
 log = structlog.get_logger("lockerd.registry")
@@ -41,6 +42,11 @@ log = structlog.get_logger("lockerd.registry")
 #: store is down, say), doubling up to the maximum.
 DEADLINES_RETRY_INITIAL = 0.5
 DEADLINES_RETRY_MAX = 30.0
+
+
+NOT_FAILED = c.CommandRejected(
+    "not_failed", "the locker bank's actor has not failed: there is nothing to restart"
+)
 
 
 def _error_type(last_error: str | None) -> str | None:
@@ -163,18 +169,22 @@ class BankRegistry:
         self.services.observer.bank_actors_running(len(self.entries))
         return entry
 
-    def _start_actor(self, entry: BankEntry) -> None:
+    def _start_actor(self, entry: BankEntry, restarted_by: Actor | None = None) -> None:
+        """Supervise the bank's actor; ``restarted_by``: the operator whose restart this is
+        (its first incarnation records the restart with them)."""
         services = self.services
         mailbox = entry.mailbox
         bank_id = entry.bank_id
         entry.stopped = trio.Event()
+        by = [restarted_by]
 
         async def incarnation() -> None:
             if entry.stopping:
                 return
             with trio.CancelScope() as scope:
                 entry.scope = scope
-                await BankActor(bank_id, mailbox, services).run()
+                restarted, by[0] = by[0], None  # the first incarnation only
+                await BankActor(bank_id, mailbox, services, restarted_by=restarted).run()
 
         entry.child = self.supervisor.start_child(bank_id, incarnation)
 
@@ -274,14 +284,14 @@ class BankRegistry:
         finally:
             done.set()
 
-    async def restart(self, bank_id: str) -> bool:
+    async def restart(self, bank_id: str, actor: Actor | None = None) -> bool:
         """Start a failed bank's actor again, with a fresh restart budget.
 
         Returns True when the bank had failed and its actor has been started again (its
         deadlines-only incarnation has stopped first; the new actor reloads the bank from the
-        store), False when it had not failed (nothing is done: a running bank needs no restart,
-        and one without an actor starts with its next message). Raises :class:`UnknownBank` for
-        an id that names no bank.
+        store and records ``BankActorRestarted`` naming ``actor``), False when it had not
+        failed (nothing is done: a running bank needs no restart, and one without an actor
+        starts with its next message). Raises :class:`UnknownBank` for an id that names no bank.
         """
         entry = self.entries.get(bank_id)
         if entry is None:
@@ -297,7 +307,7 @@ class BankRegistry:
             if scope is not None and done is not None:
                 scope.cancel()
                 await done.wait()  # one reader of the mailbox at a time
-            self._start_actor(entry)
+            self._start_actor(entry, restarted_by=actor)
         finally:
             entry.restarting = False
         self.services.observer.bank_actor_recovered()
@@ -379,6 +389,13 @@ class BankRegistry:
         """
         if self.placement is not None and not self.placement.is_local(bank_id):
             raise NotOwner(bank_id)
+        if isinstance(command, c.RecordActorRestarted) and command.actor is not None:
+            # an operator's restart, asked of the owner like any command (so it works on every
+            # node): the restarted actor records it first; the command itself, queued behind
+            # that, changes nothing and answers once the restart is recorded
+            if not await self.restart(bank_id, actor=command.actor):
+                return Outcome(BankState(), rejected=NOT_FAILED)
+            command = c.RecordActorRestarted()
         entry = self._entry(bank_id, allow_new=allow_new)
         if entry.stopping:
             return Outcome(BankState(), crashed=MOVED)

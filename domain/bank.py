@@ -18,7 +18,14 @@ from pyrsistent import PMap, pmap
 from domain import commands as c
 from domain import events as e
 from domain.alerts import RAISED_BY, RESOLVED_BY, alert_id
-from domain.config_hash import config_compartments, config_hash
+from domain.lifecycle import (
+    LIFECYCLE_COMMANDS,
+    LIFECYCLE_EVENTS,
+    apply_config_request,
+    apply_lifecycle,
+    config_push,
+    decide_lifecycle,
+)
 from domain.state import (
     DEDUP_WINDOW,
     MAX_REMEMBERED,
@@ -61,9 +68,28 @@ def decide(state: BankState, command: c.BankCommand, now: datetime) -> list[e.Ev
 # Device messages that a revoked session could have sent while its credentials may still pass
 # the broker's cache (docs/broker-auth.md): not applied during the revocation window.
 _DEVICE_MESSAGES = (c.RecordHeartbeat, c.RecordAnswer, c.RecordDeviceEvent, c.RecordLastWill)
+# What a decommissioned bank refuses (409) besides device messages and lifecycle changes:
+# anything that would give it a token, a device or a command. Opens are refused as opens
+# (a recorded refusal, reason ``decommissioned``); grants may still be revoked.
+_REFUSED_WHEN_DECOMMISSIONED = (
+    c.IssueProvisioningToken,
+    c.RequestApplyConfig,
+    c.GrantAccess,
+    c.GrantGroupAccess,
+)
 
 
 def _decide_now(state: BankState, command: c.BankCommand, now: datetime) -> list[e.Event]:
+    if isinstance(command, _DEVICE_MESSAGES) and state.decommissioned:
+        raise c.CommandRejected(
+            "revoked_session",
+            "the locker bank is decommissioned: its device credentials are revoked and"
+            " nothing it publishes is applied",
+        )
+    if isinstance(command, _REFUSED_WHEN_DECOMMISSIONED) and state.decommissioned:
+        raise c.CommandRejected("conflict", "the locker bank is decommissioned")
+    if isinstance(command, LIFECYCLE_COMMANDS):
+        return decide_lifecycle(state, command, now)
     if isinstance(command, _DEVICE_MESSAGES) and state.revocation_pending(now):
         raise c.CommandRejected(
             "revoked_session",
@@ -78,6 +104,7 @@ def _decide_now(state: BankState, command: c.BankCommand, now: datetime) -> list
                     token_hash=command.token_hash,
                     expires_at=command.expires_at,
                     issued_at=now,
+                    actor=command.actor,
                 )
             ]
         case c.Provision():
@@ -105,6 +132,8 @@ def _decide_now(state: BankState, command: c.BankCommand, now: datetime) -> list
             return _revoke_group(state, command, now)
         case c.RequestOpen():
             return _request_open(state, command, now)
+        case c.RequestOperatorOpen():
+            return _operator_open(state, command, now)
         case c.RequestApplyConfig():
             if state.revocation_pending(now):
                 raise c.CommandRejected(
@@ -117,12 +146,13 @@ def _decide_now(state: BankState, command: c.BankCommand, now: datetime) -> list
             if state.pending_config() is not None:
                 raise c.CommandRejected("conflict", "an apply_config command is still pending")
             return [
-                _apply_config_request(
+                apply_config_request(
                     state,
                     command.transaction_id,
                     now,
                     command.command_timeout_seconds,
                     command.requested_by,
+                    command.actor,
                 )
             ]
         case c.MarkDispatched():
@@ -144,7 +174,11 @@ def _decide_now(state: BankState, command: c.BankCommand, now: datetime) -> list
             kind = None if command.error_type is None else command.error_type[:100]
             return [e.BankActorFailed(restarts=command.restarts, error_type=kind, at=now)]
         case c.RecordActorRestarted():
-            return [e.BankActorRestarted(at=now)] if state.actor_failed else []
+            # an operator's restart is recorded even when the failure could not be (the store
+            # was down then): the restart is an operator action (contract §5)
+            if not state.actor_failed and command.actor is None:
+                return []
+            return [e.BankActorRestarted(at=now, actor=command.actor)]
         case c.AcknowledgeAlert():
             alert_type = state.open_alerts.get(command.alert_id)
             if alert_type is None:
@@ -182,11 +216,13 @@ def _create(state: BankState, command: c.CreateBank, now: datetime) -> list[e.Ev
             heartbeat_interval_seconds=command.heartbeat_interval_seconds,
             compartments=command.compartments,
             created_at=now,
+            actor=command.actor,
         ),
         e.ProvisioningTokenIssued(
             token_hash=command.token_hash,
             expires_at=command.token_expires_at,
             issued_at=now,
+            actor=command.actor,
         ),
     ]
 
@@ -310,6 +346,15 @@ def _open_refusal(
         or state.group_grant_valid(compartment.id, group_ids, now)
     ):
         return "no_grant"
+    return _state_refusal(state, compartment, now)
+
+
+def _state_refusal(state: BankState, compartment: Compartment, now: datetime) -> str | None:
+    """Why the bank cannot open the compartment now, whoever asks; None when it can."""
+    if state.decommissioned:
+        return "decommissioned"
+    if compartment.out_of_service:
+        return "out_of_service"
     if state.revocation_pending(now):
         return "revocation_pending"
     if state.presence != "online":
@@ -345,19 +390,39 @@ def _request_open(state: BankState, command: c.RequestOpen, now: datetime) -> li
     ]
 
 
-def _apply_config_request(
-    state: BankState, transaction_id: str, now: datetime, timeout: int, requested_by: str | None
-) -> e.ConfigApplyRequested:
-    compartments = config_compartments(state.config_entries())
-    return e.ConfigApplyRequested(
-        transaction_id=transaction_id,
-        config_hash=config_hash(compartments, state.heartbeat_interval_seconds),
-        heartbeat_interval_seconds=state.heartbeat_interval_seconds,
-        compartments=tuple(compartments),
-        requested_at=now,
-        expires_at=now + timedelta(seconds=timeout),
-        requested_by=requested_by,
-    )
+def _operator_open(
+    state: BankState, command: c.RequestOperatorOpen, now: datetime
+) -> list[e.Event]:
+    """An operator's open: no grant needed, refused (and recorded) like a user's otherwise."""
+    compartment = state.compartment_by_id(command.compartment_id)
+    if compartment is None:
+        raise c.CommandRejected("not_found", "unknown compartment")
+    reason = _state_refusal(state, compartment, now)
+    if reason is not None:
+        return [
+            e.CompartmentOpeningDenied(
+                user_id=command.user_id,
+                compartment_id=compartment.id,
+                reason=reason,
+                at=now,
+                via="operator",
+                actor=command.actor,
+                request_reason=command.reason,
+            )
+        ]
+    return [
+        e.CompartmentOpeningRequested(
+            transaction_id=command.transaction_id,
+            compartment_id=compartment.id,
+            compartment_number=compartment.number,
+            user_id=command.user_id,
+            requested_at=now,
+            expires_at=now + timedelta(seconds=command.command_timeout_seconds),
+            via="operator",
+            actor=command.actor,
+            reason=command.reason,
+        )
+    ]
 
 
 def _answer(state: BankState, command: c.RecordAnswer, now: datetime) -> list[e.Event]:
@@ -392,7 +457,7 @@ def _answer(state: BankState, command: c.RecordAnswer, now: datetime) -> list[e.
             )
         ]
     if tx.action == "apply_config":
-        return [
+        applied: list[e.Event] = [
             e.ConfigApplied(
                 transaction_id=tx.transaction_id,
                 applied_config_hash=command.applied_config_hash,
@@ -400,6 +465,12 @@ def _answer(state: BankState, command: c.RecordAnswer, now: datetime) -> list[e.
                 received_at=now,
             )
         ]
+        if not command.spare_transaction_id:
+            return applied
+        # the configuration changed while this one was pending: push the new one now
+        return applied + config_push(
+            fold(state, applied), command.spare_transaction_id, now, command.command_timeout_seconds
+        )
     assert tx.compartment_number is not None
     return [
         e.CompartmentOpened(
@@ -458,20 +529,9 @@ def _heartbeat(state: BankState, command: c.RecordHeartbeat, now: datetime) -> l
     if state.presence != "online":
         session = command.session_id if in_order else state.session_id
         result.append(e.LockerBankCameOnline(at=now, session_id=session))
-        if (
-            state.config_hash is not None
-            and state.config_hash != state.applied_config_hash
-            and state.pending_config() is None
-        ):
-            result.append(
-                _apply_config_request(
-                    state,
-                    command.spare_transaction_id,
-                    now,
-                    command.command_timeout_seconds,
-                    None,
-                )
-            )
+        result += config_push(
+            fold(state, result), command.spare_transaction_id, now, command.command_timeout_seconds
+        )
     return result
 
 
@@ -631,6 +691,8 @@ def fold(state: BankState, events: list[e.Event]) -> BankState:
 
 
 def _apply(s: BankState, event: e.Event) -> BankState:
+    if isinstance(event, LIFECYCLE_EVENTS):
+        return apply_lifecycle(s, event)
     match event:
         case e.LockerBankCreated():
             return replace(

@@ -24,12 +24,14 @@ class CreateBank:
     compartments: tuple[CompartmentSpec, ...]
     token_hash: str
     token_expires_at: datetime
+    actor: Actor | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class IssueProvisioningToken:
     token_hash: str
     expires_at: datetime
+    actor: Actor | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,10 +103,24 @@ class RequestOpen:
 
 
 @dataclass(frozen=True, slots=True)
+class RequestOperatorOpen:
+    """An operator opens a compartment without a grant (contract §5); ``user_id`` is the
+    principal's id (``admin`` for the admin token), who may read the transaction."""
+
+    compartment_id: str
+    actor: Actor
+    user_id: str
+    reason: str
+    transaction_id: str
+    command_timeout_seconds: int
+
+
+@dataclass(frozen=True, slots=True)
 class RequestApplyConfig:
     transaction_id: str
     command_timeout_seconds: int
     requested_by: str | None = None
+    actor: Actor | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +136,10 @@ class RecordAnswer:
     error_code: str | None
     message: str | None
     applied_config_hash: str | None
+    #: for the apply_config the bank sends by itself when the configuration changed while
+    #: the answered one was pending (contract §2); "" sends none
+    spare_transaction_id: str = ""
+    command_timeout_seconds: int = 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +187,56 @@ class RecordDeviceEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class ConfigChange:
+    """What every configuration change carries: the id and timeout of the ``apply_config``
+    the bank sends by itself when the change happens while it is online (contract §2)."""
+
+    actor: Actor
+    transaction_id: str
+    command_timeout_seconds: int
+
+
+@dataclass(frozen=True, slots=True)
+class EditBank(ConfigChange):
+    """Only the given fields change; ``location`` is applied when ``set_location`` (it may
+    clear the location)."""
+
+    name: str | None = None
+    location: str | None = None
+    set_location: bool = False
+    heartbeat_interval_seconds: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AddCompartment(ConfigChange):
+    compartment_id: str = ""
+    number: int = 0
+    slave_id: int = 0
+    address: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class EditCompartment(ConfigChange):
+    """Only the given fields change; ``out_of_service`` is not part of the Modbus
+    configuration (it changes no ``config_hash``)."""
+
+    compartment_id: str = ""
+    slave_id: int | None = None
+    address: int | None = None
+    out_of_service: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RetireCompartment(ConfigChange):
+    compartment_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Decommission:
+    actor: Actor
+
+
+@dataclass(frozen=True, slots=True)
 class RecordActorFailed:
     """The shell saw the bank's actor fail (past its restart budget); recorded once."""
 
@@ -176,7 +246,10 @@ class RecordActorFailed:
 
 @dataclass(frozen=True, slots=True)
 class RecordActorRestarted:
-    """The actor of a bank recorded as failed has started again."""
+    """The actor of a bank recorded as failed has started again; ``actor`` is the operator
+    who restarted it (``POST …/restart``), None when the shell saw it run again by itself."""
+
+    actor: Actor | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +271,7 @@ BankCommand = (
     | GrantGroupAccess
     | RevokeGroupAccess
     | RequestOpen
+    | RequestOperatorOpen
     | RequestApplyConfig
     | MarkDispatched
     | RecordAnswer
@@ -205,6 +279,11 @@ BankCommand = (
     | RecordLastWill
     | Tick
     | RecordDeviceEvent
+    | EditBank
+    | AddCompartment
+    | EditCompartment
+    | RetireCompartment
+    | Decommission
     | RecordActorFailed
     | RecordActorRestarted
     | AcknowledgeAlert

@@ -19,6 +19,8 @@ from domain.actor import Actor
 DoorState = Literal["open", "closed", "unknown"]
 Presence = Literal["unknown", "online", "offline"]
 Action = Literal["open_compartment", "apply_config"]
+#: how an open was asked for: the app, a QR code scanned at the bank, an operator
+Via = Literal["app", "qr", "operator"]
 
 
 class Event(msgspec.Struct, frozen=True, tag=True, kw_only=True):
@@ -39,12 +41,15 @@ class LockerBankCreated(Event, frozen=True, kw_only=True):
     heartbeat_interval_seconds: int
     compartments: tuple[CompartmentSpec, ...]
     created_at: datetime
+    #: who created it (contract §5); None in events recorded before actors were
+    actor: Actor | None = None
 
 
 class ProvisioningTokenIssued(Event, frozen=True, kw_only=True):
     token_hash: str
     expires_at: datetime
     issued_at: datetime
+    actor: Actor | None = None
 
 
 class LockerBankProvisioned(Event, frozen=True, kw_only=True):
@@ -122,18 +127,25 @@ class CompartmentOpeningRequested(Event, frozen=True, kw_only=True):
     user_id: str
     requested_at: datetime
     expires_at: datetime
-    via: Literal["app", "qr"] = "app"
+    via: Via = "app"
     qr_nonce: str | None = None
     event_id: str | None = None
+    #: an operator's open (``via="operator"``, contract §5): who, and why they open it
+    actor: Actor | None = None
+    reason: str | None = None
 
 
 class CompartmentOpeningDenied(Event, frozen=True, kw_only=True):
     user_id: str
     compartment_id: str
+    #: why the bank refused (no_grant, offline, command_pending, out_of_service, ...)
     reason: str
     at: datetime
-    via: Literal["app", "qr"] = "app"
+    via: Via = "app"
     event_id: str | None = None
+    #: an operator's open: who asked, and the reason they gave for opening
+    actor: Actor | None = None
+    request_reason: str | None = None
 
 
 class ConfigApplyRequested(Event, frozen=True, kw_only=True):
@@ -144,6 +156,8 @@ class ConfigApplyRequested(Event, frozen=True, kw_only=True):
     requested_at: datetime
     expires_at: datetime
     requested_by: str | None = None
+    #: the operator who asked; None for the apply_config the bank sends by itself
+    actor: Actor | None = None
 
 
 class CommandDispatched(Event, frozen=True, kw_only=True):
@@ -246,6 +260,64 @@ class DeviceEventRecorded(Event, frozen=True, kw_only=True):
     at: datetime
 
 
+# --- lifecycle (contract §5): every one names the operator who made the change -------------
+# A configuration change carries the bank's new ``config_hash``; ``config_hash`` is None when
+# the change leaves the Modbus configuration as it was (a name, a location, out of service).
+
+
+class LockerBankEdited(Event, frozen=True, kw_only=True):
+    """The bank's name, location and heartbeat interval after the change."""
+
+    name: str
+    location: str | None
+    heartbeat_interval_seconds: int
+    config_hash: str | None
+    actor: Actor
+    at: datetime
+
+
+class CompartmentAdded(Event, frozen=True, kw_only=True):
+    compartment_id: str
+    number: int
+    slave_id: int
+    address: int
+    config_hash: str
+    actor: Actor
+    at: datetime
+
+
+class CompartmentEdited(Event, frozen=True, kw_only=True):
+    """The compartment after the change."""
+
+    compartment_id: str
+    number: int
+    slave_id: int
+    address: int
+    out_of_service: bool
+    config_hash: str | None
+    actor: Actor
+    at: datetime
+
+
+class CompartmentRetired(Event, frozen=True, kw_only=True):
+    """The compartment is gone from the bank and its configuration; its grants end."""
+
+    compartment_id: str
+    number: int
+    config_hash: str
+    actor: Actor
+    at: datetime
+
+
+class LockerBankDecommissioned(Event, frozen=True, kw_only=True):
+    """The device credentials (``revoked_mqtt_user``) are revoked, the provisioning token
+    void; from now on nothing is sent to the bank and nothing from it is applied."""
+
+    revoked_mqtt_user: str | None
+    actor: Actor
+    at: datetime
+
+
 class BankOfflineTooLong(Event, frozen=True, kw_only=True):
     """The bank went offline at ``went_offline_at`` and has not come back within 3 heartbeat
     intervals (raises the ``bank_offline`` alert; ``LockerBankCameOnline`` resolves it)."""
@@ -269,9 +341,11 @@ class BankActorFailed(Event, frozen=True, kw_only=True):
 
 
 class BankActorRestarted(Event, frozen=True, kw_only=True):
-    """The actor of a bank that had failed runs again (resolves ``bank_actor_failed``)."""
+    """The actor of a bank that had failed runs again (resolves ``bank_actor_failed``);
+    ``actor``: the operator who restarted it (``POST …/restart``), None when it was not."""
 
     at: datetime
+    actor: Actor | None = None
 
 
 class AlertAcknowledged(Event, frozen=True, kw_only=True):
@@ -311,6 +385,11 @@ AnyEvent = (
     | DoorStateChanged
     | UncommandedDoorOpening
     | DeviceEventRecorded
+    | LockerBankEdited
+    | CompartmentAdded
+    | CompartmentEdited
+    | CompartmentRetired
+    | LockerBankDecommissioned
     | BankOfflineTooLong
     | BankActorFailed
     | BankActorRestarted

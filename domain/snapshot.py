@@ -26,6 +26,7 @@ _DATETIME_FIELDS = {
     "last_provisioning_failure_at",
     "credentials_revoked_at",
     "revocation_window_ends_at",
+    "decommissioned_at",
     "offline_since",
 }
 

@@ -29,6 +29,8 @@ class Compartment:
     slave_id: int
     address: int
     door_state: DoorState = "unknown"
+    #: opens are refused (``out_of_service``); not part of the Modbus configuration
+    out_of_service: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +102,8 @@ class BankState:
     seen_event_ids: PMap[str, datetime] = field(default_factory=pmap)
     used_qr_nonces: PMap[str, datetime] = field(default_factory=pmap)
     alerts: int = 0
+    # decommissioned (contract §5): no command to it, nothing from it applied, no changes
+    decommissioned_at: datetime | None = None
     # the bank's alerts that are open (raised, not yet acknowledged nor resolved): alert id ->
     # alert type (domain.alerts); acknowledged and resolved ones live in the read model only
     open_alerts: PMap[str, str] = field(default_factory=pmap)
@@ -145,6 +149,10 @@ class BankState:
     @property
     def exists(self) -> bool:
         return self.version > 0
+
+    @property
+    def decommissioned(self) -> bool:
+        return self.decommissioned_at is not None
 
     def revocation_pending(self, now: datetime) -> bool:
         """Whether revoked device credentials may still pass the broker's cached checks at

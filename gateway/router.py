@@ -293,6 +293,8 @@ class Gateway:
                 error_code=response.error_code,
                 message=response.message,
                 applied_config_hash=response.applied_config_hash,
+                spare_transaction_id=str(uuid.uuid4()),
+                command_timeout_seconds=self.command_timeout,
             )
         return self._device_event_command(payloads.decode(payloads.DevicePayload, payload))
 

@@ -55,6 +55,7 @@ from lockerd.alerts.webhook import AlertWebhook
 from lockerd.appstream import routes as appstream_routes
 from lockerd.appstream.stream import AppStreams, app_stream_metrics
 from lockerd.audit import routes as audit_routes
+from lockerd.banks import lifecycle_routes as bank_lifecycle_routes
 from lockerd.banks import queries
 from lockerd.banks import routes as bank_routes
 from lockerd.banks.directory import Directory
@@ -114,6 +115,7 @@ class StartupError(Exception):
 BLUEPRINTS = (
     ops.blueprint,
     bank_routes.blueprint,
+    bank_lifecycle_routes.blueprint,
     user_admin_routes.blueprint,
     user_app_routes.blueprint,
     telemetry_routes.blueprint,

@@ -31,6 +31,7 @@ class BankInfo:
     name: str
     location: str | None
     heartbeat_interval_seconds: int
+    decommissioned: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +62,11 @@ class Directory:
         """Fill from the read models as the service starts."""
         for row in start.banks:
             self.banks[row.bank_id] = BankInfo(
-                row.bank_id, row.name, row.location, row.heartbeat_interval_seconds
+                row.bank_id,
+                row.name,
+                row.location,
+                row.heartbeat_interval_seconds,
+                row.decommissioned,
             )
             for token_hash in (row.token_hash, row.used_token_hash):
                 if token_hash:
@@ -106,6 +111,25 @@ class Directory:
                 self.device_users[data["mqtt_user"]] = DeviceCredential(
                     bank_id, data["credential_hash"]
                 )
+            case "LockerBankEdited":
+                info = self.banks.get(bank_id)
+                if info is not None:
+                    info.name = data["name"]
+                    info.location = data["location"]
+                    info.heartbeat_interval_seconds = data["heartbeat_interval_seconds"]
+            case "CompartmentAdded":
+                self.compartments[data["compartment_id"]] = CompartmentRef(bank_id, data["number"])
+            case "CompartmentRetired":
+                self.compartments.pop(data["compartment_id"], None)
+            case "LockerBankDecommissioned":
+                # the device credentials stop working at once (the broker's next check)
+                self._forget_tokens(bank_id)
+                revoked = data.get("revoked_mqtt_user")
+                if revoked:
+                    self.device_users.pop(revoked, None)
+                info = self.banks.get(bank_id)
+                if info is not None:
+                    info.decommissioned = True
 
     def _add_token(self, bank_id: str, token_hash: str) -> None:
         self.token_to_bank[token_hash] = bank_id

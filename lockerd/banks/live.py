@@ -63,6 +63,15 @@ _FINISHED: Final = {
     "ConfigApplied": ("success", "received_at"),
     "CommandFailed": ("error", "received_at"),
 }
+_LIFECYCLE: Final = frozenset(
+    {
+        "LockerBankEdited",
+        "CompartmentAdded",
+        "CompartmentEdited",
+        "CompartmentRetired",
+        "LockerBankDecommissioned",
+    }
+)
 _REQUESTED: Final = {
     "CompartmentOpeningRequested": "open_compartment",
     "ConfigApplyRequested": "apply_config",
@@ -75,6 +84,7 @@ class LiveCompartment:
     bank_id: str
     number: int
     door_state: str
+    out_of_service: bool = False
 
 
 def _expiry(value: object) -> datetime | None:
@@ -145,16 +155,21 @@ class LiveModel:
         self._subscriptions: dict[str, set[AppSubscription]] = {}
         self._settled: dict[str, trio.Event] = {}
         self._presence: dict[str, str] = {}
+        self._decommissioned: set[str] = set()
         self._released = False
 
     # --- keeping up ---------------------------------------------------------------------
 
     def load(self, start: LiveStart) -> None:
         """Fill from the read models (at start-up, before any actor runs)."""
-        for bank_id, name in start.banks:
+        for bank_id, name, decommissioned in start.banks:
             self._bank_names[bank_id] = name
-        for compartment_id, bank_id, number, door_state in start.compartments:
-            self._add_compartment(LiveCompartment(compartment_id, bank_id, number, door_state))
+            if decommissioned:
+                self._decommissioned.add(bank_id)
+        for compartment_id, bank_id, number, door_state, out_of_service in start.compartments:
+            self._add_compartment(
+                LiveCompartment(compartment_id, bank_id, number, door_state, out_of_service)
+            )
         for compartment_id, user_id, _bank_id, expires_at in start.grants:
             self._set_grant(compartment_id, user_id, _expiry(expires_at))
         for view in start.transactions:
@@ -237,6 +252,32 @@ class LiveModel:
                 self._add_compartment(
                     LiveCompartment(spec["id"], event.stream_id, spec["number"], "unknown")
                 )
+        elif kind in _LIFECYCLE:
+            self._lifecycle(event)
+
+    def _lifecycle(self, event: StoredEvent) -> None:
+        """Lifecycle events (mirrors the banks' and the lifecycle projections)."""
+        data, bank_id = event.data, event.stream_id
+        match event.type:
+            case "LockerBankEdited":
+                self._bank_names[bank_id] = data["name"]
+                for compartment_id in self._of_bank.get(bank_id, ()):
+                    self._compartment_changed(compartment_id)
+            case "CompartmentAdded":
+                self._add_compartment(
+                    LiveCompartment(data["compartment_id"], bank_id, data["number"], "unknown")
+                )
+            case "CompartmentEdited":
+                compartment = self._compartments.get(data["compartment_id"])
+                if compartment is not None:
+                    compartment.out_of_service = bool(data["out_of_service"])
+                    self._compartment_changed(compartment.id)
+            case "CompartmentRetired":
+                self._retire(data["compartment_id"])
+            case "LockerBankDecommissioned":
+                self._decommissioned.add(bank_id)
+                for compartment_id in self._of_bank.get(bank_id, ()):
+                    self._compartment_changed(compartment_id)
 
     async def watch_presence(self) -> None:
         """Notice presence changes in the fleet view and tell the clients concerned; forever.
@@ -296,7 +337,11 @@ class LiveModel:
         return frozenset(self._groups_of_user.get(user_id, ()))
 
     def may_open(self, user_id: str, compartment_id: str, now: datetime) -> bool:
-        """Whether the user holds a valid grant, their own or one of a group of theirs."""
+        """Whether the user holds a valid grant, their own or one of a group of theirs, for
+        a compartment of a bank that is not decommissioned (the app offers none of those)."""
+        compartment = self._compartments.get(compartment_id)
+        if compartment is None or compartment.bank_id in self._decommissioned:
+            return False
         return any(_valid(expiry, now) for expiry in self._expiries(user_id, compartment_id))
 
     def compartments_of(self, user_id: str, now: datetime) -> list[dict[str, Any]]:
@@ -411,6 +456,7 @@ class LiveModel:
             "locker_bank_name": self._bank_names.get(compartment.bank_id, ""),
             "presence": "unknown" if status is None else status.presence,
             "door_state": compartment.door_state,
+            "out_of_service": compartment.out_of_service,
         }
 
     def _add_compartment(self, compartment: LiveCompartment) -> None:
@@ -419,6 +465,20 @@ class LiveModel:
         self._compartments[compartment.id] = compartment
         self._by_number[(compartment.bank_id, compartment.number)] = compartment.id
         self._of_bank.setdefault(compartment.bank_id, []).append(compartment.id)
+
+    def _retire(self, compartment_id: str) -> None:
+        """The compartment is gone, and its grants with it: tell whoever could open it."""
+        self._compartment_changed(compartment_id)
+        compartment = self._compartments.pop(compartment_id, None)
+        if compartment is not None:
+            self._by_number.pop((compartment.bank_id, compartment.number), None)
+            of_bank = self._of_bank.get(compartment.bank_id, [])
+            if compartment_id in of_bank:
+                of_bank.remove(compartment_id)
+        for user_id in list(self._grants.get(compartment_id, {})):
+            self._drop_grant(compartment_id, user_id)
+        for group_id in list(self._group_grants.get(compartment_id, {})):
+            self._drop_group_grant(compartment_id, group_id)
 
     def _set_grant(self, compartment_id: str, user_id: str, expires_at: datetime | None) -> None:
         self._grants.setdefault(compartment_id, {})[user_id] = expires_at

@@ -50,5 +50,6 @@ def fill_fleet(fleet: FleetView, start: queries.StartingPoint) -> None:
     for row in start.banks:
         status = fleet.status(row.bank_id, row.name)
         status.location = row.location
+        status.decommissioned = row.decommissioned
         if row.last_seen is not None:
             status.last_seen = row.last_seen

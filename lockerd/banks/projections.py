@@ -65,6 +65,46 @@ def _update_bank(columns: Mapping[str, str | None]) -> Handler:
     return handler
 
 
+def _new_config_hash(tx: SqlTx, ev: StoredEvent) -> None:
+    """A lifecycle change's new ``config_hash`` (None: the configuration did not change)."""
+    new_hash = ev.data.get("config_hash")
+    if new_hash is not None:
+        tx.execute("UPDATE banks SET config_hash = ? WHERE id = ?", (new_hash, ev.stream_id))
+
+
+def _bank_edited(tx: SqlTx, ev: StoredEvent) -> None:
+    d = ev.data
+    tx.execute(
+        "UPDATE banks SET name = ?, location = ?, heartbeat_interval_seconds = ? WHERE id = ?",
+        (d["name"], d["location"], d["heartbeat_interval_seconds"], ev.stream_id),
+    )
+    _new_config_hash(tx, ev)
+
+
+def _compartment_added(tx: SqlTx, ev: StoredEvent) -> None:
+    d = ev.data
+    tx.execute(
+        "INSERT INTO compartments (id, bank_id, number, slave_id, address, door_state)"
+        " VALUES (?, ?, ?, ?, ?, 'unknown')",
+        (d["compartment_id"], ev.stream_id, d["number"], d["slave_id"], d["address"]),
+    )
+    _new_config_hash(tx, ev)
+
+
+def _compartment_edited(tx: SqlTx, ev: StoredEvent) -> None:
+    d = ev.data
+    tx.execute(
+        "UPDATE compartments SET slave_id = ?, address = ? WHERE id = ?",
+        (d["slave_id"], d["address"], d["compartment_id"]),
+    )
+    _new_config_hash(tx, ev)
+
+
+def _compartment_retired(tx: SqlTx, ev: StoredEvent) -> None:
+    tx.execute("DELETE FROM compartments WHERE id = ?", (ev.data["compartment_id"],))
+    _new_config_hash(tx, ev)
+
+
 def _door_changed(tx: SqlTx, ev: StoredEvent) -> None:
     tx.execute(
         "UPDATE compartments SET door_state = ? WHERE bank_id = ? AND number = ?",
@@ -123,6 +163,20 @@ BANKS = _TableProjection(
         "ConfigApplyRequested": _update_bank({"config_hash": "config_hash"}),
         "ConfigApplied": _update_bank({"applied_config_hash": "applied_config_hash"}),
         "DoorStateChanged": _door_changed,
+        "LockerBankEdited": _bank_edited,
+        "CompartmentAdded": _compartment_added,
+        "CompartmentEdited": _compartment_edited,
+        "CompartmentRetired": _compartment_retired,
+        # the device credentials are revoked and the token void (the directory loads neither)
+        "LockerBankDecommissioned": _update_bank(
+            {
+                "token_hash": None,
+                "token_expires_at": None,
+                "used_token_hash": None,
+                "mqtt_user": None,
+                "credential_hash": None,
+            }
+        ),
     },
 )
 
@@ -149,6 +203,11 @@ def _revoke(tx: SqlTx, ev: StoredEvent) -> None:
     )
 
 
+def _retired_grants(tx: SqlTx, ev: StoredEvent) -> None:
+    """A retired compartment's grants end with it."""
+    tx.execute("DELETE FROM grants WHERE compartment_id = ?", (ev.data["compartment_id"],))
+
+
 GRANTS = _TableProjection(
     "grants",
     ddl=[
@@ -163,7 +222,11 @@ GRANTS = _TableProjection(
         "CREATE INDEX IF NOT EXISTS grants_user ON grants (user_id)",
     ],
     tables=["grants"],
-    handlers={"CompartmentAccessGranted": _grant, "CompartmentAccessRevoked": _revoke},
+    handlers={
+        "CompartmentAccessGranted": _grant,
+        "CompartmentAccessRevoked": _revoke,
+        "CompartmentRetired": _retired_grants,
+    },
 )
 
 
@@ -266,4 +329,53 @@ TRANSACTIONS = _TableProjection(
     },
 )
 
-PROJECTIONS: tuple[Projection, ...] = (BANKS, GRANTS, TRANSACTIONS)
+
+def _decommissioned(tx: SqlTx, ev: StoredEvent) -> None:
+    tx.execute(
+        "INSERT INTO decommissioned_banks (bank_id, decommissioned_at) VALUES (?, ?)"
+        " ON CONFLICT (bank_id) DO NOTHING",
+        (ev.stream_id, ev.data["at"]),
+    )
+
+
+def _service_changed(tx: SqlTx, ev: StoredEvent) -> None:
+    d = ev.data
+    if d["out_of_service"]:
+        tx.execute(
+            "INSERT INTO out_of_service (compartment_id, bank_id, since) VALUES (?, ?, ?)"
+            " ON CONFLICT (compartment_id) DO NOTHING",
+            (d["compartment_id"], ev.stream_id, d["at"]),
+        )
+    else:
+        tx.execute("DELETE FROM out_of_service WHERE compartment_id = ?", (d["compartment_id"],))
+
+
+def _service_retired(tx: SqlTx, ev: StoredEvent) -> None:
+    tx.execute("DELETE FROM out_of_service WHERE compartment_id = ?", (ev.data["compartment_id"],))
+
+
+#: The lifecycle's flags, in tables of their own (a row while the flag is set), so that
+#: databases from before it need no new columns: they hold no lifecycle event, so their empty
+#: tables are already right (no refill).
+LIFECYCLE = _TableProjection(
+    "lifecycle",
+    ddl=[
+        """CREATE TABLE IF NOT EXISTS decommissioned_banks (
+            bank_id TEXT PRIMARY KEY,
+            decommissioned_at TEXT NOT NULL
+        )""",
+        """CREATE TABLE IF NOT EXISTS out_of_service (
+            compartment_id TEXT PRIMARY KEY,
+            bank_id TEXT NOT NULL,
+            since TEXT NOT NULL
+        )""",
+    ],
+    tables=["out_of_service", "decommissioned_banks"],
+    handlers={
+        "LockerBankDecommissioned": _decommissioned,
+        "CompartmentEdited": _service_changed,
+        "CompartmentRetired": _service_retired,
+    },
+)
+
+PROJECTIONS: tuple[Projection, ...] = (BANKS, GRANTS, TRANSACTIONS, LIFECYCLE)

@@ -33,7 +33,32 @@ def create_plain_tables(tx: SqlTx) -> None:
 # --- banks, as the admin API shows them ----------------------------------------------------
 
 _BANK_COLUMNS = (
-    "b.id, b.name, b.location, b.provisioned_at, b.config_hash, b.applied_config_hash, s.last_seen"
+    "b.id, b.name, b.location, b.heartbeat_interval_seconds, b.provisioned_at, b.config_hash,"
+    " b.applied_config_hash, s.last_seen, d.decommissioned_at"
+)
+_BANK_FROM = (
+    "banks b LEFT JOIN bank_last_seen s ON s.bank_id = b.id"
+    " LEFT JOIN decommissioned_banks d ON d.bank_id = b.id"
+)
+
+
+def compartment_entry(row: Sequence[Any]) -> dict[str, Any]:
+    """A compartment as admins see it, from ``(id, number, slave_id, address, door_state,
+    out_of_service since or None)``."""
+    cid, number, slave_id, address, door, out_since = row
+    return {
+        "id": cid,
+        "number": number,
+        "slave_id": slave_id,
+        "address": address,
+        "door_state": door,
+        "out_of_service": out_since is not None,
+    }
+
+
+_COMPARTMENT_SELECT = (
+    "SELECT c.bank_id, c.id, c.number, c.slave_id, c.address, c.door_state, o.since"
+    " FROM compartments c LEFT JOIN out_of_service o ON o.compartment_id = c.id"
 )
 
 
@@ -41,47 +66,59 @@ def banks(bank_id: str | None = None) -> Callable[[SqlTx], list[dict[str, Any]]]
     """Every bank (or the one with ``bank_id``) with its compartments, oldest first.
 
     ``presence`` is ``unknown`` here: it is live knowledge, filled in from the fleet view.
-    Timestamps are in the wire form.
+    Timestamps are in the wire form. Retired compartments are gone; decommissioned banks are
+    listed (``"decommissioned": true``): their history stays readable.
     """
 
     def read(tx: SqlTx) -> list[dict[str, Any]]:
         where, params = ("WHERE b.id = ?", (bank_id,)) if bank_id else ("", ())
         rows = tx.query(
-            f"SELECT {_BANK_COLUMNS} FROM banks b LEFT JOIN bank_last_seen s ON s.bank_id = b.id"
-            f" {where} ORDER BY b.created_at, b.id",
+            f"SELECT {_BANK_COLUMNS} FROM {_BANK_FROM} {where} ORDER BY b.created_at, b.id",
             params,
         )
-        compartment_where = "WHERE bank_id = ?" if bank_id else ""
+        compartment_where = "WHERE c.bank_id = ?" if bank_id else ""
         compartment_rows = tx.query(
-            "SELECT bank_id, id, number, slave_id, address, door_state FROM compartments"
-            f" {compartment_where} ORDER BY bank_id, number",
-            params,
+            f"{_COMPARTMENT_SELECT} {compartment_where} ORDER BY c.bank_id, c.number", params
         )
         by_bank: dict[str, list[dict[str, Any]]] = {}
-        for owner, cid, number, slave_id, address, door in compartment_rows:
-            by_bank.setdefault(owner, []).append(
-                {
-                    "id": cid,
-                    "number": number,
-                    "slave_id": slave_id,
-                    "address": address,
-                    "door_state": door,
-                }
-            )
+        for owner, *compartment in compartment_rows:
+            by_bank.setdefault(owner, []).append(compartment_entry(compartment))
         return [
             {
                 "id": bid,
                 "name": name,
                 "location": location,
+                "heartbeat_interval_seconds": int(interval),
                 "provisioned_at": iso_from_stored(provisioned_at),
                 "presence": "unknown",
                 "last_seen": iso_from_stored(last_seen),
                 "config_hash": config_hash,
                 "applied_config_hash": applied,
+                "decommissioned": decommissioned_at is not None,
                 "compartments": by_bank.get(bid, []),
             }
-            for bid, name, location, provisioned_at, config_hash, applied, last_seen in rows
+            for (
+                bid,
+                name,
+                location,
+                interval,
+                provisioned_at,
+                config_hash,
+                applied,
+                last_seen,
+                decommissioned_at,
+            ) in rows
         ]
+
+    return read
+
+
+def compartment(compartment_id: str) -> Callable[[SqlTx], dict[str, Any] | None]:
+    """One compartment as in :func:`banks` (None: no such one, or retired)."""
+
+    def read(tx: SqlTx) -> dict[str, Any] | None:
+        rows = tx.query(f"{_COMPARTMENT_SELECT} WHERE c.id = ?", (compartment_id,))
+        return compartment_entry(rows[0][1:]) if rows else None
 
     return read
 
@@ -100,6 +137,7 @@ class BankRow:
     mqtt_user: str | None
     credential_hash: str | None
     last_seen: datetime | None
+    decommissioned: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,8 +159,8 @@ class StartingPoint:
 def starting_point(tx: SqlTx) -> StartingPoint:
     banks_rows = tx.query(
         "SELECT b.id, b.name, b.location, b.heartbeat_interval_seconds, b.token_hash,"
-        " b.used_token_hash, b.mqtt_user, b.credential_hash, s.last_seen"
-        " FROM banks b LEFT JOIN bank_last_seen s ON s.bank_id = b.id"
+        " b.used_token_hash, b.mqtt_user, b.credential_hash, s.last_seen, d.decommissioned_at"
+        f" FROM {_BANK_FROM}"
     )
     compartments = tx.query("SELECT id, bank_id, number FROM compartments")
     pending = tx.query(
@@ -140,10 +178,20 @@ def starting_point(tx: SqlTx) -> StartingPoint:
                 user,
                 credential,
                 datetime.fromisoformat(last_seen) if last_seen else None,
+                decommissioned is not None,
             )
-            for bank_id, name, location, interval, token, used, user, credential, last_seen in (
-                banks_rows
-            )
+            for (
+                bank_id,
+                name,
+                location,
+                interval,
+                token,
+                used,
+                user,
+                credential,
+                last_seen,
+                decommissioned,
+            ) in banks_rows
         ],
         compartments=[
             CompartmentRow(cid, bank_id, int(number)) for cid, bank_id, number in compartments
@@ -170,7 +218,8 @@ def save_last_seen(rows: Sequence[tuple[str, datetime]]) -> Callable[[SqlTx], No
 
 
 def granted_compartments(user_id: str) -> Callable[[SqlTx], list[tuple[Any, ...]]]:
-    """(compartment id, number, bank id, bank name, door state, grant expiry) per grant.
+    """(compartment id, number, bank id, bank name, door state, grant expiry, out of service)
+    per grant; none of a decommissioned bank (retired compartments have no grants).
 
     The store's answer to what the app reads from :mod:`lockerd.banks.live` (the tests hold
     the two to the same result).
@@ -178,9 +227,13 @@ def granted_compartments(user_id: str) -> Callable[[SqlTx], list[tuple[Any, ...]
 
     def read(tx: SqlTx) -> list[tuple[Any, ...]]:
         return tx.query(
-            "SELECT c.id, c.number, c.bank_id, b.name, c.door_state, g.expires_at"
+            "SELECT c.id, c.number, c.bank_id, b.name, c.door_state, g.expires_at,"
+            " o.since IS NOT NULL"
             " FROM grants g JOIN compartments c ON c.id = g.compartment_id"
-            " JOIN banks b ON b.id = c.bank_id WHERE g.user_id = ?"
+            " JOIN banks b ON b.id = c.bank_id"
+            " LEFT JOIN out_of_service o ON o.compartment_id = c.id"
+            " WHERE g.user_id = ?"
+            " AND NOT EXISTS (SELECT 1 FROM decommissioned_banks d WHERE d.bank_id = c.bank_id)"
             " ORDER BY b.name, c.bank_id, c.number",
             (user_id,),
         )
@@ -267,13 +320,14 @@ class LiveStart:
 
     ``transactions``: every pending one plus the ``recent`` most recently requested others.
     ``grants``: (compartment id, user id, bank id, expires_at as stored or None).
-    ``compartments``: (compartment id, bank id, number, door state). ``banks``: (id, name).
+    ``compartments``: (compartment id, bank id, number, door state, out of service).
+    ``banks``: (id, name, decommissioned).
     """
 
     transactions: list[TransactionView]
     grants: list[tuple[str, str, str, str | None]]
-    compartments: list[tuple[str, str, int, str]]
-    banks: list[tuple[str, str]]
+    compartments: list[tuple[str, str, int, str, bool]]
+    banks: list[tuple[str, str, bool]]
 
 
 def live_start(recent: int) -> Callable[[SqlTx], LiveStart]:
@@ -287,13 +341,19 @@ def live_start(recent: int) -> Callable[[SqlTx], LiveStart]:
             (recent,),
         )
         grants = tx.query("SELECT compartment_id, user_id, bank_id, expires_at FROM grants")
-        compartments = tx.query("SELECT id, bank_id, number, door_state FROM compartments")
-        banks = tx.query("SELECT id, name FROM banks")
+        compartments = tx.query(
+            "SELECT c.id, c.bank_id, c.number, c.door_state, o.since FROM compartments c"
+            " LEFT JOIN out_of_service o ON o.compartment_id = c.id"
+        )
+        banks = tx.query(
+            "SELECT b.id, b.name, d.decommissioned_at FROM banks b"
+            " LEFT JOIN decommissioned_banks d ON d.bank_id = b.id"
+        )
         return LiveStart(
             transactions=[_transaction_view(row) for row in [*reversed(finished), *pending]],
             grants=[(c, u, b, None if x is None else str(x)) for c, u, b, x in grants],
-            compartments=[(c, b, int(n), str(d)) for c, b, n, d in compartments],
-            banks=[(b, str(n)) for b, n in banks],
+            compartments=[(c, b, int(n), str(d), o is not None) for c, b, n, d, o in compartments],
+            banks=[(b, str(n), d is not None) for b, n, d in banks],
         )
 
     return read
@@ -306,6 +366,8 @@ __all__ = [
     "StartingPoint",
     "TransactionView",
     "banks",
+    "compartment",
+    "compartment_entry",
     "create_plain_tables",
     "granted_compartments",
     "live_start",

@@ -69,6 +69,7 @@ class BankCompartmentOut(msgspec.Struct):
     slave_id: int
     address: int
     door_state: DoorState
+    out_of_service: Annotated[bool, msgspec.Meta(description="opens are refused while true")]
 
 
 class BankOut(msgspec.Struct):
@@ -77,6 +78,10 @@ class BankOut(msgspec.Struct):
     id: str
     name: str
     location: str | None
+    heartbeat_interval_seconds: int
+    decommissioned: Annotated[
+        bool, msgspec.Meta(description="true: credentials revoked, opens refused, read only")
+    ]
     provisioned_at: IsoTime | None
     presence: Presence
     last_seen: IsoTime | None
@@ -112,6 +117,7 @@ class ApplyConfigOut(msgspec.Struct):
 @json_body(CreateBankIn)
 async def create_bank(data: CreateBankIn) -> tuple[dict[str, Any], int]:
     """Create a locker bank with its compartments."""
+    principal = await require_admin()
     service = ctx()
     bank_id = str(uuid.uuid4())
     token = new_token()
@@ -130,6 +136,7 @@ async def create_bank(data: CreateBankIn) -> tuple[dict[str, Any], int]:
         compartments=specs,
         token_hash=service.keyring.hash("provisioning-token", token),
         token_expires_at=now + timedelta(seconds=service.settings.provisioning_token_ttl),
+        actor=principal.actor,
     )
     await ask_bank(bank_id, command, allow_new=True)
     return {
@@ -143,7 +150,7 @@ async def create_bank(data: CreateBankIn) -> tuple[dict[str, Any], int]:
     }, 201
 
 
-def _with_live_status(bank: dict[str, Any]) -> dict[str, Any]:
+def with_live_status(bank: dict[str, Any]) -> dict[str, Any]:
     status = ctx().fleet.banks.get(bank["id"])
     if status is not None:
         bank["presence"] = status.presence
@@ -158,7 +165,7 @@ async def list_banks() -> list[dict[str, Any]]:
     """Every locker bank, oldest first."""
     await require_admin()
     banks = await ctx().tables.read(queries.banks())
-    return [_with_live_status(bank) for bank in banks]
+    return [with_live_status(bank) for bank in banks]
 
 
 @blueprint.get("/api/admin/locker-banks/<bank_id>")
@@ -169,7 +176,7 @@ async def get_bank(bank_id: str) -> dict[str, Any]:
     banks = await ctx().tables.read(queries.banks(parse_id(bank_id, "locker bank")))
     if not banks:
         raise ApiError(404, "no such locker bank")
-    return _with_live_status(banks[0])
+    return with_live_status(banks[0])
 
 
 @blueprint.get("/api/admin/locker-banks/<bank_id>/events")
@@ -193,10 +200,17 @@ async def bank_events(bank_id: str) -> list[dict[str, Any]]:
 
 
 @blueprint.post("/api/admin/locker-banks/<bank_id>/provisioning-token")
-@documented((ProvisioningTokenOut, 200), 401, 403, 404, 503)
+@documented(
+    (ProvisioningTokenOut, 200),
+    401,
+    403,
+    404,
+    (409, "The locker bank is decommissioned."),
+    503,
+)
 async def rotate_token(bank_id: str) -> dict[str, Any]:
     """Issue a new provisioning token; the older ones are void."""
-    await require_admin()
+    principal = await require_admin()
     service = ctx()
     bank_id = parse_id(bank_id, "locker bank")
     token = new_token()
@@ -206,6 +220,7 @@ async def rotate_token(bank_id: str) -> dict[str, Any]:
         c.IssueProvisioningToken(
             token_hash=service.keyring.hash("provisioning-token", token),
             expires_at=now + timedelta(seconds=service.settings.provisioning_token_ttl),
+            actor=principal.actor,
         ),
     )
     return {"provisioning_token": token}
@@ -217,7 +232,7 @@ async def rotate_token(bank_id: str) -> dict[str, Any]:
     401,
     403,
     404,
-    (409, "An apply_config command for this bank is still pending."),
+    (409, "An apply_config command for this bank is still pending, or it is decommissioned."),
     503,
 )
 async def apply_config(bank_id: str) -> tuple[dict[str, Any], int]:
@@ -234,6 +249,7 @@ async def apply_config(bank_id: str) -> tuple[dict[str, Any], int]:
             transaction_id=transaction_id,
             command_timeout_seconds=service.settings.command_timeout,
             requested_by=principal.user_id,
+            actor=principal.actor,
         ),
     )
     return {"transaction_id": transaction_id}, 202

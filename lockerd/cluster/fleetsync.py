@@ -64,6 +64,8 @@ def apply_status(fleet: FleetView, data: dict[str, Any]) -> str:
     status.config_hash = data.get("config_hash")
     status.applied_config_hash = data.get("applied_config_hash")
     status.last_error = data.get("last_error")
+    status.decommissioned = bool(data.get("decommissioned", False))
+    status.out_of_service = [int(n) for n in data.get("out_of_service", [])]
     return status.id
 
 

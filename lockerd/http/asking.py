@@ -23,7 +23,9 @@ from lockerd.http.ids import parse_id
 if TYPE_CHECKING:
     from lockerd.banks.directory import Directory
 
-REJECTION_STATUS = {"not_found": 404, "invalid": 400, "conflict": 409}
+REJECTION_STATUS = {"not_found": 404, "invalid": 400, "conflict": 409, "not_failed": 409}
+#: rejection codes that are also the answer's ``error`` (the others are the status's code)
+OWN_ERROR_CODES = frozenset({"not_failed"})
 
 
 async def ask_bank(
@@ -50,7 +52,8 @@ async def ask_bank(
         raise ApiError(503, "the locker bank did not answer in time; try again later") from None
     rejection = outcome.rejected
     if rejection is not None:
-        raise ApiError(REJECTION_STATUS.get(rejection.code, 409), rejection.message)
+        code = rejection.code if rejection.code in OWN_ERROR_CODES else None
+        raise ApiError(REJECTION_STATUS.get(rejection.code, 409), rejection.message, code=code)
     return outcome
 
 

@@ -81,6 +81,9 @@ class MyCompartmentOut(msgspec.Struct):
     locker_bank_name: str
     presence: Presence
     door_state: DoorState
+    out_of_service: Annotated[
+        bool, msgspec.Meta(description="opens are refused (409 out_of_service) while true")
+    ]
 
 
 class OpenOut(msgspec.Struct):
@@ -231,7 +234,7 @@ async def my_compartments() -> list[dict[str, Any]]:
     (
         409,
         "The locker bank refused the open: `reason` says why (offline, command_pending,"
-        " revocation_pending).",
+        " out_of_service, decommissioned, revocation_pending).",
     ),
     503,
 )

@@ -8,26 +8,13 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from domain import commands as c
-from domain import events as e
+from lockerd.banks.opening import open_answer
 from lockerd.http.asking import ask_bank, bank_of_compartment
 from lockerd.http.auth import Principal
-from lockerd.http.errors import ApiError
 from lockerd.http.ids import parse_id
 
 if TYPE_CHECKING:
     from lockerd.wiring import Service
-
-# a refused open: HTTP status and message by the bank's reason
-REFUSALS: dict[str, tuple[int, str]] = {
-    "no_grant": (403, "you have no valid grant for this compartment"),
-    "offline": (409, "the locker bank is not online"),
-    "command_pending": (409, "a command for this compartment is still pending"),
-    "revocation_pending": (
-        409,
-        "the locker bank's device was just provisioned anew; commands resume once the broker"
-        " can no longer admit the old device (docs/broker-auth.md)",
-    ),
-}
 
 
 async def request_open(
@@ -51,10 +38,4 @@ async def request_open(
         ),
         registry=service.registry,
     )
-    for event in outcome.events:
-        if isinstance(event, e.CompartmentOpeningDenied):
-            status, message = REFUSALS.get(event.reason, (409, f"refused: {event.reason}"))
-            raise ApiError(status, message, reason=event.reason)
-        if isinstance(event, e.CompartmentOpeningRequested):
-            return {"transaction_id": event.transaction_id, "status": "pending"}
-    raise ApiError(409, "the locker bank did not accept the request")
+    return open_answer(outcome)

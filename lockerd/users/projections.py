@@ -76,6 +76,11 @@ def _revoked(kind: str, field: str) -> Handler:
     return handler
 
 
+def _retired(tx: SqlTx, ev: StoredEvent) -> None:
+    """A retired compartment's grants (users' and groups') end with it."""
+    tx.execute("DELETE FROM access_grants WHERE compartment_id = ?", (ev.data["compartment_id"],))
+
+
 ACCESS_GRANTS = _Projection(
     "access_grants",
     ddl=[
@@ -99,6 +104,7 @@ ACCESS_GRANTS = _Projection(
         "CompartmentAccessRevoked": _revoked("user", "user_id"),
         "CompartmentGroupAccessGranted": _granted("group", "group_id"),
         "CompartmentGroupAccessRevoked": _revoked("group", "group_id"),
+        "CompartmentRetired": _retired,
     },
 )
 

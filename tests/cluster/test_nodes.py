@@ -12,7 +12,6 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psycopg
 import pytest
 import structlog
@@ -160,15 +159,12 @@ async def test_devices_opens_and_dashboards_across_nodes(
             await eventually(all_online_everywhere, within=20.0)
             # admin opens through either node; each command reaches the device once
             opened: list[str] = []
-            users: dict[str, str] = {}
             for n, bank in enumerate(banks):
                 via = (a, b)[n % 2]
                 compartment = bank["compartments"][0]["id"]
                 response = await via.admin_post(
                     f"/api/admin/compartments/{compartment}/open", {"reason": "test"}
                 )
-                if response.status_code == 404:  # no admin open on this branch: use a user
-                    response = await user_open(via, compartment, users)
                 assert response.status_code == 202, response.text
                 opened.append(response.json()["transaction_id"])
 
@@ -185,29 +181,58 @@ async def test_devices_opens_and_dashboards_across_nodes(
             nursery.cancel_scope.cancel()
 
 
-async def user_open(
-    via: RunningLockerd, compartment_id: str, users: dict[str, str]
-) -> httpx.Response:
-    """Open as a user with a grant (``users`` remembers the test's user per node)."""
-    token = users.get(via.base_url)
-    if token is None:
-        email = f"user-{len(users)}@example.org"
-        created = await via.admin_post(
-            "/api/admin/users", {"email": email, "password": "pw-123456789", "name": "U"}
+async def test_lifecycle_changes_through_the_node_that_does_not_own_the_bank(
+    mosquitto: MosquittoBroker, cluster_database: str
+) -> None:
+    """Every lifecycle route asks the bank's owner (the same path as apply-config and grants):
+    through the other node it works, and both nodes show the result."""
+    async with nodes(mosquitto, cluster_database, "node-a", "node-b") as (a, b):
+        await balanced(a, b)
+        banks = await create_banks(a, 2, spread_over=(a, b))
+        bank = next(bank for bank in banks if shard_of(bank["id"]) in held(a))
+        path = f"/api/admin/locker-banks/{bank['id']}"
+
+        async def b_knows() -> bool:
+            return bank["id"] in b.context.directory.banks
+
+        await eventually(b_knows)
+        headers = b.admin_headers()
+        edited = await b.http.patch(path, json={"name": "Renamed"}, headers=headers)
+        assert edited.status_code == 200, edited.text
+        assert edited.json()["name"] == "Renamed"
+        added = await b.admin_post(
+            f"{path}/compartments", {"number": 3, "slave_id": 2, "address": 0}
         )
-        assert created.status_code == 201, created.text
-        users[f"id:{via.base_url}"] = created.json()["id"]
-        login = await via.http.post("/api/login", json={"email": email, "password": "pw-123456789"})
-        assert login.status_code == 200, login.text
-        token = users[via.base_url] = login.json()["token"]
-    granted = await via.admin_post(
-        f"/api/admin/compartments/{compartment_id}/grants",
-        {"user_id": users[f"id:{via.base_url}"]},
-    )
-    assert granted.status_code == 201, granted.text
-    return await via.http.post(
-        f"/api/compartments/{compartment_id}/open", headers={"Authorization": f"Bearer {token}"}
-    )
+        assert added.status_code == 201, added.text
+        compartment = f"/api/admin/compartments/{added.json()['id']}"
+
+        async def b_knows_the_compartment() -> bool:
+            return added.json()["id"] in b.context.directory.compartments
+
+        await eventually(b_knows_the_compartment)
+        off = await b.http.patch(compartment, json={"out_of_service": True}, headers=headers)
+        assert off.status_code == 200, off.text
+        assert off.json()["out_of_service"] is True
+        refused = await b.admin_post(f"{compartment}/open", {"reason": "test"})
+        assert refused.status_code == 409, refused.text
+        assert refused.json()["reason"] == "out_of_service"
+        not_failed = await b.admin_post(f"{path}/restart")
+        assert not_failed.status_code == 409, not_failed.text
+        assert (await b.http.delete(compartment, headers=headers)).status_code == 204
+        gone = await b.admin_post(f"{path}/decommission")
+        assert gone.status_code == 200, gone.text
+        assert gone.json()["decommissioned"] is True
+        again = await b.admin_post(f"{path}/decommission")
+        assert again.status_code == 409, again.text
+        seen_by_a = (await a.admin_get(path)).json()
+        assert (seen_by_a["name"], seen_by_a["decommissioned"]) == ("Renamed", True)
+        assert [c["number"] for c in seen_by_a["compartments"]] == [1, 2]
+        history = (await a.admin_get(f"{path}/events")).json()
+        actors_of = [ev["data"].get("actor") for ev in history if ev["type"] in (
+            "LockerBankEdited", "CompartmentAdded", "CompartmentEdited", "CompartmentRetired",
+            "LockerBankDecommissioned",
+        )]  # fmt: skip
+        assert actors_of == [{"kind": "admin_token"}] * 5
 
 
 async def test_graceful_stop_hands_every_bank_over_at_once(

@@ -111,7 +111,15 @@ SAMPLES: list[c.BankCommand] = [
     ),
     c.RecordActorFailed(5, "RuntimeError"),
     c.RecordActorRestarted(),
+    c.RecordActorRestarted(Actor.user("admin-1")),
     c.AcknowledgeAlert("alert-1", Actor.user("admin-1")),
+    c.RequestOperatorOpen("comp-1", Actor.admin_token(), "admin", "stuck", "tx-3", 30),
+    c.EditBank(Actor.user("admin-1"), "tx-4", 30, name="B", set_location=True),
+    c.AddCompartment(Actor.admin_token(), "tx-5", 30, "comp-3", 3, 1, 2),
+    c.EditCompartment(Actor.admin_token(), "tx-6", 30, "comp-1", out_of_service=True),
+    c.RetireCompartment(Actor.admin_token(), "tx-7", 30, "comp-2"),
+    c.Decommission(Actor.user("admin-1")),
+    c.RecordAnswer("cfg", "apply_config", "success", None, None, "h", "spare-cfg", 30),
 ]
 
 

@@ -132,8 +132,19 @@ async def test_a_failed_banks_commands_time_out_on_time_and_it_can_be_restarted(
         snapshot = json.dumps(svc.context.fleet.snapshot())
         assert '"supervision": "failed"' in snapshot and "StoreUnavailable" in snapshot
 
-        # an operator starts it again, with a fresh budget: it works as before
-        assert await registry.restart(bank["id"])
+        # an operator starts it again (POST …/restart), with a fresh budget: it works as
+        # before, and the restart is recorded with its actor
+        restart = f"/api/admin/locker-banks/{bank['id']}/restart"
+        restarted = await svc.admin_post(restart)
+        assert restarted.status_code == 202, restarted.text
+        assert restarted.json() == {"id": bank["id"], "restarted": True}
+        assert not registry.is_failed(bank["id"])
+        again_restart = await svc.admin_post(restart)  # running: nothing to restart
+        assert again_restart.status_code == 409, again_restart.text
+        assert again_restart.json()["error"] == "not_failed"
+        history = (await svc.admin_get(f"/api/admin/locker-banks/{bank['id']}/events")).json()
+        recorded = [ev for ev in history if ev["type"] == "BankActorRestarted"]
+        assert [ev["data"]["actor"] for ev in recorded] == [{"kind": "admin_token"}]
         await online(svc, dev)
         dev.answers["open_compartment"] = Answer()
         again = await svc.http.post(f"/api/compartments/{compartment}/open", headers=user)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -244,14 +244,22 @@ async def test_response_becomes_record_answer(
     await router.route(f"locker/{BANK}/response", response(**overrides))
     call = only_call(router)
     assert (call.method, call.bank_id, call.kind) == ("tell", BANK, "response")
-    assert call.command == expected
+    command = call.command
+    assert isinstance(command, c.RecordAnswer)
+    # a fresh spare id: the apply_config pushed if the configuration changed meanwhile
+    assert is_uuid(command.spare_transaction_id)
+    assert command.command_timeout_seconds == TIMEOUT
+    assert replace(command, spare_transaction_id="", command_timeout_seconds=30) == expected
 
 
 async def test_status_alias_is_routed_as_a_response_while_accepted(router: Router) -> None:
     await router.route(f"locker/{BANK}/status", response())
     call = only_call(router)
     assert (call.method, call.bank_id, call.kind) == ("tell", BANK, "response")
-    assert call.command == c.RecordAnswer("tx-1", "open_compartment", "success", None, None, None)
+    assert isinstance(call.command, c.RecordAnswer)
+    assert replace(call.command, spare_transaction_id="", command_timeout_seconds=30) == (
+        c.RecordAnswer("tx-1", "open_compartment", "success", None, None, None)
+    )
 
 
 async def test_status_alias_is_dropped_once_no_longer_accepted() -> None:

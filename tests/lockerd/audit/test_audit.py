@@ -98,6 +98,51 @@ async def test_the_audit_log_filters_every_bank_and_operator_action(
         assert await audit(app, limit="1000") == everything
 
 
+async def test_the_audit_log_shows_every_lifecycle_action_with_its_actor(
+    mosquitto: MosquittoBroker, tmp_path: Path, database: str
+) -> None:
+    """Contract §5: edit, add, out of service, retire, an operator's open (refused: the bank is
+    offline), decommission; each filed under its actor, a user or the admin token."""
+    async with app_on(mosquitto, tmp_path, database) as app:
+        admin = await app.signed_in_user(role="admin")
+        bank = await app.create_bank(compartments=2)
+        path = f"/api/admin/locker-banks/{bank['id']}"
+        first, second = (c["id"] for c in bank["compartments"])
+        by_admin = admin.headers
+        token = app.admin_headers()
+        steps = [
+            ("PATCH", path, {"name": "Renamed"}, by_admin),
+            ("POST", f"{path}/compartments", {"number": 3, "slave_id": 1, "address": 2}, token),
+            ("PATCH", f"/api/admin/compartments/{first}", {"out_of_service": True}, by_admin),
+            ("DELETE", f"/api/admin/compartments/{second}", None, token),
+            ("POST", f"/api/admin/compartments/{first}/open", {"reason": "check"}, by_admin),
+            ("POST", f"{path}/decommission", None, by_admin),
+        ]
+        for method, url, body, headers in steps:
+            kwargs: dict[str, Any] = {} if body is None else {"json": body}
+            response = await app.http.request(method, url, headers=headers, **kwargs)
+            assert response.status_code < 300 or response.status_code == 409, response.text
+        mine = await audit(app, actor_id=admin.id, bank_id=bank["id"])
+        assert [entry["type"] for entry in mine] == [
+            "LockerBankDecommissioned",
+            "CompartmentOpeningDenied",
+            "CompartmentEdited",
+            "LockerBankEdited",
+        ]
+        assert all(entry["actor"] == {"kind": "user", "id": admin.id} for entry in mine)
+        assert mine[1]["data"]["request_reason"] == "check"
+        assert mine[1]["data"]["reason"] == "out_of_service"
+        tokens = await audit(app, actor_id="admin_token", bank_id=bank["id"])
+        assert [entry["type"] for entry in tokens] == [
+            "CompartmentRetired",
+            "CompartmentAdded",
+            "ProvisioningTokenIssued",  # with the creation: it names its actor too
+            "LockerBankCreated",
+        ]
+        await rebuild(database)
+        assert await audit(app, actor_id=admin.id, bank_id=bank["id"]) == mine
+
+
 async def test_audit_parameters_are_validated(
     mosquitto: MosquittoBroker, tmp_path: Path, database: str
 ) -> None:

@@ -55,8 +55,9 @@ async def store_view(app: App, users: list[User]) -> dict[str, Any]:
                 "locker_bank_name": name,
                 "presence": app.context.fleet.banks[bank_id].presence,
                 "door_state": door,
+                "out_of_service": bool(out_of_service),
             }
-            for cid, number, bank_id, name, door, expires_at in rows
+            for cid, number, bank_id, name, door, expires_at, out_of_service in rows
             if grant_valid(expires_at, now)
         ]
         listed.sort(key=lambda c: (c["locker_bank_name"], c["locker_bank_id"], c["number"]))
@@ -156,12 +157,40 @@ async def test_the_live_model_agrees_with_the_store_also_after_restart_and_rebui
             await dev_n.event("door_state_changed", {"compartment_number": 1, "state": "open"})
             await app.until_inbound("event", 3)
             await assert_agree(app, users)
+        # the lifecycle (contract §5): out of service, a new compartment, a retired one, a
+        # decommissioned bank (whose compartments the app no longer offers)
+        edited = await app.http.patch(
+            f"/api/admin/compartments/{a1}",
+            json={"out_of_service": True},
+            headers=app.admin_headers(),
+        )
+        assert edited.status_code == 200, edited.text
+        added = await app.admin_post(
+            f"/api/admin/locker-banks/{north['id']}/compartments",
+            {"number": 4, "slave_id": 2, "address": 0},
+        )
+        assert added.status_code == 201, added.text
+        assert (await app.grant(added.json()["id"], u1)).status_code == 201
+        assert (await app.admin_delete(f"/api/admin/compartments/{a3}")).status_code == 204
+        gone = await app.admin_post(f"/api/admin/locker-banks/{south['id']}/decommission")
+        assert gone.status_code == 200, gone.text
+        renamed = await app.http.patch(
+            f"/api/admin/locker-banks/{north['id']}",
+            json={"name": "North hall"},
+            headers=app.admin_headers(),
+        )
+        assert renamed.status_code == 200, renamed.text
         clock.advance(timedelta(hours=2))  # u2's grant has expired
         before = await assert_agree(app, users)
         assert before["compartments"][u2.id] == []
+        assert before["compartments"][u3.id] == []  # b2's bank is decommissioned
         assert before["transactions"][pending][1]["status"] == "pending"
-        names = [c["locker_bank_name"] for c in before["compartments"][u1.id]]
-        assert names == ["North"] * 3 + ["alpha south"]
+        listed = before["compartments"][u1.id]
+        assert [(c["locker_bank_name"], c["number"], c["out_of_service"]) for c in listed] == [
+            ("North hall", 1, True),
+            ("North hall", 2, False),
+            ("North hall", 4, False),
+        ]
 
     clock.offset = timedelta(seconds=601)  # back before the pending command's expiry
     async with running_app(mosquitto.url, tmp_path / "unused.db", clock, **env) as app:

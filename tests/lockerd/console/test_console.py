@@ -143,38 +143,6 @@ def test_cancelling_an_action_changes_nothing(world: World) -> None:
     assert len(events) == before
 
 
-def test_apply_config(world: World) -> None:
-    driver = world.console.driver
-    open_bank(world, world.bank["id"])
-    kind, text = world.act("apply config", '[data-action="apply-config"]', bank_id=world.bank["id"])
-    assert kind == "ok", text
-    assert "Configuration sent; transaction" in text
-    transaction = text.rsplit(" ", 1)[-1].rstrip(".")
-    answer = world.backend.admin("GET", f"/api/transactions/{transaction}?wait=30")
-    assert answer["status"] == "success"
-    wait_for(
-        driver,
-        lambda d: (
-            "ConfigApplied" in " ".join(history_types(d))
-            or "CommandSucceeded" in " ".join(history_types(d))
-        ),
-        "the applied configuration",
-    )
-
-
-def test_new_provisioning_token(world: World) -> None:
-    open_bank(world, world.offline_bank["id"])
-    kind, text = world.act(
-        "provisioning token",
-        '[data-action="provisioning-token"]',
-        bank_id=world.offline_bank["id"],
-    )
-    assert kind == "ok", text
-    token = text.removeprefix("New provisioning token: ")
-    assert token and token != world.offline_bank["provisioning_token"]
-    screenshot(world.console.driver, "provisioning-token.png")
-
-
 # ---- people ----------------------------------------------------------------------------------
 
 

@@ -50,6 +50,32 @@ def test_an_action_with_the_admin_token(world: World) -> None:
     console.live()
 
 
+def test_every_action_the_browser_performed_is_in_the_audit_log_with_its_actor(
+    world: World,
+) -> None:
+    """Every action of the console tests that succeeded (``World.performed``) left an audit
+    entry in its time window, naming who performed it."""
+    assert len(world.performed) >= 10, [p.what for p in world.performed]
+    missing = []
+    for performed in world.performed:
+        params = {
+            "since": performed.since.isoformat(),
+            "until": performed.until.isoformat(),
+            "limit": "50",
+        }
+        if performed.bank_id is not None:
+            params["bank_id"] = performed.bank_id
+        response = world.backend.http.get(
+            "/api/admin/audit",
+            params=params,
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        )
+        assert response.status_code == 200, response.text
+        if not any(entry["actor"] == performed.actor for entry in response.json()):
+            missing.append(performed.what)
+    assert missing == [], f"no audit entry with the actor for {missing}"
+
+
 def test_the_audit_log_with_filters(world: World) -> None:
     driver = world.console.driver
     world.console.go("/audit")

@@ -35,6 +35,13 @@ CONTRACT_ROUTES = [
     ("post", "/api/admin/locker-banks/{bank_id}/provisioning-token"),
     ("post", "/api/admin/locker-banks/{bank_id}/apply-config"),
     ("get", "/api/admin/locker-banks/{bank_id}/events"),
+    ("patch", "/api/admin/locker-banks/{bank_id}"),
+    ("post", "/api/admin/locker-banks/{bank_id}/compartments"),
+    ("patch", "/api/admin/compartments/{compartment_id}"),
+    ("delete", "/api/admin/compartments/{compartment_id}"),
+    ("post", "/api/admin/locker-banks/{bank_id}/decommission"),
+    ("post", "/api/admin/locker-banks/{bank_id}/restart"),
+    ("post", "/api/admin/compartments/{compartment_id}/open"),
     ("post", "/api/admin/users"),
     ("post", "/api/admin/compartments/{compartment_id}/grants"),
     ("delete", "/api/admin/compartments/{compartment_id}/grants/{user_id}"),
@@ -52,14 +59,25 @@ CONTRACT_ROUTES = [
     ("get", "/metrics"),
 ]
 
+# the contract's bank fields (§4, "decommissioned" §5), plus the editable heartbeat interval
+BANK_FIELDS = {
+    "id", "name", "location", "provisioned_at", "presence", "last_seen", "config_hash",
+    "applied_config_hash", "compartments", "decommissioned", "heartbeat_interval_seconds",
+}  # fmt: skip
+COMPARTMENT_FIELDS = {"id", "number", "slave_id", "address", "door_state", "out_of_service"}
+
 # answers whose fields the contract spells out: (method, path, status) -> field names
 CONTRACT_FIELDS = {
     ("post", "/api/admin/locker-banks", "201"): {
         "id", "name", "provisioning_token", "compartments",
     },
-    ("get", "/api/admin/locker-banks/{bank_id}", "200"): {
-        "id", "name", "location", "provisioned_at", "presence", "last_seen", "config_hash",
-        "applied_config_hash", "compartments",
+    ("get", "/api/admin/locker-banks/{bank_id}", "200"): BANK_FIELDS,
+    ("patch", "/api/admin/locker-banks/{bank_id}", "200"): BANK_FIELDS,
+    ("post", "/api/admin/locker-banks/{bank_id}/decommission", "200"): BANK_FIELDS,
+    ("post", "/api/admin/locker-banks/{bank_id}/compartments", "201"): COMPARTMENT_FIELDS,
+    ("patch", "/api/admin/compartments/{compartment_id}", "200"): COMPARTMENT_FIELDS,
+    ("post", "/api/admin/compartments/{compartment_id}/open", "202"): {
+        "transaction_id", "status",
     },
     ("post", "/api/admin/locker-banks/{bank_id}/provisioning-token", "200"): {
         "provisioning_token"

@@ -127,6 +127,7 @@ async def test_my_compartments(mosquitto: MosquittoBroker, tmp_path: Path) -> No
                 "locker_bank_name": "North",
                 "presence": "online",
                 "door_state": "unknown",
+                "out_of_service": False,
             },
             {
                 "id": n2["id"],
@@ -135,6 +136,7 @@ async def test_my_compartments(mosquitto: MosquittoBroker, tmp_path: Path) -> No
                 "locker_bank_name": "North",
                 "presence": "online",
                 "door_state": "open",
+                "out_of_service": False,
             },
             {
                 "id": s1["id"],
@@ -143,6 +145,7 @@ async def test_my_compartments(mosquitto: MosquittoBroker, tmp_path: Path) -> No
                 "locker_bank_name": "South",
                 "presence": "unknown",
                 "door_state": "unknown",
+                "out_of_service": False,
             },
         ]
         # expired grants drop out of the list

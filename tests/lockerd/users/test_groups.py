@@ -247,16 +247,20 @@ async def store_compartments(app: App, user_id: str) -> list[dict[str, Any]]:
 
     def read(tx: SqlTx) -> list[tuple[Any, ...]]:
         return tx.query(
-            "SELECT c.id, c.number, c.bank_id, b.name, c.door_state, g.expires_at"
+            "SELECT c.id, c.number, c.bank_id, b.name, c.door_state, g.expires_at,"
+            " o.since IS NOT NULL"
             " FROM access_grants g JOIN compartments c ON c.id = g.compartment_id"
             " JOIN banks b ON b.id = c.bank_id"
-            " WHERE g.user_id = ? OR g.group_id IN"
-            " (SELECT group_id FROM group_members WHERE user_id = ?)",
+            " LEFT JOIN out_of_service o ON o.compartment_id = c.id"
+            " WHERE (g.user_id = ? OR g.group_id IN"
+            " (SELECT group_id FROM group_members WHERE user_id = ?))"
+            " AND NOT EXISTS (SELECT 1 FROM decommissioned_banks d WHERE d.bank_id = c.bank_id)",
             (user_id, user_id),
         )
 
     found: dict[str, dict[str, Any]] = {}
-    for cid, number, bank_id, name, door, expires_at in await app.context.tables.read(read):
+    rows = await app.context.tables.read(read)
+    for cid, number, bank_id, name, door, expires_at, out_of_service in rows:
         if grant_valid(expires_at, now):
             status = app.context.fleet.banks.get(bank_id)
             found[cid] = {
@@ -266,6 +270,7 @@ async def store_compartments(app: App, user_id: str) -> list[dict[str, Any]]:
                 "locker_bank_name": name,
                 "presence": "unknown" if status is None else status.presence,
                 "door_state": door,
+                "out_of_service": bool(out_of_service),
             }
     return sorted(
         found.values(), key=lambda c: (c["locker_bank_name"], c["locker_bank_id"], c["number"])
