@@ -11,7 +11,8 @@ Alert types and what ends them:
   (``CommandFailed``, e.g. ``DOOR_JAMMED``), ``command_timeout`` (``CommandTimedOut``): an
   incident; it stays ``open`` until an operator acknowledges it;
 * ``bank_offline`` (``BankOfflineTooLong``: offline for longer than 3 heartbeat intervals):
-  resolved by ``LockerBankCameOnline``;
+  resolved by ``LockerBankCameOnline`` (or ``LockerBankDecommissioned``: no longer expected
+  back; a decommissioned bank raises none);
 * ``bank_actor_failed`` (``BankActorFailed``: past its restart budget): resolved by
   ``BankActorRestarted`` (the bank's actor started again).
 
@@ -46,6 +47,8 @@ RAISED_BY: Final[dict[str, AlertType]] = {
 #: stored event type -> the type of the alerts (of the same bank) it resolves
 RESOLVED_BY: Final[dict[str, AlertType]] = {
     "LockerBankCameOnline": "bank_offline",
+    # a decommissioned bank is not expected back: its outage is no longer news
+    "LockerBankDecommissioned": "bank_offline",
     "BankActorRestarted": "bank_actor_failed",
 }
 

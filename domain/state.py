@@ -210,8 +210,8 @@ class BankState:
 
     def offline_alert_deadline(self) -> datetime | None:
         """When an outage becomes an alert: 3 heartbeat intervals after going offline."""
-        if self.offline_since is None or self.offline_alerted:
-            return None
+        if self.offline_since is None or self.offline_alerted or self.decommissioned:
+            return None  # a decommissioned bank is not expected back: no alert
         return self.offline_since + timedelta(seconds=3 * self.heartbeat_interval_seconds)
 
     def next_deadline(self) -> datetime | None:

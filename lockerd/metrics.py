@@ -51,6 +51,12 @@ class Metrics:
             ["action", "status"],
             registry=r,
         )
+        self.alert_deliveries = Counter(
+            "lockerd_alert_webhook_deliveries",
+            "Alert webhook requests by outcome (delivered: a 2xx; failed: retried later)",
+            ["outcome"],
+            registry=r,
+        )
         self.goauth_checks = Counter(
             "lockerd_goauth_checks",
             "go-auth checks by endpoint and result",
@@ -106,6 +112,9 @@ class Metrics:
         self.outbound.labels(kind).inc()
 
     # --- gateway --------------------------------------------------------------------------
+
+    def alert_delivery(self, outcome: str) -> None:
+        self.alert_deliveries.labels(outcome).inc()
 
     def mqtt_connection(self, connected: bool) -> None:
         self.mqtt_connected.set(1 if connected else 0)

@@ -248,8 +248,6 @@ async def running_service(
             fill_fleet(fleet, start)
             alert_board = AlertBoard(fleet)
             alert_board.load(await store.read(alert_queries.active))
-            webhook = AlertWebhook(store, settings.alert_webhook_url, settings.node_id, clock)
-            alert_board.on_change.append(webhook.wake)
             live = LiveModel(fleet)
             live.load(await store.read(queries.live_start(RECENT_TRANSACTIONS)))
             live.load_groups(*await store.read(user_groups.group_start))
@@ -257,6 +255,14 @@ async def running_service(
             await store.read(agents.load)
             next_seq = await store.read(telemetry_schema.max_seq) + 1
             metrics = Metrics()
+            webhook = AlertWebhook(
+                store,
+                settings.alert_webhook_url,
+                settings.node_id,
+                clock,
+                observe=metrics.alert_delivery,
+            )
+            alert_board.on_change.append(webhook.wake)
             shutdown = trio.Event()
             app_streams = AppStreams(
                 live=live,

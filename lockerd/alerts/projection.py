@@ -152,11 +152,18 @@ def _watch_outage(tx: SqlTx, event: StoredEvent) -> None:
             " ON CONFLICT (bank_id) DO NOTHING",
             (event.stream_id, iso(event.recorded_at)),
         )
-    elif event.type in ("LockerBankCameOnline", "BankOfflineTooLong"):
+    elif event.type in ("LockerBankCameOnline", "BankOfflineTooLong", "LockerBankDecommissioned"):
         tx.execute("DELETE FROM alert_offline_watch WHERE bank_id = ?", (event.stream_id,))
 
 
-_WATCHED: Final = frozenset({"LockerBankWentOffline", "LockerBankCameOnline", "BankOfflineTooLong"})
+_WATCHED: Final = frozenset(
+    {
+        "LockerBankWentOffline",
+        "LockerBankCameOnline",
+        "BankOfflineTooLong",
+        "LockerBankDecommissioned",
+    }
+)
 
 
 def settle_history(tx: SqlTx) -> None:

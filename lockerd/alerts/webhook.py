@@ -69,6 +69,8 @@ class AlertWebhook:
     url: str | None
     node_id: str
     clock: Callable[[], datetime]
+    #: told ``delivered`` or ``failed`` after every request (``Metrics.alert_delivery``)
+    observe: Callable[[str], None] = lambda outcome: None
     backoff: Backoff = field(default_factory=Backoff)
     poll_seconds: float = POLL_SECONDS
     timeout: float = REQUEST_TIMEOUT_SECONDS
@@ -175,6 +177,7 @@ class AlertWebhook:
                 error = f"HTTP {response.status_code}"
         except httpx.HTTPError as exc:
             error = f"{type(exc).__name__}: {exc}"[:300]
+        self.observe("delivered" if error is None else "failed")
         if error is None:
             await self.tables.write(self._delivered(delivery))
             log.info("alert_delivered", delivery_id=delivery.delivery_id)

@@ -176,3 +176,14 @@ def test_open_alerts_survive_a_snapshot() -> None:
     rebuilt = decode_snapshot(encode_snapshot(state))
     assert rebuilt.open_alerts == state.open_alerts
     assert rebuilt.actor_failed
+
+
+def test_a_decommissioned_bank_raises_no_offline_alert_and_resolves_its_own() -> None:
+    state = apply(went_offline(), at(c.Decommission(actor=ADMIN), T_OFF + secs(1)))
+    assert state.next_deadline() is None
+    assert decide(state, at(c.Tick(), T_OFF + secs(3 * INTERVAL))) == []
+
+    raised = apply(went_offline(), at(c.Tick(), T_OFF + secs(3 * INTERVAL)))
+    assert list(raised.open_alerts.values()) == ["bank_offline"]
+    state = apply(raised, at(c.Decommission(actor=ADMIN), T_OFF + secs(40)))
+    assert state.open_alerts == {}

@@ -219,3 +219,22 @@ async def test_the_first_fill_of_an_older_database_sends_none_of_its_old_alerts(
     assert await store.read(outcomes) == ["history"]
     assert [a["type"] for a in await listed(store)] == ["uncommanded_door_opening"]
     assert not await refill_once(store)  # once
+
+
+async def test_decommissioning_resolves_the_outage_and_stops_watching_it(store: Store) -> None:
+    bank = await online(store)
+    await bank.run(at(c.RecordLastWill(session_id="session-1"), T_ONLINE + secs(1)))
+    await bank.run(at(c.Tick(), T_ONLINE + secs(1 + 3 * INTERVAL)))
+    (offline,) = await listed(store, state="open")
+    await bank.run(at(c.Decommission(actor=Actor.admin_token()), T_ONLINE + secs(100)))
+    assert [a["id"] for a in await listed(store, state="resolved")] == [offline["id"]]
+
+
+async def test_an_outage_decommissioned_before_its_alert_is_not_watched(store: Store) -> None:
+    bank = await online(store)
+    await bank.run(at(c.RecordLastWill(session_id="session-1"), T_ONLINE + secs(1)))
+    assert await store.read(queries.banks_in_outage) == [BANK_ID]
+    await bank.run(at(c.Decommission(actor=Actor.admin_token()), T_ONLINE + secs(2)))
+    assert await store.read(queries.banks_in_outage) == []
+    await bank.run(at(c.Tick(), T_ONLINE + secs(100)))
+    assert await listed(store) == []

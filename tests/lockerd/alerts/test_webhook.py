@@ -112,6 +112,14 @@ async def test_failures_are_retried_until_a_2xx(mosquitto: MosquittoBroker, tmp_
         await eventually(delivered)
         ((_, attempts, outcome, _),) = await app.context.tables.read(outbox_rows)
         assert (attempts, outcome) == (3, "delivered")
+        registry = app.context.metrics.registry
+        counted = {
+            outcome: registry.get_sample_value(
+                "lockerd_alert_webhook_deliveries_total", {"outcome": outcome}
+            )
+            for outcome in ("delivered", "failed")
+        }
+        assert counted == {"delivered": 1.0, "failed": 2.0}
 
 
 def closed_port_url() -> str:
