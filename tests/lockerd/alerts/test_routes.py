@@ -256,9 +256,15 @@ async def test_a_failed_bank_actor_raises_an_alert_that_its_restart_resolves(
         assert response.status_code == 200, response.text
         assert registry.is_failed(bank_id)
         assert (await app.admin_post(rotate)).status_code == 503
-        # an operator starts it again: the alert is resolved
-        assert await registry.restart(bank_id)
+        # an operator starts it again (POST …/restart): the alert is resolved
+        response = await app.admin_post(f"/api/admin/locker-banks/{bank_id}/restart")
+        assert response.status_code == 202, response.text
         (resolved,) = await until_alerts(app, 1, state="resolved")
         assert resolved == {**alert, "state": "resolved"}
-        types = [ev["type"] for ev in await app.events(bank_id)]
-        assert types[-3:] == ["BankActorFailed", "AlertAcknowledged", "BankActorRestarted"]
+        history = await app.events(bank_id)
+        assert [ev["type"] for ev in history][-3:] == [
+            "BankActorFailed",
+            "AlertAcknowledged",
+            "BankActorRestarted",
+        ]
+        assert history[-1]["data"]["actor"] == {"kind": "admin_token"}
