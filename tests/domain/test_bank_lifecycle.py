@@ -450,3 +450,14 @@ def test_the_config_hash_follows_every_change_and_one_apply_config_at_most(
     replayed = b.fold(initial, stored)
     assert replayed.config_hash == state.config_hash
     assert replayed.compartments == state.compartments
+
+
+def test_a_snapshot_keeps_out_of_service_and_decommissioned() -> None:
+    from domain.snapshot import decode_snapshot, encode_snapshot
+
+    state = apply(online_bank(at=NOW - secs(1)), at(edit(2, out_of_service=True), NOW))
+    state = apply(state, at(c.Decommission(actor=ADMIN), NOW + secs(1)))
+    restored = decode_snapshot(encode_snapshot(state))
+    assert restored.compartments[2].out_of_service
+    assert restored.decommissioned_at == NOW + secs(1)
+    assert restored == state.rehydrated()

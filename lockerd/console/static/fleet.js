@@ -130,13 +130,14 @@ function bankRow(bank) {
   return row(COLUMNS, [
     [h("a.bank-link", { href: `#/banks/${bank.id}`, text: bank.name || bank.id }),
       bank.location ? h("div.hint", { text: bank.location }) : null],
-    badge(`presence-${bank.presence}`, bank.presence),
+    [badge(`presence-${bank.presence}`, bank.presence),
+      bank.decommissioned ? badge("bad", "decommissioned") : null],
     agoNode(bank.last_seen),
     String(bank.pending_commands ?? 0),
     String(bank.restarts ?? 0),
     badge(`supervision-${bank.supervision}`, bank.supervision || "–"),
     alerts ? badge("bad", String(alerts)) : "0",
-  ], { dataset: { bankId: bank.id, presence: bank.presence } });
+  ], { dataset: { bankId: bank.id, presence: bank.presence, decommissioned: String(Boolean(bank.decommissioned)) } });
 }
 
 export function fleetView(container, { onCreate }) {

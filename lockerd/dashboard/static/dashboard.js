@@ -301,7 +301,9 @@
     cells[0].querySelector(".location").textContent = bank.location || "";
     row.dataset.presence = bank.presence;
     row.dataset.supervision = bank.supervision;
+    row.dataset.decommissioned = String(Boolean(bank.decommissioned));
     cells[1].replaceChildren(badge(`presence-${bank.presence}`, bank.presence));
+    if (bank.decommissioned) cells[1].append(" ", badge("bad", "decommissioned"));
     setLastSeen(cells[2], bank.last_seen);
     cells[3].textContent = bank.pending_commands;
     cells[4].textContent = bank.mailbox;
@@ -448,6 +450,9 @@
       ...fact("Pending commands", String(bank.pending_commands)),
       ...fact("Mailbox", String(bank.mailbox)),
       ...fact("Configuration", bank.config_hash ? configState : "–"),
+      ...(bank.decommissioned ? fact("Decommissioned", badge("bad", "decommissioned")) : []),
+      ...((bank.out_of_service || []).length
+        ? fact("Out of service", `compartment ${bank.out_of_service.join(", ")}`) : []),
       ...(bank.last_error ? fact("Last error", bank.last_error) : []),
     );
 

@@ -281,3 +281,39 @@ async def test_a_stalled_client_is_dropped_and_the_actors_carry_on(
             assert code == 1013 and "too slow" in (reason or "")
             assert len(streams.sessions) == 1
             nursery.cancel_scope.cancel()
+
+
+async def test_the_stream_follows_the_lifecycle(mosquitto: MosquittoBroker, tmp_path: Path) -> None:
+    """Contract §5 on /ws/app: out of service (and back), a renamed bank, a retired
+    compartment and a decommissioned bank reach the users who may open them."""
+    async with running_app(mosquitto.url, tmp_path / "lockerd.db") as app:
+        north = await app.create_bank(compartments=2, name="North")
+        south = await app.create_bank(compartments=1, name="South")
+        c1, c2 = (c["id"] for c in north["compartments"])
+        (s1,) = (c["id"] for c in south["compartments"])
+        user = await app.signed_in_user()
+        for cid in (c1, c2, s1):
+            await app.grant(cid, user)
+        admin = app.admin_headers()
+        async with open_websocket_url(ws_url(app, user.token)) as ws:
+            snapshot = await receive(ws)
+            assert [c["out_of_service"] for c in snapshot["compartments"]] == [False] * 3
+            await app.http.patch(
+                f"/api/admin/compartments/{c1}", json={"out_of_service": True}, headers=admin
+            )
+            await next_matching(ws, compartment_update(c1, out_of_service=True, granted=True))
+            await app.http.patch(
+                f"/api/admin/locker-banks/{north['id']}", json={"name": "Nord"}, headers=admin
+            )
+            await next_matching(ws, compartment_update(c2, locker_bank_name="Nord"))
+            assert (await app.admin_delete(f"/api/admin/compartments/{c2}")).status_code == 204
+            await next_matching(ws, compartment_update(c2, granted=False))
+            decommissioned = await app.admin_post(
+                f"/api/admin/locker-banks/{south['id']}/decommission"
+            )
+            assert decommissioned.status_code == 200, decommissioned.text
+            await next_matching(ws, compartment_update(s1, granted=False))
+            listed = (await app.http.get("/api/compartments", headers=user.headers)).json()
+            assert [(c["id"], c["locker_bank_name"], c["out_of_service"]) for c in listed] == [
+                (c1, "Nord", True)
+            ]

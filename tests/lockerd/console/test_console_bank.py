@@ -16,6 +16,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 
 from tests.lockerd.console.harness import (
     World,
+    bank_row,
     compartment_action,
     fail_bank,
     history_types,
@@ -72,6 +73,7 @@ def test_open_a_compartment_with_a_reason(world: World) -> None:
     ]
     assert requested[-1]["data"]["reason"] == "parcel stuck in the door"
     assert requested[-1]["data"]["actor"] == world.operator
+    driver.execute_script("window.scrollTo(0, 0)")  # the result line, above the bank
     screenshot(driver, "open.png")
 
 
@@ -100,6 +102,7 @@ def test_out_of_service_refuses_an_open_until_back_in_service(world: World) -> N
     )
     assert kind == "error"
     assert "the compartment is out of service (HTTP 409, out_of_service)" in text
+    driver.execute_script("window.scrollTo(0, 0)")
     screenshot(driver, "out-of-service.png")
     kind, text = world.act(
         "back in service",
@@ -212,20 +215,28 @@ def test_decommission(world: World, pier: dict[str, Any]) -> None:
     screenshot(driver, "decommissioned.png")
     bank = world.backend.admin("GET", f"/api/admin/locker-banks/{pier['id']}")
     assert bank["decommissioned"] is True
+    # the live fleet marks it too
+    world.console.go("/fleet")
+    wait_for(
+        driver,
+        lambda d: bank_row(d, pier["id"]).get_attribute("data-decommissioned") == "true",
+        "the fleet row marked decommissioned",
+    )
+    text_of(driver, f'#fleet-table tr[data-bank-id="{pier["id"]}"]', "decommissioned")
 
 
 def test_restart_a_failed_bank(world: World) -> None:
     driver = world.console.driver
     depot = world.backend.create_bank("Depot", 1, location="Yard")
-    open_bank(world, depot["id"])
-    # not failed: the server's refusal is shown
-    kind, text = world.console.act('[data-action="restart"]')
-    assert kind == "error"
-    assert "(HTTP 409, not_failed)" in text
     fail_bank(world.backend, depot["id"])
+    open_bank(world, depot["id"])
     text_of(driver, "#bank-facts", "failed")
     screenshot(driver, "failed.png")
     kind, text = world.act("restart", '[data-action="restart"]', bank_id=depot["id"])
     assert (kind, text) == ("ok", "Restart requested."), text
     text_of(driver, "#bank-facts", "running")
     wait_for(driver, lambda d: "BankActorRestarted" in history_types(d), "the restart recorded")
+    # running now: a second restart is refused, and the console shows why
+    kind, text = world.console.act('[data-action="restart"]')
+    assert kind == "error"
+    assert "(HTTP 409, not_failed)" in text

@@ -403,3 +403,28 @@ async def test_dashboard_page_and_assets_are_served(
             response = await svc.http.get(missing)
             assert response.status_code == 404, missing
             assert response.json()["error"] == "not_found"
+
+
+async def test_bank_entries_follow_the_lifecycle(
+    mosquitto: MosquittoBroker, tmp_path: Path
+) -> None:
+    """Contract §5 on /ws/status: a new name, compartments out of service, decommissioned."""
+    async with service(mosquitto, tmp_path) as svc:
+        bank = await svc.create_bank(compartments=2)
+        first = bank["compartments"][0]["id"]
+        headers = svc.admin_headers()
+        async with ws_client(ws_url(svc)) as ws:
+            snapshot = await receive_json(ws)
+            entry = next(b for b in snapshot["banks"] if b["id"] == bank["id"])
+            assert (entry["decommissioned"], entry["out_of_service"]) == (False, [])
+            await svc.http.patch(
+                f"/api/admin/compartments/{first}", json={"out_of_service": True}, headers=headers
+            )
+            await next_bank_update(ws, bank["id"], lambda b: b["out_of_service"] == [1])
+            await svc.http.patch(
+                f"/api/admin/locker-banks/{bank['id']}", json={"name": "Renamed"}, headers=headers
+            )
+            await next_bank_update(ws, bank["id"], lambda b: b["name"] == "Renamed")
+            await svc.admin_post(f"/api/admin/locker-banks/{bank['id']}/decommission")
+            gone = await next_bank_update(ws, bank["id"], lambda b: b["decommissioned"])
+            assert gone["presence"] == "offline"
