@@ -6,12 +6,15 @@ the service's nursery (one per node), takes the oldest due row under a *lease* (
 expiry, written in one conditional UPDATE: with several nodes on PostgreSQL only one of them
 holds a row at a time), POSTs its ``{"alert":{…}}`` and marks it delivered on a 2xx. Anything
 else (an error status, a refused connection, a timeout) schedules the row again after an
-exponential backoff with jitter, capped (:class:`Backoff`), and holds back every other undelivered
-row until then too, so a receiver that is down is asked once per backoff period, not once per
-alert. A node that dies while it holds a lease leaves the row to the others when the lease
-expires. Deliveries are therefore *at least once*: a receiver may see one twice (after such a
-death) and can tell by the ``Idempotency-Key`` header (the row's id). Rows go out in the order
-their changes were stored.
+exponential backoff with jitter, capped (:class:`Backoff`). When the receiver itself failed (no
+connection, a timeout, a 5xx, 408 or 429) every other undelivered row waits until then too, so a
+receiver that is down is asked once per backoff period, not once per alert; a request it
+refused (another 4xx, or a redirect, which is not followed) waits alone, so one refused alert
+never holds back the others. A node that dies while it holds a lease leaves the row to the
+others when the lease expires. Deliveries are therefore *at least once*: a receiver may see one
+twice (after such a death) and can tell by the ``Idempotency-Key`` header (the row's id). Rows
+go out in the order their changes were stored. Leases compare the nodes' own clocks: keep them
+in sync (NTP), well within the lease's 30 s.
 
 Without a URL, rows are marked done (``outcome`` = ``no_webhook``) as they come: alerts raised
 while no webhook is configured are not sent later when one is.
@@ -163,6 +166,7 @@ class AlertWebhook:
     async def _deliver(self, client: httpx.AsyncClient, delivery: Delivery) -> None:
         assert self.url is not None
         error: str | None = None
+        receiver_down = False  # a failure of the receiver rather than a refusal of this request
         try:
             response = await client.post(
                 self.url,
@@ -175,15 +179,17 @@ class AlertWebhook:
             )
             if not 200 <= response.status_code < 300:
                 error = f"HTTP {response.status_code}"
+                receiver_down = response.status_code >= 500 or response.status_code in (408, 429)
         except httpx.HTTPError as exc:
             error = f"{type(exc).__name__}: {exc}"[:300]
+            receiver_down = True
         self.observe("delivered" if error is None else "failed")
         if error is None:
             await self.tables.write(self._delivered(delivery))
             log.info("alert_delivered", delivery_id=delivery.delivery_id)
             return
         delay = self.backoff.delay(delivery.attempts + 1)
-        await self.tables.write(self._failed(delivery, error, delay))
+        await self.tables.write(self._failed(delivery, error, delay, hold_others=receiver_down))
         log.warning(
             "alert_delivery_failed",
             delivery_id=delivery.delivery_id,
@@ -203,7 +209,9 @@ class AlertWebhook:
 
         return write
 
-    def _failed(self, delivery: Delivery, error: str, delay: float) -> Callable[[SqlTx], None]:
+    def _failed(
+        self, delivery: Delivery, error: str, delay: float, *, hold_others: bool
+    ) -> Callable[[SqlTx], None]:
         def write(tx: SqlTx) -> None:
             retry_at = self._now() + delay
             tx.execute(
@@ -212,6 +220,8 @@ class AlertWebhook:
                 " WHERE delivery_id = ? AND delivered_at IS NULL",
                 (retry_at, error, delivery.delivery_id),
             )
+            if not hold_others:
+                return  # this request was refused (a 4xx): the others go on meanwhile
             # the receiver is down: the rows after this one wait as long (in order, and one
             # request per backoff period rather than one per alert)
             tx.execute(

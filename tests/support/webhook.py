@@ -1,10 +1,11 @@
 """A real HTTP receiver for webhook tests: a tiny ASGI app on Hypercorn (trio), on a free
-loopback port, answering each request with the next status of a script (then 200)."""
+loopback port, answering each request with the next status of a script (then 200), unless
+``refuse`` gives a status for its body."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,8 @@ class Received:
 class Receiver:
     statuses: list[int] = field(default_factory=list)
     received: list[Received] = field(default_factory=list)
+    #: a status to answer for this body instead of the script's (None: the script decides)
+    refuse: Callable[[dict[str, Any]], int | None] = lambda body: None
     url: str = ""
     _arrived: trio.Event = field(default_factory=trio.Event)
 
@@ -43,9 +46,12 @@ class Receiver:
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
-        status = self.statuses.pop(0) if self.statuses else 200
+        decoded = json.loads(body)
+        status = self.refuse(decoded)
+        if status is None:
+            status = self.statuses.pop(0) if self.statuses else 200
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
-        self.received.append(Received(status, json.loads(body), headers))
+        self.received.append(Received(status, decoded, headers))
         await send({"type": "http.response.start", "status": status, "headers": []})
         await send({"type": "http.response.body", "body": b""})
         self._arrived.set()

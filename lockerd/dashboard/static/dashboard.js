@@ -486,7 +486,7 @@
         const raised = document.createElement("time");
         raised.dateTime = alert.raised_at;
         raised.title = new Date(alert.raised_at).toLocaleString();
-        raised.textContent = new Date(alert.raised_at).toLocaleString();
+        raised.textContent = formatMoment(alert.raised_at);
         item.append(name, " ", badge(`alert-${alert.state}`, alert.state), " ", raised, " ",
           detailChips(alert.data || {}));
         return item;

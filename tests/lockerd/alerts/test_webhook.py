@@ -122,6 +122,39 @@ async def test_failures_are_retried_until_a_2xx(mosquitto: MosquittoBroker, tmp_
         assert counted == {"delivered": 1.0, "failed": 2.0}
 
 
+async def test_a_refused_alert_does_not_hold_back_the_others(
+    mosquitto: MosquittoBroker, tmp_path: Path
+) -> None:
+    database = database_url_for(tmp_path, "sqlite")
+    refusing = [True]
+
+    def refuse(body: dict[str, Any]) -> int | None:
+        compartment = body["alert"]["data"].get("compartment_number")
+        return 422 if refusing[0] and compartment == 1 else None
+
+    async with (
+        receiver() as rx,
+        app_with_webhook(mosquitto, tmp_path, database, rx.url) as app,
+    ):
+        rx.refuse = refuse
+        bank_id = (await app.create_bank())["id"]
+        await door_opened(app, bank_id, 1)
+        (refused,) = await rx.until(1)
+        assert refused.status == 422
+        await door_opened(app, bank_id, 2)  # sent although the first still waits
+
+        def delivered_numbers() -> list[int]:
+            return [a["data"]["compartment_number"] for a in rx.delivered()]
+
+        while 2 not in delivered_numbers():
+            await rx.until(len(rx.received) + 1)
+        assert delivered_numbers() == [2]  # the refused one is still refused (and retried)
+        refusing[0] = False  # the receiver accepts it now: the retry delivers it
+        while 1 not in delivered_numbers():
+            await rx.until(len(rx.received) + 1)
+        assert delivered_numbers() == [2, 1]
+
+
 def closed_port_url() -> str:
     """A loopback URL nobody listens on (connection refused)."""
     with socket.socket() as sock:

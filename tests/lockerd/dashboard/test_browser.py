@@ -285,6 +285,12 @@ async def test_dashboard_follows_a_bank_online_and_offline(
         await in_thread(
             lambda: wait_for(browser, text_in("#summary", "3 banks", "0 online", "1 offline"), "")
         )
+        # offline for longer than 3 intervals: the durable alert is in the bank's details
+        await in_thread(
+            lambda: wait_for(
+                browser, text_in("#alerts", "bank_offline", "open"), "the offline alert"
+            )
+        )
         shot = await in_thread(lambda: screenshot(browser, "dashboard-offline.png"))
         assert shot.stat().st_size > 10_000
 
