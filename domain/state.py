@@ -136,10 +136,11 @@ class BankState:
 
     def rehydrated(self) -> BankState:
         """The state as a freshly (re)started actor holds it: presence is live knowledge, so it
-        is ``unknown`` until the retained state or a new heartbeat arrives."""
+        is ``unknown`` until the retained state or a new heartbeat arrives (a decommissioned
+        bank, which applies none, stays ``offline``)."""
         return replace(
             self,
-            presence="unknown",
+            presence="offline" if self.decommissioned else "unknown",
             last_seen=None,
             session_id=None,
             uptime_seconds=None,

@@ -51,5 +51,7 @@ def fill_fleet(fleet: FleetView, start: queries.StartingPoint) -> None:
         status = fleet.status(row.bank_id, row.name)
         status.location = row.location
         status.decommissioned = row.decommissioned
+        if row.decommissioned:
+            status.presence = "offline"  # it is not heard any more (docs/lifecycle.md)
         if row.last_seen is not None:
             status.last_seen = row.last_seen

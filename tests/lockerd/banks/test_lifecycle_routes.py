@@ -338,6 +338,7 @@ async def test_decommissioning_revokes_the_device_and_freezes_the_bank(
         assert await auth(app.http, mqtt_user, password) == 403
         assert (await app.bank(bank["id"]))["decommissioned"] is True
         assert app.context.fleet.banks[bank["id"]].decommissioned
+        assert (await app.bank(bank["id"]))["presence"] == "offline"
 
 
 async def test_refusals_of_the_lifecycle_routes(mosquitto: MosquittoBroker, tmp_path: Path) -> None:
