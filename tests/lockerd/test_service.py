@@ -288,9 +288,14 @@ async def test_bank_loads_from_snapshot_plus_tail(
         rotate = f"/api/admin/locker-banks/{bank['id']}/provisioning-token"
         for _ in range(4):
             assert (await svc.admin_post(rotate)).status_code == 200
-        snapshot = await svc.context.store.load_snapshot(bank["id"])
-        assert snapshot is not None
-        assert snapshot.version == 6  # taken every 3 events: at versions 3 and 6
+        store = svc.context.store
+
+        async def snapshot_at_6() -> bool:
+            # taken every 3 events: at versions 3 and 6; the actor answers before it saves one
+            snapshot = await store.load_snapshot(bank["id"])
+            return snapshot is not None and snapshot.version == 6
+
+        await eventually(snapshot_at_6, within=10.0)
     async with lockerd(settings) as svc:
         # the actor rebuilds from snapshot + tail and appends at the right version
         assert (await svc.admin_post(rotate)).status_code == 200
