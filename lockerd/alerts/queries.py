@@ -15,7 +15,6 @@ from store.base import SqlTx
 class AlertFilter:
     state: str | None = None
     bank_id: str | None = None
-    before: int | None = None  # only alerts raised before this position (paging)
     limit: int = 1000
 
 
@@ -31,9 +30,6 @@ def alerts(query: AlertFilter) -> Callable[[SqlTx], list[dict[str, Any]]]:
         if query.bank_id is not None:
             where.append("bank_id = ?")
             params.append(query.bank_id)
-        if query.before is not None:
-            where.append("position < ?")
-            params.append(query.before)
         sql = f"SELECT {ALERT_COLUMNS} FROM alerts"
         if where:
             sql += " WHERE " + " AND ".join(where)

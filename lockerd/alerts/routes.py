@@ -15,7 +15,7 @@ from quart import Blueprint, request
 from quart_schema import document_querystring
 
 from domain import commands as c
-from domain.alerts import ALERT_STATES
+from domain.alerts import ALERT_STATES, AlertState, AlertType
 from lockerd.alerts.queries import AlertFilter, alert, alerts
 from lockerd.http.asking import ask_bank
 from lockerd.http.auth import require_admin
@@ -28,24 +28,18 @@ blueprint = Blueprint("alerts", __name__)
 
 DEFAULT_LIMIT: Final = 1000
 MAX_LIMIT: Final = 1000
-_POSITION_MAX: Final = 2**63 - 1
 
 
 class AlertsQuery(msgspec.Struct):
     """The query string of ``GET /api/admin/alerts`` (documentation only)."""
 
     state: (
-        Annotated[str, msgspec.Meta(description="`open`, `acknowledged` or `resolved`")]
+        Annotated[AlertState, msgspec.Meta(description="only alerts in this state")]
         | msgspec.UnsetType
     ) = msgspec.UNSET
     bank_id: Annotated[str, msgspec.Meta(description="one bank's alerts")] | msgspec.UnsetType = (
         msgspec.UNSET
     )
-    before: (
-        Annotated[int, msgspec.Meta(ge=1, description="only alerts raised before this one's"
-                                    " place in the log (paging: not in the answer)")]
-        | msgspec.UnsetType
-    ) = msgspec.UNSET  # fmt: skip
     limit: (
         Annotated[int, msgspec.Meta(ge=1, le=MAX_LIMIT, description="default 1000")]
         | msgspec.UnsetType
@@ -57,15 +51,9 @@ class AlertOut(msgspec.Struct):
 
     id: str
     bank_id: str
-    type: Annotated[
-        str,
-        msgspec.Meta(
-            description="`uncommanded_door_opening`, `command_failed`, `command_timeout`,"
-            " `bank_offline` or `bank_actor_failed`"
-        ),
-    ]
+    type: AlertType
     raised_at: IsoTime
-    state: Annotated[str, msgspec.Meta(description="`open`, `acknowledged` or `resolved`")]
+    state: AlertState
     data: Annotated[dict[str, Any], msgspec.Meta(description="the raising event's data")]
 
 
@@ -95,10 +83,9 @@ def parse_filter() -> AlertFilter:
             bank_id = str(uuid.UUID(bank_id))
         except ValueError:
             raise ApiError(400, "bank_id must be a locker bank id") from None
-    before_text, limit_text = _one("before"), _one("limit")
-    before = None if before_text is None else _whole("before", before_text, 1, _POSITION_MAX)
+    limit_text = _one("limit")
     limit = DEFAULT_LIMIT if limit_text is None else _whole("limit", limit_text, 1, MAX_LIMIT)
-    return AlertFilter(state, bank_id, before, limit)
+    return AlertFilter(state, bank_id, limit)
 
 
 @blueprint.get("/api/admin/alerts")

@@ -162,7 +162,7 @@ async def test_unhappy_paths(mosquitto: MosquittoBroker, tmp_path: Path) -> None
             {"limit": "0"},
             {"limit": "1001"},
             {"limit": "x"},
-            {"before": "0"},
+            [("limit", "1"), ("limit", "2")],
         ]
         for params in bad:
             response = await app.http.get(
