@@ -18,6 +18,7 @@ from pyrsistent import PMap, pmap
 from domain import commands as c
 from domain import events as e
 from domain.alerts import RAISED_BY, RESOLVED_BY, alert_id
+from domain.config_hash import created_hash
 from domain.lifecycle import (
     LIFECYCLE_COMMANDS,
     LIFECYCLE_EVENTS,
@@ -217,6 +218,10 @@ def _create(state: BankState, command: c.CreateBank, now: datetime) -> list[e.Ev
             compartments=command.compartments,
             created_at=now,
             actor=command.actor,
+            config_hash=created_hash(
+                ((spec.number, spec.slave_id, spec.address) for spec in command.compartments),
+                command.heartbeat_interval_seconds,
+            ),
         ),
         e.ProvisioningTokenIssued(
             token_hash=command.token_hash,
@@ -707,7 +712,11 @@ def _apply(s: BankState, event: e.Event) -> BankState:
                         for spec in event.compartments
                     }
                 ),
-                config_hash=None,
+                config_hash=event.config_hash
+                or created_hash(
+                    ((spec.number, spec.slave_id, spec.address) for spec in event.compartments),
+                    event.heartbeat_interval_seconds,
+                ),
             )
         case e.ProvisioningTokenIssued():
             # a new token voids every earlier one, the used one too (no lost-reply redemption)

@@ -28,3 +28,14 @@ def config_hash(compartments: list[dict[str, int]], heartbeat_interval_seconds: 
         separators=(",", ":"),
     )
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def created_hash(
+    compartments: Iterable[tuple[int, int, int]], heartbeat_interval_seconds: int
+) -> str:
+    """The ``config_hash`` of a bank created with ``(number, slave_id, address)`` compartments.
+
+    Part of ``LockerBankCreated`` since the contract made a bank's configuration exist from its
+    creation; read models of older histories compute it here, so both agree.
+    """
+    return config_hash(config_compartments(compartments), heartbeat_interval_seconds)

@@ -43,6 +43,10 @@ class LockerBankCreated(Event, frozen=True, kw_only=True):
     created_at: datetime
     #: who created it (contract §5); None in events recorded before actors were
     actor: Actor | None = None
+    #: the hash of the configuration it was created with (contract §2: a bank's configuration
+    #: exists from its creation); None in events recorded before it was kept, whose state
+    #: computes the same hash from the compartments (:func:`domain.config_hash.created_hash`)
+    config_hash: str | None = None
 
 
 class ProvisioningTokenIssued(Event, frozen=True, kw_only=True):

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from domain.config_hash import created_hash
 from store.base import Projection, SqlTx, StoredEvent
 
 Handler = Callable[[SqlTx, StoredEvent], None]
@@ -36,10 +37,22 @@ class _TableProjection:
 
 def _bank_created(tx: SqlTx, ev: StoredEvent) -> None:
     d = ev.data
+    # older histories' creation events carry no hash: the domain's own function computes it
+    config_hash = d.get("config_hash") or created_hash(
+        ((c["number"], c["slave_id"], c["address"]) for c in d["compartments"]),
+        d["heartbeat_interval_seconds"],
+    )
     tx.execute(
-        "INSERT INTO banks (id, name, location, heartbeat_interval_seconds, created_at)"
-        " VALUES (?, ?, ?, ?, ?)",
-        (d["bank_id"], d["name"], d["location"], d["heartbeat_interval_seconds"], d["created_at"]),
+        "INSERT INTO banks (id, name, location, heartbeat_interval_seconds, created_at,"
+        " config_hash) VALUES (?, ?, ?, ?, ?, ?)",
+        (
+            d["bank_id"],
+            d["name"],
+            d["location"],
+            d["heartbeat_interval_seconds"],
+            d["created_at"],
+            config_hash,
+        ),
     )
     tx.executemany(
         "INSERT INTO compartments (id, bank_id, number, slave_id, address, door_state)"

@@ -182,11 +182,35 @@ def answer(
 
 
 async def online_bank(w: World, bank_id: str = BANK, *, interval: int = INTERVAL) -> None:
-    """Created, USER granted on compartment 1, online (one heartbeat)."""
+    """Created, USER granted on compartment 1, online (one heartbeat), configured: the device
+    has answered the ``apply_config`` a new bank gets when it first comes online (contract §2).
+    """
     await create(w, bank_id, interval=interval)
     await grant(w, bank_id=bank_id)
     outcome = await w.registry.ask(bank_id, heartbeat(), kind="state")
     assert outcome.state.presence == "online"
+    await configure(w, bank_id)
+
+
+async def configure(w: World, bank_id: str = BANK) -> None:
+    """The device answers the bank's pending ``apply_config`` with its hash."""
+    state = (await w.registry.ask(bank_id, c.Tick())).state
+    push = state.pending_config()
+    assert push is not None, "a bank whose device has applied nothing gets its configuration"
+    await w.publisher.wait_until(lambda: bool(w.publisher.commands(push.transaction_id)))
+    outcome = await w.registry.ask(
+        bank_id,
+        c.RecordAnswer(
+            transaction_id=push.transaction_id,
+            action="apply_config",
+            result="success",
+            error_code=None,
+            message=None,
+            applied_config_hash=push.config_hash,
+        ),
+        kind="response",
+    )
+    assert outcome.state.applied_config_hash == outcome.state.config_hash
 
 
 def types(events: Sequence[e.Event]) -> list[str]:

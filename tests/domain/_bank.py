@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from domain import bank as b
@@ -86,8 +87,25 @@ def create_command(
     )
 
 
-def created(specs: tuple[e.CompartmentSpec, ...] = SPECS, interval: int = INTERVAL) -> BankState:
-    return apply(BankState(), create_command(specs, interval))
+def created(
+    specs: tuple[e.CompartmentSpec, ...] = SPECS,
+    interval: int = INTERVAL,
+    *,
+    applied: bool = True,
+) -> BankState:
+    """A created bank; ``applied``: its device already runs the bank's configuration.
+
+    A new bank's device has applied nothing, so its first heartbeat brings an ``apply_config``
+    (contract §2); the tests about everything else start from a device that has answered it,
+    as a real one does within a round trip. ``applied=False`` is the bank as created.
+    """
+    state = apply(BankState(), create_command(specs, interval))
+    return configured(state) if applied else state
+
+
+def configured(state: BankState) -> BankState:
+    """``state`` with the device having applied its current configuration (its last answer)."""
+    return replace(state, applied_config_hash=state.config_hash)
 
 
 def provisioned(now: datetime = T0 + secs(60)) -> BankState:

@@ -164,7 +164,9 @@ def play(n: int, plan: list[Step], check: object = None) -> tuple[Run, list[str]
         elif isinstance(op, TickAt):
             command = at(c.Tick(), now)
         else:
-            command = heartbeat(now, uptime=op.uptime)
+            # a fresh spare id each time, as the shell generates them: the bank may use it for
+            # the apply_config it pushes when it comes online again (contract §2)
+            command = heartbeat(now, uptime=op.uptime, spare=f"spare-{len(run.state.transactions)}")
         before = run.state
         try:
             run.do(command)
@@ -261,8 +263,8 @@ def test_a_command_times_out_at_its_expiry_and_not_before(
 
     def timeouts_only_when_due(before: BankState, after: BankState, now: datetime) -> None:
         for tx_id, tx in after.transactions.items():
-            old = before.transactions[tx_id]
-            if old.status == "pending" and tx.status == "timeout":
+            old = before.transactions.get(tx_id)  # None: a push of the bank coming online
+            if old is not None and old.status == "pending" and tx.status == "timeout":
                 assert now >= old.expires_at
 
     play(n, plan, timeouts_only_when_due)
