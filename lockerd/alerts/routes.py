@@ -7,11 +7,10 @@ the alert's bank: it is decided by the bank's actor (on whichever node owns it) 
 
 from __future__ import annotations
 
-import uuid
 from typing import Annotated, Any, Final
 
 import msgspec
-from quart import Blueprint, request
+from quart import Blueprint
 from quart_schema import document_querystring
 
 from domain import commands as c
@@ -23,6 +22,7 @@ from lockerd.http.context import ctx
 from lockerd.http.errors import ApiError
 from lockerd.http.ids import parse_id
 from lockerd.http.openapi import IsoTime, documented
+from lockerd.http.querystring import one, uuid_text, whole_number
 
 blueprint = Blueprint("alerts", __name__)
 
@@ -57,34 +57,16 @@ class AlertOut(msgspec.Struct):
     data: Annotated[dict[str, Any], msgspec.Meta(description="the raising event's data")]
 
 
-def _one(name: str) -> str | None:
-    values = request.args.getlist(name)
-    if not values:
-        return None
-    if len(values) > 1:
-        raise ApiError(400, f"{name} may be given only once")
-    return values[0]
-
-
-def _whole(name: str, text: str, low: int, high: int) -> int:
-    if not (text.isascii() and text.isdigit()) or not low <= int(text) <= high:
-        raise ApiError(400, f"{name} must be a whole number from {low} to {high}")
-    return int(text)
-
-
 def parse_filter() -> AlertFilter:
     """The query string as an :class:`AlertFilter`; 400 naming the parameter that is wrong."""
-    state = _one("state")
+    state = one("state")
     if state is not None and state not in ALERT_STATES:
         raise ApiError(400, "state must be one of open, acknowledged, resolved")
-    bank_id = _one("bank_id")
+    bank_id = one("bank_id")
     if bank_id is not None:
-        try:
-            bank_id = str(uuid.UUID(bank_id))
-        except ValueError:
-            raise ApiError(400, "bank_id must be a locker bank id") from None
-    limit_text = _one("limit")
-    limit = DEFAULT_LIMIT if limit_text is None else _whole("limit", limit_text, 1, MAX_LIMIT)
+        bank_id = uuid_text("bank_id", bank_id, "a locker bank id")
+    limit_text = one("limit")
+    limit = DEFAULT_LIMIT if limit_text is None else whole_number("limit", limit_text, 1, MAX_LIMIT)
     return AlertFilter(state, bank_id, limit)
 
 

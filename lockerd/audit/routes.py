@@ -15,12 +15,10 @@ Anything malformed is a 400 that names the parameter.
 from __future__ import annotations
 
 import re
-import uuid
-from datetime import UTC, datetime
 from typing import Annotated, Any, Final
 
 import msgspec
-from quart import Blueprint, request
+from quart import Blueprint
 from quart_schema import document_querystring
 
 from domain.actor import ADMIN_TOKEN_ACTOR_ID
@@ -30,6 +28,7 @@ from lockerd.http.auth import require_admin
 from lockerd.http.context import ctx
 from lockerd.http.errors import ApiError
 from lockerd.http.openapi import IsoTime, documented
+from lockerd.http.querystring import moment, one, uuid_text, whole_number
 
 blueprint = Blueprint("audit", __name__)
 
@@ -87,60 +86,25 @@ class AuditEntryOut(msgspec.Struct):
     data: dict[str, Any]
 
 
-def _one(name: str) -> str | None:
-    values = request.args.getlist(name)
-    if not values:
-        return None
-    if len(values) > 1:
-        raise ApiError(400, f"{name} may be given only once")
-    return values[0]
-
-
-def _uuid(name: str, text: str) -> str:
-    try:
-        return str(uuid.UUID(text))
-    except ValueError:
-        raise ApiError(400, f"{name} must be an id") from None
-
-
-def _moment(name: str, text: str) -> datetime:
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise ApiError(400, f"{name} must be ISO 8601, e.g. 2026-03-01T12:00:00Z") from None
-    if moment.tzinfo is None:
-        raise ApiError(400, f"{name} needs a UTC offset (e.g. Z or +01:00)")
-    try:
-        return moment.astimezone(UTC)
-    except OverflowError:
-        raise ApiError(400, f"{name} is out of range") from None
-
-
-def _whole(name: str, text: str, low: int, high: int) -> int:
-    if not (text.isascii() and text.isdigit()) or not low <= int(text) <= high:
-        raise ApiError(400, f"{name} must be a whole number from {low} to {high}")
-    return int(text)
-
-
 def parse_filter() -> AuditFilter:
     """The request's query string as an :class:`AuditFilter`; 400 for anything malformed."""
-    actor_id = _one("actor_id")
+    actor_id = one("actor_id")
     if actor_id is not None and actor_id != ADMIN_TOKEN_ACTOR_ID:
-        actor_id = _uuid("actor_id", actor_id)
-    bank_id = _one("bank_id")
+        actor_id = uuid_text("actor_id", actor_id)
+    bank_id = one("bank_id")
     if bank_id is not None:
-        bank_id = _uuid("bank_id", bank_id)
-    type_ = _one("type")
+        bank_id = uuid_text("bank_id", bank_id)
+    type_ = one("type")
     if type_ is not None and not _TYPE.match(type_):
         raise ApiError(400, "type must be an event type name like CompartmentAccessGranted")
-    since_text, until_text = _one("since"), _one("until")
-    since = None if since_text is None else _moment("since", since_text)
-    until = None if until_text is None else _moment("until", until_text)
+    since_text, until_text = one("since"), one("until")
+    since = None if since_text is None else moment("since", since_text)
+    until = None if until_text is None else moment("until", until_text)
     if since is not None and until is not None and until <= since:
         raise ApiError(400, "until must be later than since")
-    before_text, limit_text = _one("before"), _one("limit")
-    before = None if before_text is None else _whole("before", before_text, 1, _POSITION_MAX)
-    limit = DEFAULT_LIMIT if limit_text is None else _whole("limit", limit_text, 1, MAX_LIMIT)
+    before_text, limit_text = one("before"), one("limit")
+    before = None if before_text is None else whole_number("before", before_text, 1, _POSITION_MAX)
+    limit = DEFAULT_LIMIT if limit_text is None else whole_number("limit", limit_text, 1, MAX_LIMIT)
     return AuditFilter(actor_id, bank_id, type_, since, until, before, limit)
 
 
