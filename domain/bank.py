@@ -278,11 +278,21 @@ def _may_redeem_again(state: BankState, command: c.Provision, now: datetime) -> 
     )
 
 
-def _grant(state: BankState, command: c.GrantAccess, now: datetime) -> list[e.Event]:
-    if state.compartment_by_id(command.compartment_id) is None:
+def _check_grantable(
+    state: BankState, compartment_id: str, expires_at: datetime | None, now: datetime
+) -> None:
+    """Raises :class:`CommandRejected` unless the compartment exists and the expiry is ahead.
+
+    The same for a user's grant and a group's.
+    """
+    if state.compartment_by_id(compartment_id) is None:
         raise c.CommandRejected("not_found", "unknown compartment")
-    if command.expires_at is not None and command.expires_at <= now:
+    if expires_at is not None and expires_at <= now:
         raise c.CommandRejected("invalid", "expires_at must be in the future")
+
+
+def _grant(state: BankState, command: c.GrantAccess, now: datetime) -> list[e.Event]:
+    _check_grantable(state, command.compartment_id, command.expires_at, now)
     return [
         e.CompartmentAccessGranted(
             compartment_id=command.compartment_id,
@@ -308,10 +318,7 @@ def _revoke(state: BankState, command: c.RevokeAccess, now: datetime) -> list[e.
 
 
 def _grant_group(state: BankState, command: c.GrantGroupAccess, now: datetime) -> list[e.Event]:
-    if state.compartment_by_id(command.compartment_id) is None:
-        raise c.CommandRejected("not_found", "unknown compartment")
-    if command.expires_at is not None and command.expires_at <= now:
-        raise c.CommandRejected("invalid", "expires_at must be in the future")
+    _check_grantable(state, command.compartment_id, command.expires_at, now)
     return [
         e.CompartmentGroupAccessGranted(
             compartment_id=command.compartment_id,
