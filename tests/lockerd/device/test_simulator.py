@@ -186,9 +186,10 @@ async def test_duplicated_command_is_executed_once(
     async with lockerd(test_settings(mosquitto.url, tmp_path / "db")) as svc:
         banks = [await svc.create_bank(compartments=2, name=f"Dup {n}") for n in range(3)]
         behaviour = Behaviour(door_open=Delay.fixed(0.05))
-        async with running_fleet(mosquitto, banks, behaviour) as fleet, command_tap(
-            mosquitto
-        ) as tap:
+        async with (
+            running_fleet(mosquitto, banks, behaviour) as fleet,
+            command_tap(mosquitto) as tap,
+        ):
             with trio.fail_after(WAIT):
                 await fleet.wait_online()
             bank_id = banks[0]["id"]
@@ -250,9 +251,7 @@ async def test_expired_and_unknown_commands_are_refused(
             replies: dict[str, dict[str, Any]] = {}
             await tap.subscribe([(p.response_topic(banks[0]["id"]), 1)])
             cases = {
-                "expired": command(
-                    p.OPEN_COMPARTMENT, {"compartment_number": 1}, expires_in=-1.0
-                ),
+                "expired": command(p.OPEN_COMPARTMENT, {"compartment_number": 1}, expires_in=-1.0),
                 "unknown": command(p.OPEN_COMPARTMENT, {"compartment_number": 9}),
                 "action": command("self_destruct", {}),
             }

@@ -12,7 +12,6 @@ from tests.support.device import Answer, config_hash, device
 from tests.support.mosquitto import MosquittoBroker
 from tests.support.users import running_app
 
-
 EXPECTED_LIST = [
     {"id": 1, "slaveId": 1, "address": 0},
     {"id": 2, "slaveId": 1, "address": 1},
@@ -158,9 +157,7 @@ async def test_open_recorded_while_the_broker_is_down_is_sent_after_a_restart(
             types = [ev["type"] for ev in await app.events(bank["id"])]
             assert "CompartmentOpeningRequested" in types
             dispatched = await app.events(bank["id"], "CommandDispatched")
-            assert [ev["data"]["transaction_id"] for ev in dispatched] == [
-                pushed["transaction_id"]
-            ]
+            assert [ev["data"]["transaction_id"] for ev in dispatched] == [pushed["transaction_id"]]
         # the service stopped with the command recorded but never published
         assert dev.commands == [pushed]
 
