@@ -11,6 +11,10 @@ topic and answers every command according to ``dev.answers[action]``:
 
 Every command received is kept in ``dev.commands``; ``await dev.next_command()`` waits for the
 next one. Heartbeats, last wills, device events and raw payloads are one call each.
+``await dev.come_online(fleet)`` heartbeats and waits until the bank is online and has recorded
+the device's answer to the ``apply_config`` a bank gets as it comes online without its
+configuration (contract §2; a new bank always does); :data:`CONFIG_PUSHED` is what that leaves
+in the bank's history.
 """
 
 from __future__ import annotations
