@@ -11,6 +11,10 @@ topic and answers every command according to ``dev.answers[action]``:
 
 Every command received is kept in ``dev.commands``; ``await dev.next_command()`` waits for the
 next one. Heartbeats, last wills, device events and raw payloads are one call each.
+``await dev.come_online(fleet)`` heartbeats and waits until the bank is online and has recorded
+the device's answer to the ``apply_config`` a bank gets as it comes online without its
+configuration (contract §2; a new bank always does); :data:`CONFIG_PUSHED` is what that leaves
+in the bank's history.
 """
 
 from __future__ import annotations
@@ -31,6 +35,10 @@ from actors.fleet import FleetView
 from gateway.mqtt import MqttClient, MqttSettings, Will, open_mqtt_client
 
 ECHO = "<echo the command's config_hash>"
+
+#: a bank's history of an ``apply_config`` the backend sent by itself and the device applied
+#: (what :meth:`TestDevice.come_online` leaves in a new bank's history after its coming online)
+CONFIG_PUSHED = ("ConfigApplyRequested", "CommandDispatched", "ConfigApplied")
 
 
 @dataclass(frozen=True)
@@ -165,6 +173,40 @@ class TestDevice:
             )
         for _ in range(answer.copies):
             await self.publish(answer.topic, payload)
+
+    async def come_online(
+        self, fleet: FleetView, *, within: float = 30.0, **heartbeat: Any
+    ) -> dict[str, Any] | None:
+        """Heartbeat and return once the bank is online and runs its configuration.
+
+        A bank whose device has not applied its configuration (a new bank among them) gets an
+        ``apply_config`` by itself when it comes online (contract §2); this device answers it
+        (by ``answers["apply_config"]``, :data:`ECHO` by default) and this waits until lockerd
+        has recorded the answer, so that a test about something else starts from a device
+        that is up to date, as a real one is within a round trip. Returns that push, consumed
+        from :meth:`next_command` (``None`` when none was due). ``heartbeat``: arguments of
+        :meth:`heartbeat`.
+        """
+        await self.heartbeat(**heartbeat)
+
+        async def configured() -> bool:
+            status = fleet.banks.get(self.bank_id)
+            return (
+                status is not None
+                and status.presence == "online"
+                and status.config_hash is not None
+                and status.applied_config_hash == status.config_hash
+            )
+
+        await wait_until(fleet, configured, within=within, what=f"bank {self.bank_id} configured")
+        push = None
+        while self._consumed < len(self.commands):
+            command = self.commands[self._consumed]
+            if command["action"] != "apply_config":
+                break
+            push = command
+            self._consumed += 1
+        return push
 
     # --- receiving ----------------------------------------------------------------------
 

@@ -76,7 +76,9 @@ class Bank:
 
 
 async def online(store: Store) -> Bank:
-    """A bank created, provisioned, granted on every compartment and online, all stored."""
+    """A bank created, provisioned, granted on every compartment, online and running its
+    configuration (its device answered the ``apply_config`` its first heartbeat brought,
+    contract §2), all stored."""
     bank = Bank(store)
     await bank.run(create_command())
     await bank.run(
@@ -92,7 +94,17 @@ async def online(store: Store) -> Bank:
     )
     for number in (1, 2, 3):
         await bank.run(at(c.GrantAccess(f"comp-{number}", USER, None), T0 + secs(61)))
-    await bank.run(heartbeat(T_ONLINE))
+    pushed = await bank.run(heartbeat(T_ONLINE))
+    (push,) = [ev for ev in pushed if isinstance(ev, e.ConfigApplyRequested)]
+    await bank.run(
+        answer(
+            push.transaction_id,
+            T_ONLINE,
+            action="apply_config",
+            applied_config_hash=push.config_hash,
+        )
+    )
+    assert bank.state.applied_config_hash == bank.state.config_hash
     return bank
 
 

@@ -68,8 +68,7 @@ async def test_device_alerts_are_listed_and_acknowledged_by_an_audited_operator(
         assert (await app.grant(first, user)).status_code == 201
         async with device(mosquitto.url, bank_id) as dev:
             dev.answers["open_compartment"] = Answer(result="error", error_code="DOOR_JAMMED")
-            await dev.heartbeat(retain=False)
-            await app.until_presence(bank_id, "online")
+            await dev.come_online(app.context.fleet, retain=False)
             await dev.event("door_state_changed", {"compartment_number": 2, "state": "open"})
             (opened,) = await until_alerts(app, 1)
             response = await app.open(user, first)
@@ -132,7 +131,7 @@ async def test_unhappy_paths(mosquitto: MosquittoBroker, tmp_path: Path) -> None
         user = await app.signed_in_user()
         bank_id = (await app.create_bank(heartbeat_interval_seconds=3600))["id"]
         async with device(mosquitto.url, bank_id) as dev:
-            await dev.heartbeat(retain=False)
+            await dev.come_online(app.context.fleet, retain=False)
             await dev.event("door_state_changed", {"compartment_number": 1, "state": "open"})
             (alert,) = await until_alerts(app, 1)
         acknowledge = f"/api/admin/alerts/{alert['id']}/acknowledge"
@@ -189,8 +188,7 @@ async def test_offline_for_three_intervals_raises_and_coming_back_resolves(
     async with running_app(mosquitto.url, tmp_path / "o.db", clock) as app:
         bank_id = (await app.create_bank(heartbeat_interval_seconds=10))["id"]
         async with device(mosquitto.url, bank_id, session_id="boot-1") as dev:
-            await dev.heartbeat(retain=False)
-            await app.until_presence(bank_id, "online")
+            await dev.come_online(app.context.fleet, retain=False)
             await dev.last_will()
             await app.until_presence(bank_id, "offline")
             # (the real time that passes meanwhile counts too: a wide margin below 30 s)
@@ -204,8 +202,7 @@ async def test_offline_for_three_intervals_raises_and_coming_back_resolves(
             assert alert["data"]["heartbeat_interval_seconds"] == 10
             await tick(app, bank_id)
             assert len(await alerts(app)) == 1  # once per outage
-            await dev.heartbeat(retain=False)
-            await app.until_presence(bank_id, "online")
+            await dev.come_online(app.context.fleet, retain=False)
             (resolved,) = await until_alerts(app, 1, state="resolved")
         assert resolved == {**alert, "state": "resolved"}
         assert await alerts(app, state="open") == []
@@ -218,7 +215,7 @@ async def test_alerts_and_an_outage_deadline_survive_a_restart(
     async with app_on(mosquitto, tmp_path, database, clock) as app:
         bank_id = (await app.create_bank(heartbeat_interval_seconds=10))["id"]
         async with device(mosquitto.url, bank_id, session_id="boot-1") as dev:
-            await dev.heartbeat(retain=False)
+            await dev.come_online(app.context.fleet, retain=False)
             await dev.event("door_state_changed", {"compartment_number": 1, "state": "open"})
             (door,) = await until_alerts(app, 1)
             await dev.last_will()

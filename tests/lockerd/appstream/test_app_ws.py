@@ -83,8 +83,9 @@ async def closed_with(ws: WebSocketConnection) -> tuple[int, str | None]:
 
 
 async def online(app: App, dev: TestDevice, bank_id: str) -> None:
-    await dev.heartbeat()
-    await app.until_presence(bank_id, "online")
+    """The bank online, its device running its configuration (contract §2)."""
+    assert dev.bank_id == bank_id
+    await dev.come_online(app.context.fleet)
 
 
 async def test_a_bad_or_missing_token_refuses_the_handshake(
@@ -257,8 +258,7 @@ async def test_a_stalled_client_is_dropped_and_the_actors_carry_on(
 
             nursery.start_soon(follow)
             for _ in range(flips):
-                await dev.heartbeat(retain=False)
-                await app.until_presence(bank["id"], "online")
+                await dev.come_online(app.context.fleet, retain=False)
                 await dev.last_will()
                 await app.until_presence(bank["id"], "offline")
 

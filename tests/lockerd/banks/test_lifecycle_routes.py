@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.device import device
+from tests.support.device import config_hash, device
 from tests.support.goauth import acl_check, auth, register_once
 from tests.support.mosquitto import MosquittoBroker
 from tests.support.postgres import server_url
@@ -72,9 +72,17 @@ async def test_configuration_changes_are_pushed_to_the_online_bank(
         bank = await app.create_bank(compartments=2, name="Hall", location="Ground floor")
         bank_path = f"/api/admin/locker-banks/{bank['id']}"
         c1, c2 = (c["id"] for c in bank["compartments"])
+        created_hash = config_hash(
+            [{"id": 1, "slaveId": 1, "address": 0}, {"id": 2, "slaveId": 1, "address": 1}], 10
+        )
+        created = await app.bank(bank["id"])
+        assert (created["config_hash"], created["applied_config_hash"]) == (created_hash, None)
         async with device(mosquitto.url, bank["id"]) as dev:
+            # the configuration it was created with: pushed as the bank first comes online
             await dev.heartbeat()
-            await app.until_presence(bank["id"], "online")
+            command = await dev.next_command("apply_config")
+            assert command["data"]["config_hash"] == created_hash
+            await app.until_transaction(command["transaction_id"], status="success")
 
             # a new name and location only: no configuration change, nothing sent
             renamed = await patch(app, bank_path, {"name": "Town hall", "location": None})
@@ -83,8 +91,9 @@ async def test_configuration_changes_are_pushed_to_the_online_bank(
             assert (view["name"], view["location"], view["config_hash"]) == (
                 "Town hall",
                 None,
-                None,
+                created_hash,
             )
+            assert view["applied_config_hash"] == created_hash
             assert view["decommissioned"] is False
             assert view["presence"] == "online"
 
@@ -146,7 +155,7 @@ async def test_configuration_changes_are_pushed_to_the_online_bank(
                 (1, True),
                 (2, False),
             ]
-            assert [c["action"] for c in dev.commands] == ["apply_config"] * 4
+            assert [c["action"] for c in dev.commands] == ["apply_config"] * 5
 
         listed = (await app.admin_get("/api/admin/locker-banks")).json()
         assert listed[0]["compartments"][0]["out_of_service"] is True
@@ -186,8 +195,7 @@ async def test_out_of_service_refuses_opens_of_users_and_operators(
         user = await app.signed_in_user()
         await app.grant(cid, user)
         async with device(mosquitto.url, bank["id"]) as dev:
-            await dev.heartbeat()
-            await app.until_presence(bank["id"], "online")
+            pushed = await dev.come_online(app.context.fleet)
             assert (
                 await patch(app, f"/api/admin/compartments/{cid}", {"out_of_service": True})
             ).status_code == 200
@@ -200,7 +208,7 @@ async def test_out_of_service_refuses_opens_of_users_and_operators(
             assert denied[0]["data"]["user_id"] == user.id
             assert denied[1]["data"]["actor"] == ADMIN_TOKEN_ACTOR
             assert denied[1]["data"]["request_reason"] == "item stuck"
-            assert dev.commands == []
+            assert dev.commands == [pushed]
             # back in service: it opens again
             assert (
                 await patch(app, f"/api/admin/compartments/{cid}", {"out_of_service": False})
@@ -220,8 +228,7 @@ async def test_an_operator_opens_without_a_grant_and_is_refused_like_a_user(
         # offline: refused and recorded with the actor
         assert_refused(await operator_open(app, c1, headers=admin.headers), 409, "offline")
         async with device(mosquitto.url, bank["id"]) as dev:
-            await dev.heartbeat()
-            await app.until_presence(bank["id"], "online")
+            await dev.come_online(app.context.fleet)
             opened = await operator_open(app, c1, "  cleaning  ", admin.headers)
             assert opened.status_code == 202, opened.text
             assert opened.json()["status"] == "pending"
@@ -270,8 +277,7 @@ async def test_decommissioning_revokes_the_device_and_freezes_the_bank(
         async with device(
             mosquitto.url, bank["id"], client_id="box-a", username=mqtt_user, password=password
         ) as dev:
-            await dev.heartbeat(retain=False)
-            await app.until_presence(bank["id"], "online")
+            pushed = await dev.come_online(app.context.fleet, retain=False)
             assert await auth(app.http, mqtt_user, password) == 200
             assert await acl_check(app.http, mqtt_user, state_topic, 2) == 200
             rotated = await app.admin_post(f"{bank_path}/provisioning-token")
@@ -308,7 +314,7 @@ async def test_decommissioning_revokes_the_device_and_freezes_the_bank(
             assert_refused(await app.open(user, c1), 409, "decommissioned")
             assert_refused(await operator_open(app, c1), 409, "decommissioned")
             assert_refused(await app.admin_post(f"{bank_path}/apply-config"), 409)
-            assert dev.commands == []
+            assert dev.commands == [pushed]
 
         # no further lifecycle change, no second decommission
         for response in (
@@ -438,8 +444,7 @@ async def test_refusals_of_the_lifecycle_routes(mosquitto: MosquittoBroker, tmp_
         assert not_failed.json()["error"] == "not_failed"
         async with device(mosquitto.url, bank["id"]) as dev:
             dev.answers["open_compartment"] = None
-            await dev.heartbeat()
-            await app.until_presence(bank["id"], "online")
+            await dev.come_online(app.context.fleet)
             assert (await operator_open(app, c1)).status_code == 202
             assert_refused(await app.admin_delete(f"/api/admin/compartments/{c1}"), 409)
         assert (await app.admin_delete(f"/api/admin/compartments/{c2}")).status_code == 204

@@ -132,9 +132,8 @@ async def test_the_live_model_agrees_with_the_store_also_after_restart_and_rebui
             device(mosquitto.url, north["id"]) as dev_n,
             device(mosquitto.url, south["id"]) as dev_s,
         ):
-            for dev, bank in ((dev_n, north), (dev_s, south)):
-                await dev.heartbeat()
-                await app.until_presence(bank["id"], "online")
+            for dev in (dev_n, dev_s):
+                await dev.come_online(app.context.fleet)
             await open_and_settle(app, u1, a1, "success")
             dev_n.answers["open_compartment"] = Answer(
                 result="error", error_code="DOOR_JAMMED", message="stuck"
@@ -218,8 +217,7 @@ async def test_old_transactions_leave_memory_and_are_read_from_the_store(
         user = await app.signed_in_user()
         await app.grant(cid, user)
         async with device(mosquitto.url, bank["id"]) as dev:
-            await dev.heartbeat()
-            await app.until_presence(bank["id"], "online")
+            await dev.come_online(app.context.fleet)
             ids = [await open_and_settle(app, user, cid, "success") for _ in range(4)]
         assert [live.transaction(t) is not None for t in ids] == [False, False, True, True]
         for transaction_id in ids:  # the same answer either way
@@ -258,8 +256,7 @@ async def test_hot_reads_never_touch_the_store(mosquitto: MosquittoBroker, tmp_p
         user = await app.signed_in_user()
         await app.grant(cid, user)
         async with device(mosquitto.url, bank["id"]) as dev:
-            await dev.heartbeat()
-            await app.until_presence(bank["id"], "online")
+            await dev.come_online(app.context.fleet)
             transaction_id = await open_and_settle(app, user, cid, "success")
             await app.http.get("/api/compartments", headers=user.headers)  # token now cached
             with CountingReads(app) as reads:

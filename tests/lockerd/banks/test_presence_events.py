@@ -7,7 +7,7 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 
-from tests.support.device import device
+from tests.support.device import CONFIG_PUSHED, device
 from tests.support.mosquitto import MosquittoBroker
 from tests.support.users import App, running_app
 
@@ -44,7 +44,8 @@ async def test_heartbeats_are_not_events_and_reboots_are(
     async with running_app(mosquitto.url, tmp_path / "l.db") as app:
         bank = (await app.create_bank(heartbeat_interval_seconds=3600))["id"]
         async with device(mosquitto.url, bank) as dev:
-            for uptime in (100, 110, 120, 5, 15):
+            await dev.come_online(app.context.fleet, uptime_seconds=100)
+            for uptime in (110, 120, 5, 15):
                 await dev.heartbeat(uptime_seconds=uptime)
             await app.until_inbound("state", 5)
             assert app.inbound("state", "processed") == 5
@@ -53,6 +54,7 @@ async def test_heartbeats_are_not_events_and_reboots_are(
             "LockerBankCreated",
             "ProvisioningTokenIssued",
             "LockerBankCameOnline",
+            *CONFIG_PUSHED,  # the new bank's configuration, applied by the device
             "DeviceRebooted",
         ]
         rebooted = (await app.events(bank, "DeviceRebooted"))[0]["data"]
@@ -65,7 +67,7 @@ async def test_door_events_update_state_dedupe_and_raise_alerts(
     async with running_app(mosquitto.url, tmp_path / "l.db") as app:
         bank = (await app.create_bank(compartments=2, heartbeat_interval_seconds=3600))["id"]
         async with device(mosquitto.url, bank) as dev:
-            await dev.heartbeat()
+            await dev.come_online(app.context.fleet)
             await dev.event(
                 "door_state_changed", {"compartment_number": 2, "state": "open"}, event_id="e-1"
             )
@@ -84,6 +86,7 @@ async def test_door_events_update_state_dedupe_and_raise_alerts(
         types = await history(app, bank)
         assert types[2:] == [
             "LockerBankCameOnline",
+            *CONFIG_PUSHED,
             "DoorStateChanged",
             "UncommandedDoorOpening",
             "DoorStateChanged",

@@ -224,22 +224,32 @@ async def test_every_line_is_json_stdlib_loggers_included(tmp_path: Path) -> Non
         "LOCKERD_LOG_FORMAT": "json",
     }
     process = spawn_serve(env)
+    assert process.stderr is not None
+
+    def lines_until_the_adapter_logs() -> list[str]:
+        """Read stderr up to the adapter's first line (its first failed connect), so that the
+        service is stopped only after a standard-library logger has written."""
+        assert process.stderr is not None
+        lines: list[str] = []
+        for line in process.stderr:
+            lines.append(line)
+            if json.loads(line).get("logger") == "gateway.mqtt":
+                break
+        return lines
+
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=2.0) as client:
-
-            async def answers() -> bool:
-                try:
-                    return (await client.get("/healthz")).status_code == 503
-                except httpx.TransportError:
-                    return False
-
-            await eventually(answers, within=15.0)
+        with trio.fail_after(15):
+            # abandoned if it times out: killing the process below ends the read
+            head = await trio.to_thread.run_sync(
+                lines_until_the_adapter_logs, abandon_on_cancel=True
+            )
         process.send_signal(signal.SIGTERM)
-        _, stderr = await trio.to_thread.run_sync(process.communicate, None, 15)
+        _, rest = await trio.to_thread.run_sync(process.communicate, None, 15)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait(10)
+    stderr = "".join(head) + rest
     records = [json.loads(line) for line in stderr.splitlines() if line.strip()]
     assert any(record.get("logger") == "gateway.mqtt" for record in records), records
     assert all({"event", "level", "timestamp"} <= record.keys() for record in records)

@@ -301,7 +301,9 @@ async def test_operator_streams_travel_and_rebuild(
     assert await rebuild(target) == len(lines)
     settings = test_settings(mosquitto.url, tmp_path / "unused.db", LOCKERD_DATABASE=target)
     async with lockerd(settings) as svc:
-        assert list(svc.context.registry.entries) == [bank["id"]]  # no actor for the others
+        # no actor for the others (a node on PostgreSQL starts its shards' banks at once; on
+        # SQLite a bank's actor starts only when it is first needed)
+        assert set(svc.context.registry.entries) <= {bank["id"]}
         groups = (await svc.admin_get("/api/admin/groups")).json()
         # the users table does not travel (docs/deploy.md); the membership event does
         assert groups == [{"id": group_id, "name": "crew", "members": [user.json()["id"]]}]

@@ -66,12 +66,14 @@ async def command_tap(mosquitto: MosquittoBroker) -> AsyncIterator[MqttClient]:
         yield client
 
 
-async def next_command(tap: MqttClient, action: str, bank_id: str) -> bytes:
+async def next_command(tap: MqttClient, transaction_id: str, bank_id: str) -> bytes:
+    """The command ``transaction_id`` as the tap saw it published to ``bank_id``'s device (the
+    tap also sees the ``apply_config`` a bank gets by itself as it comes online)."""
     with trio.fail_after(WAIT):
         async for message in tap.messages():
             if message.topic != p.command_topic(bank_id):
                 continue
-            if json.loads(message.payload)["action"] == action:
+            if json.loads(message.payload)["transaction_id"] == transaction_id:
                 return message.payload
     raise AssertionError("tap closed")
 
@@ -139,26 +141,43 @@ async def test_three_banks_provision_come_online_and_apply_config(
 
             for created in banks:
                 device = fleet.device_for_bank(created["id"])
-                tid = await request_apply_config(svc, created["id"])
-                sent = json.loads(await next_command(tap, "apply_config", created["id"]))
-                with trio.fail_after(WAIT):
-                    await fleet.wait_answered(tid)
-                assert device.executions[tid] == 1
-                # The device's own hash (lockerd.device.protocol) is the backend's.
-                applied = device.applied_config
-                assert applied is not None
-                assert applied.config_hash == sent["data"]["config_hash"]
 
+                # the configuration it was created with, sent by itself as the bank came
+                # online (contract §2), applied by the device: once, and nothing sent again
                 async def acknowledged(bank_id: str = created["id"]) -> bool:
                     view = await bank(svc, bank_id)
                     return bool(view["applied_config_hash"] == view["config_hash"] is not None)
 
                 await eventually(acknowledged, within=WAIT)
                 view = await bank(svc, created["id"])
+                events = await history(svc, created["id"])
+                pushes = [e for e in events if e["type"] == "ConfigApplyRequested"]
+                assert [e["data"]["config_hash"] for e in pushes] == [view["config_hash"]]
+                pushed = pushes[0]["data"]["transaction_id"]
+                assert device.executions[pushed] == 1
+                # The device's own hash (lockerd.device.protocol) is the backend's.
+                assert device.applied_config is not None
+                assert device.applied_config.config_hash == view["config_hash"]
+
+                # and an operator's apply-config goes the same way
+                tid = await request_apply_config(svc, created["id"])
+                sent = json.loads(await next_command(tap, tid, created["id"]))
+                assert sent["action"] == "apply_config"
+                with trio.fail_after(WAIT):
+                    await fleet.wait_answered(tid)
+                assert device.executions[tid] == 1
+                applied = device.applied_config
+                assert applied is not None
+                assert applied.config_hash == sent["data"]["config_hash"] == view["config_hash"]
+
+                async def succeeded(transaction_id: str = tid) -> bool:
+                    tx = await svc.admin_get(f"/api/transactions/{transaction_id}")
+                    assert tx.status_code == 200, tx.text
+                    return bool(tx.json()["status"] == "success")
+
+                await eventually(succeeded, within=WAIT)
+                view = await bank(svc, created["id"])
                 assert view["applied_config_hash"] == applied.config_hash
-                tx = await svc.admin_get(f"/api/transactions/{tid}")
-                if tx.status_code == 200:  # the users feature serves this route
-                    assert tx.json()["status"] == "success"
 
 
 async def test_duplicated_command_is_executed_once(
@@ -167,9 +186,10 @@ async def test_duplicated_command_is_executed_once(
     async with lockerd(test_settings(mosquitto.url, tmp_path / "db")) as svc:
         banks = [await svc.create_bank(compartments=2, name=f"Dup {n}") for n in range(3)]
         behaviour = Behaviour(door_open=Delay.fixed(0.05))
-        async with running_fleet(mosquitto, banks, behaviour) as fleet, command_tap(
-            mosquitto
-        ) as tap:
+        async with (
+            running_fleet(mosquitto, banks, behaviour) as fleet,
+            command_tap(mosquitto) as tap,
+        ):
             with trio.fail_after(WAIT):
                 await fleet.wait_online()
             bank_id = banks[0]["id"]
@@ -178,7 +198,7 @@ async def test_duplicated_command_is_executed_once(
             # 1. The backend's own apply_config, delivered twice (as QoS 1 may): one
             #    execution, the stored answer sent again, one ConfigApplied in the history.
             tid = await request_apply_config(svc, bank_id)
-            original = await next_command(tap, "apply_config", bank_id)
+            original = await next_command(tap, tid, bank_id)
             with trio.fail_after(WAIT):
                 await fleet.wait_answered(tid)
             applied_before = fleet.stats.configs_applied
@@ -231,9 +251,7 @@ async def test_expired_and_unknown_commands_are_refused(
             replies: dict[str, dict[str, Any]] = {}
             await tap.subscribe([(p.response_topic(banks[0]["id"]), 1)])
             cases = {
-                "expired": command(
-                    p.OPEN_COMPARTMENT, {"compartment_number": 1}, expires_in=-1.0
-                ),
+                "expired": command(p.OPEN_COMPARTMENT, {"compartment_number": 1}, expires_in=-1.0),
                 "unknown": command(p.OPEN_COMPARTMENT, {"compartment_number": 9}),
                 "action": command("self_destruct", {}),
             }

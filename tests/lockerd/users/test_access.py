@@ -107,8 +107,7 @@ async def test_my_compartments(mosquitto: MosquittoBroker, tmp_path: Path) -> No
         await app.admin_delete(f"/api/admin/compartments/{n3['id']}/grants/{user.id}")
 
         async with device(mosquitto.url, north["id"]) as dev:
-            await dev.heartbeat()
-            await app.until_presence(north["id"], "online")
+            await dev.come_online(app.context.fleet)
             await dev.event("door_state_changed", {"compartment_number": 2, "state": "open"})
 
             async def door_open() -> bool:
@@ -186,8 +185,7 @@ async def test_qr_code_opens_once(mosquitto: MosquittoBroker, tmp_path: Path) ->
         assert timedelta(seconds=100) < expires_at - app.clock() <= timedelta(seconds=120)
 
         async with device(mosquitto.url, bank["id"]) as dev:
-            await dev.heartbeat()
-            await app.until_presence(bank["id"], "online")
+            pushed = await dev.come_online(app.context.fleet)
             await dev.event("qr_scanned", {"qr_payload": code["qr_payload"]}, event_id="scan-1")
             command = await dev.next_command("open_compartment")
             assert command["data"] == {"compartment_number": 2}
@@ -219,7 +217,7 @@ async def test_qr_code_opens_once(mosquitto: MosquittoBroker, tmp_path: Path) ->
 
             reasons = [ev["data"]["reason"] for ev in await app.wait_until(two_denied)]
             assert reasons == ["qr_used", "qr_expired"]
-            assert len(dev.commands) == 1
+            assert dev.commands == [pushed, command]
 
 
 async def test_who_may_read_a_transaction(mosquitto: MosquittoBroker, tmp_path: Path) -> None:
@@ -231,8 +229,7 @@ async def test_who_may_read_a_transaction(mosquitto: MosquittoBroker, tmp_path: 
         admin = await app.signed_in_user(role="admin")
         await app.grant(compartment["id"], owner)
         async with device(mosquitto.url, bank["id"]) as dev:
-            await dev.heartbeat()
-            await app.until_presence(bank["id"], "online")
+            await dev.come_online(app.context.fleet)
             opened = await app.open(owner, compartment["id"])
             transaction_id = opened.json()["transaction_id"]
             tx = await app.until_transaction(transaction_id, status="success")

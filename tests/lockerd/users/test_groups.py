@@ -81,8 +81,7 @@ async def test_a_member_opens_through_a_group_grant_while_a_member(
             password=credentials.mqtt_password,
         ) as dev:
             dev.answers["open_compartment"] = Answer(message="opened")
-            await dev.heartbeat()
-            await app.until_presence(bank["id"], "online")
+            await dev.come_online(app.context.fleet)
             # not a member yet: no grant
             response = await app.open(member, compartment["id"])
             assert response.status_code == 403

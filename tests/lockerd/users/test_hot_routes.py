@@ -57,8 +57,7 @@ async def test_the_hot_answer_is_the_quart_answer(
         await app.grant(cid, user)
         async with device(mosquitto.url, bank["id"]) as dev:
             dev.answers["open_compartment"] = Answer(message="Tür geöffnet")  # non-ASCII
-            await dev.heartbeat()
-            await app.until_presence(bank["id"], "online")
+            await dev.come_online(app.context.fleet)
             response = await app.open(user, cid)
             transaction_id = response.json()["transaction_id"]
             await app.until_transaction(transaction_id, status="success")
@@ -111,8 +110,7 @@ async def test_a_hot_long_poll_waits_for_the_change(
         await app.grant(cid, user)
         async with device(mosquitto.url, bank["id"]) as dev:
             dev.answers["open_compartment"] = None
-            await dev.heartbeat()
-            await app.until_presence(bank["id"], "online")
+            await dev.come_online(app.context.fleet)
             transaction_id = (await app.open(user, cid)).json()["transaction_id"]
             command = await dev.next_command("open_compartment")
             answers: list[Any] = []
@@ -187,8 +185,7 @@ async def test_the_hot_open_answers_as_the_quart_route(
             assert (quart.status_code, quart.content) == (status, body), cid
         async with device(mosquitto.url, bank["id"]) as dev:
             dev.answers["open_compartment"] = None  # stays pending
-            await dev.heartbeat()
-            await app.until_presence(bank["id"], "online")
+            await dev.come_online(app.context.fleet)
             (status, body), _ = await hot_open(app, c1, user.token)
             assert status == 202
             accepted = json.loads(body)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from tests.support.device import Answer, TestDevice, device, provision
 from tests.support.mosquitto import MosquittoBroker
@@ -29,8 +30,7 @@ async def test_open_succeeds_for_a_provisioned_device(
             password=credentials.mqtt_password,
         ) as dev:
             dev.answers["open_compartment"] = Answer(message="opened")
-            await dev.heartbeat()
-            await app.until_presence(bank["id"], "online")
+            await dev.come_online(app.context.fleet)
             response = await app.open(user, compartment["id"])
             assert response.status_code == 202, response.text
             body = response.json()
@@ -48,9 +48,10 @@ async def test_open_succeeds_for_a_provisioned_device(
             assert tx["requested_at"] <= tx["completed_at"]
 
 
-async def online_bank(app: App, dev: TestDevice, bank_id: str) -> None:
-    await dev.heartbeat()
-    await app.until_presence(bank_id, "online")
+async def online_bank(app: App, dev: TestDevice, bank_id: str) -> dict[str, Any] | None:
+    """The bank online with its configuration applied: the ``apply_config`` it got (or None)."""
+    assert dev.bank_id == bank_id
+    return await dev.come_online(app.context.fleet)
 
 
 async def test_device_error_is_the_transaction_error(
@@ -160,7 +161,7 @@ async def test_open_without_grant_is_refused_and_recorded(
         compartment = bank["compartments"][0]
         user = await app.signed_in_user()
         async with device(mosquitto.url, bank["id"]) as dev:
-            await online_bank(app, dev, bank["id"])
+            pushed = await online_bank(app, dev, bank["id"])
             response = await app.open(user, compartment["id"])
             assert response.status_code == 403, response.text
             assert response.json()["error"] == "forbidden"
@@ -172,7 +173,7 @@ async def test_open_without_grant_is_refused_and_recorded(
             assert data["user_id"] == user.id
             assert data["compartment_id"] == compartment["id"]
             assert data["reason"] == "no_grant"
-            assert dev.commands == []
+            assert dev.commands == [pushed]
             assert await app.events(bank["id"], "CompartmentOpeningRequested") == []
 
 
@@ -228,13 +229,13 @@ async def test_open_on_a_bank_that_is_not_online_is_a_conflict(
             "reason": "offline",
         }
         async with device(mosquitto.url, bank["id"]) as dev:
-            await online_bank(app, dev, bank["id"])
+            pushed = await online_bank(app, dev, bank["id"])
             await dev.last_will()
             await app.until_presence(bank["id"], "offline")
             response = await app.open(user, compartment["id"])
             assert response.status_code == 409, response.text
             assert response.json()["reason"] == "offline"
-            assert dev.commands == []
+            assert dev.commands == [pushed]
         denied = await app.events(bank["id"], "CompartmentOpeningDenied")
         assert [ev["data"]["reason"] for ev in denied] == ["offline", "offline"]
         assert all(ev["data"]["user_id"] == user.id for ev in denied)

@@ -27,8 +27,7 @@ async def setup(app: App, dev: TestDevice, bank: dict[str, Any]) -> tuple[User, 
     cid = bank["compartments"][0]["id"]
     await app.grant(cid, user)
     dev.answers["open_compartment"] = None  # answered by hand
-    await dev.heartbeat()
-    await app.until_presence(bank["id"], "online")
+    await dev.come_online(app.context.fleet)
     return user, cid
 
 
