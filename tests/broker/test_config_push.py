@@ -72,6 +72,10 @@ async def test_a_new_bank_coming_online_gets_its_configuration_once(
         fresh = await app.bank(bank_id)
         assert (fresh["config_hash"], fresh["applied_config_hash"]) == (expected_hash, None)
         assert fresh["presence"] == "unknown"
+        listed = (await app.admin_get("/api/admin/locker-banks")).json()
+        assert [(b["config_hash"], b["applied_config_hash"]) for b in listed] == [
+            (expected_hash, None)
+        ]
 
         creds = await provision(broker, bank["provisioning_token"], "config-box")
         async with device(
@@ -114,3 +118,44 @@ async def test_a_new_bank_coming_online_gets_its_configuration_once(
         assert history.count("ConfigApplyRequested") == 1
         assert history.count("ConfigApplied") == 1
         assert [c["transaction_id"] for c in dev.commands] == [push["transaction_id"]]
+
+
+async def test_a_device_that_applied_something_else_gets_the_configuration_when_back_online(
+    broker: Broker, tmp_path: Path
+) -> None:
+    expected_hash = config_hash(CONTRACT_COMPARTMENTS, INTERVAL)
+    async with lockerd_at(broker, tmp_path / "l.db") as app:
+        bank = await create_bank(app)
+        bank_id = bank["id"]
+        creds = await provision(broker, bank["provisioning_token"], "config-box")
+        async with device(
+            broker.url,
+            bank_id,
+            client_id=creds.client_id,
+            username=creds.mqtt_user,
+            password=creds.mqtt_password,
+            session_id="s-1",
+        ) as dev:
+            # a device that keeps its own older configuration answers with that one's hash
+            dev.answers["apply_config"] = Answer(applied_config_hash="0" * 64)
+            await dev.heartbeat(retain=False)
+            first = await dev.next_command("apply_config")
+            await app.until_transaction(first["transaction_id"], status="success")
+            differs = await app.bank(bank_id)
+            assert (differs["config_hash"], differs["applied_config_hash"]) == (
+                expected_hash,
+                "0" * 64,
+            )
+
+            # online again with a configuration that differs: the bank sends it again
+            dev.answers["apply_config"] = Answer(applied_config_hash=ECHO)
+            await dev.last_will()
+            await app.until_presence(bank_id, "offline")
+            await dev.heartbeat(retain=False)
+            second = await dev.next_command("apply_config")
+            assert second["transaction_id"] != first["transaction_id"]
+            assert second["data"] == first["data"]
+            await until_configured(app, bank_id)
+        history = [ev["type"] for ev in await app.events(bank_id)]
+        assert history.count("ConfigApplyRequested") == 2
+        assert [c["action"] for c in dev.commands] == ["apply_config", "apply_config"]
