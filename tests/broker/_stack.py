@@ -324,7 +324,7 @@ class LockerdRun:
 
         async def run() -> None:
             try:
-                async with lockerd_at(broker, db_path, **env) as app:
+                async with lockerd_at(broker, db_path, None, **env) as app:
                     holder.append(app)
                     started.set()
                     await stop.wait()
