@@ -209,6 +209,13 @@ def wait_for(driver: WebDriver, condition: Callable[[WebDriver], T], what: str) 
     return wait.until(condition, message=f"timed out waiting for {what}")
 
 
+def read(driver: WebDriver, observe: Callable[[WebDriver], T], what: str) -> T:
+    """``observe(driver)``, tried again while a live update re-renders the elements it reads
+    (a stale element): what the page shows now, not a wait for a condition."""
+    observed: tuple[T] = wait_for(driver, lambda d: (observe(d),), f"reading {what}")
+    return observed[0]
+
+
 def visible(driver: WebDriver, selector: str) -> WebElement:
     def check(d: WebDriver) -> WebElement | bool:
         found = [e for e in d.find_elements(By.CSS_SELECTOR, selector) if e.is_displayed()]

@@ -21,6 +21,7 @@ from tests.lockerd.console.harness import (
     fail_bank,
     history_types,
     open_bank,
+    read,
     screenshot,
     text_of,
     wait_for,
@@ -121,7 +122,7 @@ def test_apply_config(world: World) -> None:
     driver = world.console.driver
     open_bank(world, world.bank["id"])
     # the bank applied its configuration when it first came online (contract §2)
-    applied = history_types(driver).count("ConfigApplied")
+    applied = read(driver, history_types, "the history").count("ConfigApplied")
     assert applied >= 1
     kind, text = world.act("apply config", '[data-action="apply-config"]', bank_id=world.bank["id"])
     assert kind == "ok", text
@@ -154,7 +155,8 @@ def test_new_provisioning_token(world: World) -> None:
 def test_edit_the_bank(world: World, pier: dict[str, Any]) -> None:
     driver = world.console.driver
     open_bank(world, pier["id"])
-    applied = history_types(driver).count("ConfigApplied")  # the creation's configuration
+    # the creation's configuration
+    applied = read(driver, history_types, "the history").count("ConfigApplied")
     assert applied >= 1
     kind, text = world.act(
         "edit bank",
