@@ -175,8 +175,13 @@ def serve_env(broker: Broker, db_path: Path, **env: str) -> dict[str, str]:
     cache = "0"
     if broker.goauth.compose is not None:
         cache = broker.goauth.compose.plugin_options["acl_cache_seconds"]
+    # a child started as a script (tests/broker/blocking_lockerd.py) would import the package
+    # the environment has installed, which may be another checkout: this one comes first
+    checkout = str(Path(__file__).resolve().parents[2])
+    python_path = os.pathsep.join(filter(None, [checkout, os.environ.get("PYTHONPATH")]))
     return {
         **os.environ,
+        "PYTHONPATH": python_path,
         "LOCKERD_HTTP": f"127.0.0.1:{broker.http_port}",
         "LOCKERD_MQTT_URL": broker.backend_url,
         "LOCKERD_DATABASE": f"sqlite:///{db_path}",
@@ -319,7 +324,7 @@ class LockerdRun:
 
         async def run() -> None:
             try:
-                async with lockerd_at(broker, db_path, **env) as app:
+                async with lockerd_at(broker, db_path, None, **env) as app:
                     holder.append(app)
                     started.set()
                     await stop.wait()

@@ -219,4 +219,12 @@ async def test_answers_delivered_to_a_killed_lockerd_are_applied_after_it_restar
     assert sorted(opened) == sorted(transactions)  # each applied exactly once
     assert not [e for e in history if e["type"] in ("CommandTimedOut", "LateAnswerReceived")]
     # the device did get every command (possibly twice: an unrecorded dispatch is resent)
-    assert {c["transaction_id"] for c in box.commands} == set(transactions)
+    opens = {c["transaction_id"] for c in box.commands if c["action"] == "open_compartment"}
+    assert opens == set(transactions)
+    # and the new bank's configuration (contract §2), applied once, never sent again
+    (push,) = [e["data"]["transaction_id"] for e in history if e["type"] == "ConfigApplyRequested"]
+    applied = [e["data"]["transaction_id"] for e in history if e["type"] == "ConfigApplied"]
+    assert applied == [push]
+    assert {c["transaction_id"] for c in box.commands if c["action"] != "open_compartment"} == {
+        push
+    }

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from tests.broker._push import until_configured
 from tests.broker._stack import Broker, LockerdRun, lockerd_at, provision, start_broker
 from tests.support.device import Credentials, device
 from tests.support.fixtures import ComposeBrokerFactory, GoAuthBrokerFactory
@@ -95,6 +96,8 @@ async def test_after_a_restart_the_bank_is_unknown_until_the_next_live_heartbeat
             ) as dev:
                 await dev.heartbeat(retain=True)
                 await first.app.until_presence(bank_id, "online")
+                # the new bank's apply_config answered before lockerd stops, not left in flight
+                await until_configured(first.app, bank_id)
                 await first.stop()
                 # the device beats while lockerd is down: the broker allows it from its cache
                 # and queues it for lockerd's persistent session

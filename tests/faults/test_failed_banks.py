@@ -54,11 +54,15 @@ async def user_token(svc: RunningLockerd, compartment_id: str) -> str:
 
 
 async def online(svc: RunningLockerd, dev: TestDevice) -> None:
+    """The bank online, its configuration applied: a new bank's first heartbeat brings an
+    ``apply_config`` (contract §2), which the device answers; settled before the test goes on,
+    so that its answer does not meet the broken store."""
     await dev.heartbeat(retain=False)
 
     async def is_online() -> bool:
         view = (await svc.admin_get(f"/api/admin/locker-banks/{dev.bank_id}")).json()
-        return bool(view["presence"] == "online")
+        configured = view["applied_config_hash"] == view["config_hash"]
+        return bool(view["presence"] == "online" and configured)
 
     await eventually(is_online, within=WAIT)
 

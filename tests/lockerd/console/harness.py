@@ -31,7 +31,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from lockerd.config import Settings
 from tests.lockerd.dashboard.test_browser import CHROMIUM_FLAGS, find_chromium
-from tests.support.device import TestDevice, device
+from tests.support.device import TestDevice, device, wait_until
 from tests.support.mosquitto import MosquittoBroker, MosquittoNotInstalled
 from tests.support.service import ADMIN_TOKEN, RunningLockerd, lockerd, test_settings
 
@@ -132,11 +132,24 @@ class Backend:
 
     def start_device(self, bank_id: str) -> TestDevice:
         """A device for the bank that answers every command and sends heartbeats until the
-        module ends (or :meth:`stop_device`)."""
+        module ends (or :meth:`stop_device`); returned once it has applied the bank's
+        configuration (the ``apply_config`` its first heartbeat brings, contract §2), so that
+        the tests start from a settled bank."""
 
         async def start() -> TestDevice:
-            assert self._nursery is not None
+            assert self._nursery is not None and self.svc is not None
             started: TestDevice = await self._nursery.start(self._device, bank_id)
+            fleet = self.svc.context.fleet
+
+            async def configured() -> bool:
+                status = fleet.banks.get(bank_id)
+                return (
+                    status is not None
+                    and status.config_hash is not None
+                    and status.applied_config_hash == status.config_hash
+                )
+
+            await wait_until(fleet, configured, what=f"bank {bank_id} configured")
             return started
 
         dev: TestDevice = self.call(start)
@@ -194,6 +207,13 @@ def wait_for(driver: WebDriver, condition: Callable[[WebDriver], T], what: str) 
         ignored_exceptions=[StaleElementReferenceException],
     )
     return wait.until(condition, message=f"timed out waiting for {what}")
+
+
+def read(driver: WebDriver, observe: Callable[[WebDriver], T], what: str) -> T:
+    """``observe(driver)``, tried again while a live update re-renders the elements it reads
+    (a stale element): what the page shows now, not a wait for a condition."""
+    observed: tuple[T] = wait_for(driver, lambda d: (observe(d),), f"reading {what}")
+    return observed[0]
 
 
 def visible(driver: WebDriver, selector: str) -> WebElement:

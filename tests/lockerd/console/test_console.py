@@ -27,6 +27,7 @@ from tests.lockerd.console.harness import (
     bank_row,
     history_types,
     open_bank,
+    read,
     screenshot,
     text_of,
     wait_for,
@@ -115,7 +116,7 @@ def test_a_banks_page_shows_compartments_and_a_readable_history(world: World) ->
     text_of(driver, "#bank-facts", "online", "Hall B")
     assert len(driver.find_elements(By.CSS_SELECTOR, "#compartment-table tbody tr")) == 3
     wait_for(driver, lambda d: "LockerBankCameOnline" in history_types(d), "the online event")
-    assert "LockerBankCreated" in history_types(driver)
+    assert "LockerBankCreated" in read(driver, history_types, "the history")
     # details are key/value chips: none breaks across lines, at desktop or phone width
     for size in (DESKTOP, PHONE):
         driver.set_window_size(*size)
@@ -136,7 +137,7 @@ def test_a_banks_page_shows_compartments_and_a_readable_history(world: World) ->
 def test_cancelling_an_action_changes_nothing(world: World) -> None:
     driver = world.console.driver
     open_bank(world, world.bank["id"])
-    before = len(history_types(driver))
+    before = len(read(driver, history_types, "the history"))
     kind, text = world.console.act('[data-action="apply-config"]', cancel=True)
     assert (kind, text) == ("info", "Apply configuration: cancelled.")
     events = world.backend.admin("GET", f"/api/admin/locker-banks/{world.bank['id']}/events")

@@ -10,7 +10,7 @@ from typing import Any
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
-from tests.lockerd.console.harness import World, screenshot, text_of, wait_for
+from tests.lockerd.console.harness import World, read, screenshot, text_of, wait_for
 from tests.support.device import Answer
 
 PASSWORD = "a-citizen-password"
@@ -30,6 +30,10 @@ def alert_rows(driver: WebDriver) -> list[dict[str, str]]:
 
 def rows_of_bank(driver: WebDriver, bank: str) -> list[dict[str, str]]:
     return [row for row in alert_rows(driver) if bank in row["text"]]
+
+
+def museum_rows(driver: WebDriver) -> list[dict[str, str]]:
+    return rows_of_bank(driver, "Museum")
 
 
 def test_device_alerts_appear_live_and_are_acknowledged(world: World) -> None:
@@ -57,7 +61,7 @@ def test_device_alerts_appear_live_and_are_acknowledged(world: World) -> None:
     )
     assert opened.status_code == 202, opened.text
     wait_for(driver, lambda d: len(rows_of_bank(d, "Museum")) == 2, "the jammed alert, live")
-    jammed, door = rows_of_bank(driver, "Museum")  # newest first
+    jammed, door = read(driver, museum_rows, "the Museum alerts")  # newest first
     assert (jammed["type"], jammed["state"]) == ("command_failed", "open")
     assert "DOOR_JAMMED" in jammed["text"]
     assert (door["type"], door["state"]) == ("uncommanded_door_opening", "open")
@@ -91,7 +95,7 @@ def test_device_alerts_appear_live_and_are_acknowledged(world: World) -> None:
         lambda d: [row["id"] for row in rows_of_bank(d, "Museum")] == [jammed["id"]],
         "the acknowledged alert",
     )
-    (shown,) = rows_of_bank(driver, "Museum")
+    (shown,) = read(driver, museum_rows, "the Museum alerts")
     assert shown["state"] == "acknowledged"
     assert not driver.find_elements(
         By.CSS_SELECTOR, f'#alert-table tr[data-alert-id="{jammed["id"]}"] button'

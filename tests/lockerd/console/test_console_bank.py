@@ -21,6 +21,7 @@ from tests.lockerd.console.harness import (
     fail_bank,
     history_types,
     open_bank,
+    read,
     screenshot,
     text_of,
     wait_for,
@@ -120,14 +121,22 @@ def test_out_of_service_refuses_an_open_until_back_in_service(world: World) -> N
 def test_apply_config(world: World) -> None:
     driver = world.console.driver
     open_bank(world, world.bank["id"])
+    # the bank applied its configuration when it first came online (contract §2)
+    applied = read(driver, history_types, "the history").count("ConfigApplied")
+    assert applied >= 1
     kind, text = world.act("apply config", '[data-action="apply-config"]', bank_id=world.bank["id"])
     assert kind == "ok", text
     assert "Configuration sent; transaction" in text
     transaction = text.rsplit(" ", 1)[-1].rstrip(".")
     answer = world.backend.admin("GET", f"/api/transactions/{transaction}?wait=30")
     assert answer["status"] == "success"
-    wait_for(driver, lambda d: "ConfigApplied" in history_types(d), "the applied configuration")
-    text_of(driver, "#bank-facts", "applied")
+    wait_for(
+        driver,
+        lambda d: history_types(d).count("ConfigApplied") == applied + 1,
+        "the configuration applied once more",
+    )
+    facts = text_of(driver, "#bank-facts", "applied")
+    assert "not applied yet" not in facts, facts
 
 
 def test_new_provisioning_token(world: World) -> None:
@@ -146,6 +155,9 @@ def test_new_provisioning_token(world: World) -> None:
 def test_edit_the_bank(world: World, pier: dict[str, Any]) -> None:
     driver = world.console.driver
     open_bank(world, pier["id"])
+    # the creation's configuration
+    applied = read(driver, history_types, "the history").count("ConfigApplied")
+    assert applied >= 1
     kind, text = world.act(
         "edit bank",
         '[data-action="edit-bank"]',
@@ -157,7 +169,11 @@ def test_edit_the_bank(world: World, pier: dict[str, Any]) -> None:
     text_of(driver, "#bank-facts", "Quay 2", "every 5 s")
     # a new heartbeat interval is a new configuration: the bank sends it by itself
     wait_for(driver, lambda d: "LockerBankEdited" in history_types(d), "the edit in the history")
-    wait_for(driver, lambda d: "ConfigApplied" in history_types(d), "the new config applied")
+    wait_for(
+        driver,
+        lambda d: history_types(d).count("ConfigApplied") == applied + 1,
+        "the new config applied",
+    )
 
 
 def test_add_a_compartment(world: World, pier: dict[str, Any]) -> None:
