@@ -410,8 +410,11 @@ def main() -> None:
     parser.add_argument("--qos", type=int, choices=(0, 1), default=1)
     parser.add_argument("--dedupe", action="store_true", help="give every point a dedupe_id")
     parser.add_argument("--runs", type=int, default=1)
-    parser.add_argument("--database", help="store URL (default: a temporary SQLite file);"
-                        " give an empty PostgreSQL database or schema, it is written to")
+    parser.add_argument(
+        "--database",
+        help="store URL (default: a temporary SQLite file);"
+        " give an empty PostgreSQL database or schema, it is written to",
+    )
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per phase")
     parser.add_argument("--smoke", action="store_true", help="5,000 points, one run, ~2 s")
     parser.add_argument("--json", action="store_true", help="print results as JSON")

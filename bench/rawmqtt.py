@@ -95,9 +95,7 @@ class RawPublisher:
     def __enter__(self) -> RawPublisher:
         sock = socket.create_connection((self.host, self.port), timeout=10.0)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.sendall(
-            connect_packet(self.client_id, username=self.username, password=self.password)
-        )
+        sock.sendall(connect_packet(self.client_id, username=self.username, password=self.password))
         connack = b""
         while len(connack) < 4:
             chunk = sock.recv(4 - len(connack))

@@ -19,10 +19,27 @@ ROOT = Path(__file__).resolve().parents[1]
 
 THIRD_PARTY_IN_DOMAIN = {"msgspec", "pyrsistent"}
 FORBIDDEN: dict[str, set[str]] = {
-    "actors": {"gateway", "store", "lockerd", "quart", "quart_trio", "hypercorn", "paho",
-               "sqlite3", "psycopg"},
-    "gateway": {"actors", "store", "lockerd", "quart", "quart_trio", "hypercorn", "sqlite3",
-                "psycopg"},
+    "actors": {
+        "gateway",
+        "store",
+        "lockerd",
+        "quart",
+        "quart_trio",
+        "hypercorn",
+        "paho",
+        "sqlite3",
+        "psycopg",
+    },
+    "gateway": {
+        "actors",
+        "store",
+        "lockerd",
+        "quart",
+        "quart_trio",
+        "hypercorn",
+        "sqlite3",
+        "psycopg",
+    },
     "store": {"actors", "gateway", "lockerd", "quart", "quart_trio", "hypercorn", "paho"},
 }
 

@@ -56,9 +56,7 @@ def test_identify_without_agents_registry_or_backend_user() -> None:
     )
     assert identity == acl.NOBODY
     # no backend user configured: an empty username never becomes the superuser
-    assert (
-        acl.identify("", "c", backend_user="", provisioning_user="p", devices={}) == acl.NOBODY
-    )
+    assert acl.identify("", "c", backend_user="", provisioning_user="p", devices={}) == acl.NOBODY
 
 
 # --------------------------------------------------------------------------- backend

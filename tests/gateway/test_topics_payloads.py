@@ -377,9 +377,9 @@ def test_nesting_deeper_than_32_levels_is_a_payload_error() -> None:
 
 @pytest.mark.parametrize("uptime", [-5, 2**64, 1.5])
 def test_uptime_must_be_a_whole_non_negative_number(uptime: object) -> None:
-    raw = b'{"type":"state","state":"heartbeat","data":{"uptime_seconds":%s}}' % str(
-        uptime
-    ).encode()
+    raw = (
+        b'{"type":"state","state":"heartbeat","data":{"uptime_seconds":%s}}' % str(uptime).encode()
+    )
     with pytest.raises(PayloadError, match="uptime_seconds"):
         decode(StatePayload, raw)
 

@@ -313,9 +313,7 @@ async def test_413_for_a_content_length_over_the_limit(nursery: trio.Nursery, se
 
 
 @pytest.mark.parametrize("finished", [False, True], ids=["growing", "complete"])
-async def test_413_for_a_chunked_body_over_the_limit(
-    nursery: trio.Nursery, finished: bool
-) -> None:
+async def test_413_for_a_chunked_body_over_the_limit(nursery: trio.Nursery, finished: bool) -> None:
     served = await start(nursery)
     client = await served.connect()
     head = (

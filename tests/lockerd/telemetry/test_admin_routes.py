@@ -44,9 +44,7 @@ async def user_headers(svc: RunningLockerd) -> dict[str, str]:
     return {"Authorization": f"Bearer {login.json()['token']}"}
 
 
-async def test_tenants_and_agents(
-    mosquitto: MosquittoBroker, tmp_path: Path, backend: str
-) -> None:
+async def test_tenants_and_agents(mosquitto: MosquittoBroker, tmp_path: Path, backend: str) -> None:
     settings = settings_for(mosquitto, tmp_path, backend)
     async with lockerd(settings) as svc:
         tenant = await new_tenant(svc, "Acme")
@@ -63,8 +61,11 @@ async def test_tenants_and_agents(
                 "id": tenant,
                 "name": "Acme",
                 "agents": [
-                    {"agent_id": agent.agent_id, "name": "boiler room",
-                     "mqtt_user": agent.mqtt_user}
+                    {
+                        "agent_id": agent.agent_id,
+                        "name": "boiler room",
+                        "mqtt_user": agent.mqtt_user,
+                    }
                 ],
             }
         ]
@@ -122,7 +123,11 @@ async def test_admin_routes_check_role_then_resource_then_body(
             assert (await svc.admin_post(path, {})).status_code == 404  # 404 before 400
         for path in ("/api/admin/tenants", f"/api/admin/tenants/{tenant}/agents"):
             bodies: list[dict[str, object]] = [
-                {}, {"name": ""}, {"name": 5}, {"name": "x" * 201}, {"name": "x", "extra": 1}
+                {},
+                {"name": ""},
+                {"name": 5},
+                {"name": "x" * 201},
+                {"name": "x", "extra": 1},
             ]
             for body in bodies:
                 response = await svc.admin_post(path, body)
@@ -174,7 +179,9 @@ async def test_query_filters_limit_since_and_csv(
         assert await query(svc, tenant, f"?agent_id={elsewhere.agent_id}") == []
         first = (await query(svc, tenant))[0]
         assert first == {
-            "agent_id": a1.agent_id, "metric": "temp", "value": 2.0,
+            "agent_id": a1.agent_id,
+            "metric": "temp",
+            "value": 2.0,
             "timestamp": "2026-11-24T10:00:01.000Z",
         }
 
@@ -193,8 +200,15 @@ async def test_query_filters_limit_since_and_csv(
             ["agent_id", "metric", "value", "timestamp"]
         ]
 
-        for params in ("?since=yesterday", "?since=2026-13-01", "?limit=0", "?limit=-1",
-                       "?limit=abc", "?limit=100001", "?format=xml"):
+        for params in (
+            "?since=yesterday",
+            "?since=2026-13-01",
+            "?limit=0",
+            "?limit=-1",
+            "?limit=abc",
+            "?limit=100001",
+            "?format=xml",
+        ):
             response = await svc.admin_get(f"/api/admin/tenants/{tenant}/metrics{params}")
             assert response.status_code == 400, (params, response.text)
             assert response.json()["error"] == "invalid_input"

@@ -154,11 +154,16 @@ async def test_mqtt_and_http_points_land_in_one_store(
         assert rows[0]["timestamp"] == "2026-11-24T09:00:00.000Z"
         assert rows[1]["timestamp"] == "2026-11-24T10:00:00.000Z"
         assert [point.source for point in [live.receive_nowait() for _ in range(3)]] == [
-            "mqtt", "mqtt", "http"
+            "mqtt",
+            "mqtt",
+            "http",
         ]
-        assert await sample(
-            svc.http, "lockerd_inbound_messages_total", kind="metric", outcome="processed"
-        ) == 2  # MQTT points only
+        assert (
+            await sample(
+                svc.http, "lockerd_inbound_messages_total", kind="metric", outcome="processed"
+            )
+            == 2
+        )  # MQTT points only
 
 
 async def test_dedupe_id_is_unique_per_agent_across_both_paths(
@@ -180,9 +185,12 @@ async def test_dedupe_id_is_unique_per_agent_across_both_paths(
         assert again.status_code == 202
         assert again.json() == {"status": "duplicate"}
         assert [r["value"] for r in await query(svc, tenant, "?metric=m")] == [1.0, 3.0, 4.0]
-        assert await sample(
-            svc.http, "lockerd_dropped_messages_total", kind="metric", reason="duplicate"
-        ) == 1
+        assert (
+            await sample(
+                svc.http, "lockerd_dropped_messages_total", kind="metric", reason="duplicate"
+            )
+            == 1
+        )
     # after a restart (empty memory) the database still knows the ids
     async with lockerd(settings) as svc:
         async with agent_client(mosquitto) as mqtt:
@@ -202,24 +210,31 @@ async def test_bad_mqtt_points_are_dropped_counted_and_logged(
         foreign = await new_agent(svc, await new_tenant(svc, "globex"))
         unknown_tenant = str(uuid.uuid4())
         bad = [
-            (f"metrics/{unknown_tenant}/{agent.agent_id}/temp", b'{"value": 1}',
-             "unknown_tenant"),
+            (f"metrics/{unknown_tenant}/{agent.agent_id}/temp", b'{"value": 1}', "unknown_tenant"),
             (f"metrics/{tenant}/{uuid.uuid4()}/temp", b'{"value": 1}', "unknown_agent"),
-            (f"metrics/{tenant}/{foreign.agent_id}/temp", b'{"value": 1}',
-             "agent_tenant_mismatch"),
+            (f"metrics/{tenant}/{foreign.agent_id}/temp", b'{"value": 1}', "agent_tenant_mismatch"),
             (agent.topic("temp"), b'{"value": "warm"}', "invalid_value"),
             (agent.topic("temp"), b'{"timestamp": "2026-11-24T10:00:00Z"}', "invalid_value"),
             (agent.topic("temp"), b'{"value": NaN}', "invalid_value"),
             (agent.topic("temp"), b'{"value": 1e400}', "invalid_value"),
             (agent.topic("temp"), b'{"value": true}', "invalid_value"),
             (agent.topic("temp"), b"22.5", "malformed_payload"),
-            (agent.topic("temp"), b'{"value": 1, "timestamp": "2099-01-01T00:00:00Z"}',
-             "future_timestamp"),
-            (agent.topic("temp"), b'{"value": 1, "timestamp": "last tuesday"}',
-             "invalid_timestamp"),
+            (
+                agent.topic("temp"),
+                b'{"value": 1, "timestamp": "2099-01-01T00:00:00Z"}',
+                "future_timestamp",
+            ),
+            (
+                agent.topic("temp"),
+                b'{"value": 1, "timestamp": "last tuesday"}',
+                "invalid_timestamp",
+            ),
             (agent.topic("x" * 200), b'{"value": 1}', "invalid_metric"),
-            (agent.topic("temp"), json.dumps({"value": 1, "pad": "x" * 20_000}).encode(),
-             "payload_too_large"),
+            (
+                agent.topic("temp"),
+                json.dumps({"value": 1, "pad": "x" * 20_000}).encode(),
+                "payload_too_large",
+            ),
         ]
         async with agent_client(mosquitto) as mqtt:
             for topic, payload, _ in bad:
@@ -228,9 +243,12 @@ async def test_bad_mqtt_points_are_dropped_counted_and_logged(
         await wait_stats(svc, lambda s: s.rejected == len(bad) and s.stored == 1)
         for reason in {case[2] for case in bad}:
             expected = sum(1 for case in bad if case[2] == reason)
-            assert await sample(
-                svc.http, "lockerd_dropped_messages_total", kind="metric", reason=reason
-            ) == expected, reason
+            assert (
+                await sample(
+                    svc.http, "lockerd_dropped_messages_total", kind="metric", reason=reason
+                )
+                == expected
+            ), reason
         assert await sample(
             svc.http, "lockerd_inbound_messages_total", kind="metric", outcome="dropped"
         ) == len(bad)
@@ -324,15 +342,16 @@ async def test_a_burst_over_mqtt_is_batched(
         count = 2_000
         async with agent_client(mosquitto) as mqtt, trio.open_nursery() as nursery:
             for n in range(count):
-                nursery.start_soon(
-                    mqtt.publish, agent.topic("load"), b'{"value": %d}' % n, 1
-                )
+                nursery.start_soon(mqtt.publish, agent.topic("load"), b'{"value": %d}' % n, 1)
         await wait_stats(svc, lambda s: s.stored == count)
         stats = pipeline_of(svc).stats
         assert stats.batches < count  # many points per transaction
         assert stats.largest_batch > 1
         rows = await query(svc, tenant, f"?metric=load&limit={count}")
         assert sorted(r["value"] for r in rows) == [float(n) for n in range(count)]
-        assert await sample(
-            svc.http, "lockerd_inbound_messages_total", kind="metric", outcome="processed"
-        ) == count
+        assert (
+            await sample(
+                svc.http, "lockerd_inbound_messages_total", kind="metric", outcome="processed"
+            )
+            == count
+        )

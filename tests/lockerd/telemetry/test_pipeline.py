@@ -69,8 +69,9 @@ class Rig:
     other_agent: Agent  # another tenant's
     nursery: trio.Nursery
 
-    def topic(self, metric: str = "temp", *, tenant: str | None = None,
-              agent: str | None = None) -> tuple[str, str, str]:
+    def topic(
+        self, metric: str = "temp", *, tenant: str | None = None, agent: str | None = None
+    ) -> tuple[str, str, str]:
         """(tenant id, agent id, metric) as the gateway takes them from the topic."""
         return (tenant or self.tenant, agent or self.agent.agent_id, metric)
 
@@ -94,9 +95,7 @@ class Rig:
         return self.counter("lockerd_dropped_messages_total", kind="metric", reason=reason)
 
     def processed(self) -> float:
-        return self.counter(
-            "lockerd_inbound_messages_total", kind="metric", outcome="processed"
-        )
+        return self.counter("lockerd_inbound_messages_total", kind="metric", outcome="processed")
 
 
 BACKENDS = ["sqlite", *(["postgresql"] if postgres.server_url() else [])]
@@ -130,14 +129,25 @@ async def rig_at(url: str, **options: Any) -> AsyncIterator[Rig]:
         flaky = FlakyStore(store)
         metrics = Metrics()
         pipeline = MetricsPipeline(
-            cast(EventStore, flaky), agents, metrics, lambda: NOW,
-            next_seq=await store.read(max_seq) + 1, **options,
+            cast(EventStore, flaky),
+            agents,
+            metrics,
+            lambda: NOW,
+            next_seq=await store.read(max_seq) + 1,
+            **options,
         )
         async with trio.open_nursery() as nursery:
             await nursery.start(pipeline.run)
             yield Rig(
-                store, flaky, agents, metrics, pipeline, by_name["probe"].tenant_id,
-                by_name["probe"], by_name["spy"], nursery,
+                store,
+                flaky,
+                agents,
+                metrics,
+                pipeline,
+                by_name["probe"].tenant_id,
+                by_name["probe"],
+                by_name["spy"],
+                nursery,
             )
             nursery.cancel_scope.cancel()
 
@@ -178,22 +188,24 @@ async def test_directory_answers_credentials_and_reloads(db_url: str) -> None:
     async with rig_at(db_url) as rig:
         agent = rig.agent
         assert rig.agents.credential(agent.mqtt_user) == (
-            agent.tenant_id, agent.agent_id, agent.credential_hash
+            agent.tenant_id,
+            agent.agent_id,
+            agent.credential_hash,
         )
         assert rig.agents.credential("nobody") is None
         assert rig.agents.belongs_to(agent.agent_id, rig.tenant)
         assert not rig.agents.belongs_to(rig.other_agent.agent_id, rig.tenant)
         with pytest.raises(UnknownTenant):
-            await rig.agents.create_agent(
-                rig.store, Keyring(b"k"), "no-such-tenant", "x", NOW
-            )
+            await rig.agents.create_agent(rig.store, Keyring(b"k"), "no-such-tenant", "x", NOW)
         created = await rig.agents.create_agent(rig.store, Keyring(b"k"), rig.tenant, "new", NOW)
         assert created.mqtt_password not in created.agent.credential_hash
         assert Keyring(b"k").verify(
             "agent-password", created.mqtt_password, created.agent.credential_hash
         )
-        assert rig.agents.authenticate(Keyring(b"k"), created.agent.mqtt_user,
-                                       created.mqtt_password) == created.agent
+        assert (
+            rig.agents.authenticate(Keyring(b"k"), created.agent.mqtt_user, created.mqtt_password)
+            == created.agent
+        )
         assert rig.agents.authenticate(Keyring(b"k"), created.agent.mqtt_user, "wrong") is None
         before = dict(rig.agents.agents)
     reloaded = AgentDirectory()
@@ -201,7 +213,9 @@ async def test_directory_answers_credentials_and_reloads(db_url: str) -> None:
         await store.read(reloaded.load)
     assert reloaded.agents == before
     assert reloaded.credential(agent.mqtt_user) == (
-        agent.tenant_id, agent.agent_id, agent.credential_hash
+        agent.tenant_id,
+        agent.agent_id,
+        agent.credential_hash,
     )
 
 
@@ -245,9 +259,9 @@ async def test_each_bad_mqtt_input_is_dropped_with_its_reason(rig: Rig) -> None:
     for _, _, reason in cases:
         expected = sum(1 for case in cases if case[2] == reason)
         assert rig.dropped(reason) == expected, reason
-    assert rig.counter(
-        "lockerd_inbound_messages_total", kind="metric", outcome="dropped"
-    ) == len(cases)
+    assert rig.counter("lockerd_inbound_messages_total", kind="metric", outcome="dropped") == len(
+        cases
+    )
     await rig.pipeline.mqtt_sink(*rig.topic(), body(1))
     await rig.wait(lambda s: s.stored == 1)
     assert len(await rig.rows()) == 1
@@ -318,11 +332,15 @@ async def test_a_full_channel_makes_senders_wait(db_url: str) -> None:
 
 
 async def test_dedupe_across_paths_batches_and_agents(rig: Rig) -> None:
-    assert await rig.pipeline.submit_http(rig.agent, b'{"metric":"m","value":1,"dedupe_id":"a"}') \
+    assert (
+        await rig.pipeline.submit_http(rig.agent, b'{"metric":"m","value":1,"dedupe_id":"a"}')
         == "stored"
+    )
     await rig.pipeline.mqtt_sink(*rig.topic("m"), body(2, dedupe_id="a"))  # MQTT repeat
-    assert await rig.pipeline.submit_http(rig.agent, b'{"metric":"m","value":3,"dedupe_id":"a"}') \
+    assert (
+        await rig.pipeline.submit_http(rig.agent, b'{"metric":"m","value":3,"dedupe_id":"a"}')
         == "duplicate"
+    )
     async with writer_held(rig.store):  # a repeat inside one batch
         await rig.pipeline.mqtt_sink(*rig.topic("m"), body(4, dedupe_id="b"))
         await trio.testing.wait_all_tasks_blocked()
@@ -383,9 +401,10 @@ async def test_a_failed_batch_stores_nothing_and_releases_its_dedupe_ids(rig: Ri
     rig.flaky.fail = False
     # the ids of the failed points were never stored, so a retry is not a duplicate
     await rig.pipeline.mqtt_sink(*rig.topic(), body(1, dedupe_id="k"))
-    assert await rig.pipeline.submit_http(
-        rig.agent, b'{"metric":"m","value":5,"dedupe_id":"h"}'
-    ) == "stored"
+    assert (
+        await rig.pipeline.submit_http(rig.agent, b'{"metric":"m","value":5,"dedupe_id":"h"}')
+        == "stored"
+    )
     await rig.wait(lambda s: s.stored == 2)
     assert sorted(r[3] for r in await rig.rows()) == [1.0, 5.0]
 
@@ -396,8 +415,13 @@ def unstorable(
     """A point past the boundary's checks that no store can hold: its time does not fit in a
     BIGINT (SQLite: OverflowError on binding; PostgreSQL: bigint out of range, a DataError)."""
     return MetricPoint(
-        tenant_id=rig.tenant, agent_id=rig.agent.agent_id, metric="temp", value=value,
-        ts_us=2**70, dedupe_id=dedupe_id, source=source,
+        tenant_id=rig.tenant,
+        agent_id=rig.agent.agent_id,
+        metric="temp",
+        value=value,
+        ts_us=2**70,
+        dedupe_id=dedupe_id,
+        source=source,
     )
 
 

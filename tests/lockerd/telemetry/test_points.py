@@ -167,8 +167,14 @@ def test_plain_metric_names(name: str) -> None:
 def test_dedupe_id_length() -> None:
     def point(dedupe_id: str) -> object:
         return make_point(
-            tenant_id="t", agent_id="a", metric="m", value=1, timestamp=None,
-            dedupe_id=dedupe_id, now_us=NOW_US, source="mqtt",
+            tenant_id="t",
+            agent_id="a",
+            metric="m",
+            value=1,
+            timestamp=None,
+            dedupe_id=dedupe_id,
+            now_us=NOW_US,
+            source="mqtt",
         )
 
     assert point("x" * 128)
@@ -180,11 +186,20 @@ def test_dedupe_id_length() -> None:
 
 def test_point_json_shape() -> None:
     point = make_point(
-        tenant_id="t", agent_id="a", metric="m", value=2, timestamp="2026-11-24T11:00:00Z",
-        dedupe_id=None, now_us=NOW_US, source="http",
+        tenant_id="t",
+        agent_id="a",
+        metric="m",
+        value=2,
+        timestamp="2026-11-24T11:00:00Z",
+        dedupe_id=None,
+        now_us=NOW_US,
+        source="http",
     )
     assert point.as_json() == {
-        "agent_id": "a", "metric": "m", "value": 2.0, "timestamp": "2026-11-24T11:00:00.000Z"
+        "agent_id": "a",
+        "metric": "m",
+        "value": 2.0,
+        "timestamp": "2026-11-24T11:00:00.000Z",
     }
 
 
