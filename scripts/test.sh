@@ -11,5 +11,6 @@ if [ -z "${LOCKERD_TEST_POSTGRES_URL:-}" ] && command -v pg_isready >/dev/null \
 fi
 
 .venv/bin/ruff check --no-cache .
+.venv/bin/ruff format --check --no-cache .
 .venv/bin/mypy
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
