@@ -19,30 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 import trio
 
-from tests.broker._stack import Broker, provision, serve_env, start_broker, wait_healthy
+from tests.broker._stack import Broker, provision, serve_env, wait_healthy
 from tests.support.device import device
-from tests.support.fixtures import ComposeBrokerFactory, GoAuthBrokerFactory
 from tests.support.service import ADMIN_TOKEN, eventually
 
 CHILD = Path(__file__).with_name("blocking_lockerd.py")
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 RESTARTS = 5
 COMPARTMENTS = 4  # opens in flight per round
-
-
-@pytest.fixture
-def broker(
-    compose_broker_factory: ComposeBrokerFactory, goauth_broker_factory: GoAuthBrokerFactory
-) -> Broker:
-    return start_broker(
-        "compose",
-        compose_broker_factory=compose_broker_factory,
-        goauth_broker_factory=goauth_broker_factory,
-        cache_seconds=30,
-    )
 
 
 class Child:

@@ -13,7 +13,6 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 
-import pytest
 import trio
 
 from tests.broker._stack import (
@@ -24,23 +23,9 @@ from tests.broker._stack import (
     provision,
     publish_blob,
     send_burst,
-    start_broker,
 )
-from tests.support.fixtures import ComposeBrokerFactory, GoAuthBrokerFactory
 
 BURST = 5_000
-
-
-@pytest.fixture
-def broker(
-    compose_broker_factory: ComposeBrokerFactory, goauth_broker_factory: GoAuthBrokerFactory
-) -> Broker:
-    return start_broker(
-        "compose",
-        compose_broker_factory=compose_broker_factory,
-        goauth_broker_factory=goauth_broker_factory,
-        cache_seconds=30,
-    )
 
 
 async def test_a_burst_from_one_device_reaches_lockerd_completely(

@@ -20,24 +20,10 @@ from tests.broker._stack import (
     heartbeat_payload,
     lockerd_at,
     provision,
-    start_broker,
 )
 from tests.support.device import client_settings, device
-from tests.support.fixtures import ComposeBrokerFactory, GoAuthBrokerFactory
 from tests.support.goauth import registrar
 from tests.support.service import BACKEND_PASSWORD, BACKEND_USER
-
-
-@pytest.fixture
-def broker(
-    compose_broker_factory: ComposeBrokerFactory, goauth_broker_factory: GoAuthBrokerFactory
-) -> Broker:
-    return start_broker(
-        "compose",
-        compose_broker_factory=compose_broker_factory,
-        goauth_broker_factory=goauth_broker_factory,
-        cache_seconds=30,
-    )
 
 
 async def test_a_device_provisions_reports_and_is_confined_to_its_bank(

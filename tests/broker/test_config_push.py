@@ -13,12 +13,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.broker._push import until_configured
-from tests.broker._stack import Broker, lockerd_at, provision, start_broker
+from tests.broker._stack import Broker, lockerd_at, provision
 from tests.support.device import ECHO, Answer, config_hash, device
-from tests.support.fixtures import ComposeBrokerFactory, GoAuthBrokerFactory
 from tests.support.users import App
 
 INTERVAL = 3600  # no heartbeat but the test's own
@@ -33,18 +30,6 @@ CONTRACT_COMPARTMENTS = [
     {"id": 2, "slaveId": 1, "address": 1},
     {"id": 3, "slaveId": 2, "address": 7},
 ]
-
-
-@pytest.fixture
-def broker(
-    compose_broker_factory: ComposeBrokerFactory, goauth_broker_factory: GoAuthBrokerFactory
-) -> Broker:
-    return start_broker(
-        "compose",
-        compose_broker_factory=compose_broker_factory,
-        goauth_broker_factory=goauth_broker_factory,
-        cache_seconds=30,
-    )
 
 
 async def create_bank(app: App) -> dict[str, Any]:

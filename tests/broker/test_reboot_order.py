@@ -15,7 +15,6 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 
-import pytest
 import trio
 
 from tests.broker._stack import (
@@ -24,22 +23,8 @@ from tests.broker._stack import (
     heartbeat_payload,
     lockerd_at,
     provision,
-    start_broker,
 )
-from tests.support.fixtures import ComposeBrokerFactory, GoAuthBrokerFactory
 from tests.support.users import App
-
-
-@pytest.fixture
-def broker(
-    compose_broker_factory: ComposeBrokerFactory, goauth_broker_factory: GoAuthBrokerFactory
-) -> Broker:
-    return start_broker(
-        "compose",
-        compose_broker_factory=compose_broker_factory,
-        goauth_broker_factory=goauth_broker_factory,
-        cache_seconds=30,
-    )
 
 
 def iso(moment: datetime) -> str:

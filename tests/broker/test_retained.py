@@ -10,26 +10,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import trio
 
 from tests.broker._push import until_configured
-from tests.broker._stack import Broker, LockerdRun, lockerd_at, provision, start_broker
+from tests.broker._stack import Broker, LockerdRun, lockerd_at, provision
 from tests.support.device import Credentials, device
-from tests.support.fixtures import ComposeBrokerFactory, GoAuthBrokerFactory
 from tests.support.users import App
-
-
-@pytest.fixture
-def broker(
-    compose_broker_factory: ComposeBrokerFactory, goauth_broker_factory: GoAuthBrokerFactory
-) -> Broker:
-    return start_broker(
-        "compose",
-        compose_broker_factory=compose_broker_factory,
-        goauth_broker_factory=goauth_broker_factory,
-        cache_seconds=30,
-    )
 
 
 def retained_drops(app: App) -> float:
