@@ -27,6 +27,7 @@ from tests.actors.test_bank_actor import (
     heartbeat,
     online_bank,
     open_cmd,
+    until_dispatched,
     world,
 )
 
@@ -101,7 +102,7 @@ async def test_a_failed_append_is_never_acknowledged(
     async with world() as w:
         await online_bank(w)
         await w.registry.ask(BANK, open_cmd("tx-1"))
-        await w.log.wait_for_type(BANK, "CommandDispatched")  # nothing else is appended now
+        await until_dispatched(w)  # nothing else is appended now
         w.log.fail_next_appends(1)
         await w.registry.tell(BANK, answer("tx-1"), kind="response", on_done=acks.of("lost"))
         # the incarnation crashed on the append and a new one handles the next message
@@ -171,7 +172,7 @@ async def test_cancelled_with_a_message_in_hand_leaves_it_unacknowledged(
         done = w
         await online_bank(w)
         await w.registry.ask(BANK, open_cmd("tx-1"))
-        await w.log.wait_for_type(BANK, "CommandDispatched")
+        await until_dispatched(w)
         hold = trio.Event()
         append = w.log.append
 

@@ -219,6 +219,11 @@ async def configure(w: World, bank_id: str = BANK) -> None:
     w.observer.sent.clear()
 
 
+async def until_dispatched(w: World) -> None:
+    """Until a command after the configuration's push is recorded as dispatched."""
+    await w.log.wait_until(lambda: "CommandDispatched" in since_configured(w))
+
+
 def since_configured(w: World, bank_id: str = BANK) -> list[str]:
     """The types of the bank's stored events after its configuration was applied."""
     stored = w.log.types(bank_id)
@@ -301,7 +306,7 @@ async def test_open_while_online_dispatches_one_command_then_records_it_dispatch
         assert w.fleet.banks[BANK].pending_commands == 1
 
         w.publisher.release()
-        await w.log.wait_until(lambda: "CommandDispatched" in since_configured(w))
+        await until_dispatched(w)
         assert w.publisher.commands("tx-1") == [
             DeviceCommand(
                 bank_id=BANK,
@@ -346,7 +351,7 @@ async def test_answer_is_applied_once_and_a_duplicate_is_counted_under_its_kind(
     async with world() as w:
         await online_bank(w)
         await w.registry.ask(BANK, open_cmd("tx-1"))
-        await w.log.wait_until(lambda: "CommandDispatched" in since_configured(w))
+        await until_dispatched(w)
 
         first = await w.registry.ask(BANK, answer("tx-1"), kind="response")
         assert types(first.events) == ["CompartmentOpened"]
@@ -415,7 +420,7 @@ async def test_outbox_republishes_an_undispatched_command_after_a_crash(
         assert w.log.types(BANK)[-1] == "CompartmentOpeningRequested"
         assert w.observer.dropped[(None, "actor_crashed")] == 1
 
-        await w.log.wait_until(lambda: "CommandDispatched" in since_configured(w))
+        await until_dispatched(w)
         assert [m.transaction_id for m in w.publisher.commands()] == ["tx-1"]
         status = w.fleet.banks[BANK]
         assert (status.restarts, status.supervision) == (1, "running")
@@ -542,7 +547,7 @@ async def test_a_failed_banks_pending_commands_still_time_out_on_time(
         requested = await w.registry.ask(BANK, open_cmd("tx-1"))
         expires_at = requested.state.transactions["tx-1"].expires_at
         asked_at = trio.current_time()
-        await w.log.wait_for_type(BANK, "CommandDispatched")
+        await until_dispatched(w)
         await fail_bank(w)
         status = w.fleet.banks[BANK]
         assert status.supervision == "failed"
@@ -572,7 +577,7 @@ async def test_a_failed_banks_deadlines_survive_a_store_that_is_still_down(
     async with world() as w:
         await online_bank(w)
         await w.registry.ask(BANK, open_cmd("tx-1"))
-        await w.log.wait_for_type(BANK, "CommandDispatched")
+        await until_dispatched(w)
         await fail_bank(w)
         w.log.fail_next_appends(3)  # the first timeouts cannot be stored either
         await w.log.wait_for_type(BANK, "CommandTimedOut")
@@ -638,7 +643,7 @@ async def test_an_event_the_store_refuses_drops_its_message_alone(
     async with world() as w:
         await online_bank(w)
         await w.registry.ask(BANK, open_cmd("tx-1"))
-        await w.log.wait_until(lambda: "CommandDispatched" in since_configured(w))
+        await until_dispatched(w)
         version = w.log.version(BANK)
         w.log.fail_next_appends(POLICY.max_restarts * 3, error=ValueTheStoreCannotHold)
         for _ in range(POLICY.max_restarts * 3):
