@@ -92,6 +92,16 @@ async def history(svc: RunningLockerd, bank_id: str) -> list[dict[str, Any]]:
     return result
 
 
+async def until_configured(svc: RunningLockerd, banks: list[dict[str, Any]]) -> None:
+    """Until every bank's device has applied the configuration pushed as it came online."""
+
+    async def all_applied() -> bool:
+        views = [await bank(svc, created["id"]) for created in banks]
+        return all(v["applied_config_hash"] == v["config_hash"] is not None for v in views)
+
+    await eventually(all_applied, within=WAIT)
+
+
 async def request_apply_config(svc: RunningLockerd, bank_id: str) -> str:
     """POST apply-config; a 409 means the one sent when the bank came online is still
     pending, so ask again once it has been answered."""
@@ -192,6 +202,9 @@ async def test_duplicated_command_is_executed_once(
         ):
             with trio.fail_after(WAIT):
                 await fleet.wait_online()
+            # every bank's own push is applied first: the fleet's counters must not move for
+            # another bank while this one's duplicate is checked
+            await until_configured(svc, banks)
             bank_id = banks[0]["id"]
             device = fleet.device_for_bank(bank_id)
 
