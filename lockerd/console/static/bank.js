@@ -39,6 +39,7 @@ export function bankView(container, bankId) {
   const compartments = h("div#compartments");
   const grants = h("section#grants.card", { hidden: true });
   const historyStatus = h("p#history-status.hint", { role: "status" });
+  const addButton = button("Add compartment", addCompartment, { name: "add-compartment" });
   const history = h("div#history");
 
   container.replaceChildren(
@@ -47,7 +48,7 @@ export function bankView(container, bankId) {
       h("div.head", {}, title, h("span.spacer"), bankActions), facts),
     h("section.card", { "aria-labelledby": "compartments-title" },
       h("div.head", {}, h("h2#compartments-title", { text: "Compartments" }), h("span.spacer"),
-        button("Add compartment", addCompartment, { name: "add-compartment" })),
+        addButton),
       compartments),
     grants,
     h("section.card", { "aria-labelledby": "history-title" },
@@ -95,17 +96,24 @@ export function bankView(container, bankId) {
     facts.replaceChildren(...entries.flatMap(([term, value]) => [h("dt", { text: term }), h("dd", {}, value)]));
     facts.dataset.presence = presence;
 
-    if (!bankActions.children.length) {
-      bankActions.append(
-        button("Edit", editBank, { name: "edit-bank", kind: "quiet" }),
-        button("Apply config", applyConfig, { name: "apply-config" }),
-        button("New provisioning token", newToken, { name: "provisioning-token" }),
-        button("Restart actor", restart, { name: "restart" }),
-        button("Decommission", decommission, { name: "decommission", kind: "danger" }),
-      );
+    // A decommissioned bank takes no action any more (the server would refuse each with 409):
+    // its page keeps the facts, the grants and the history, and says why the buttons are gone.
+    const actionsKey = bank.decommissioned ? "decommissioned" : "active";
+    if (bankActions.dataset.state !== actionsKey) {
+      bankActions.dataset.state = actionsKey;
+      addButton.hidden = Boolean(bank.decommissioned);
+      bankActions.replaceChildren(...(bank.decommissioned
+        ? [h("p#decommissioned-note.hint", { text: "Decommissioned: its credentials are revoked and nothing can be done with it any more; its history stays readable." })]
+        : [
+          button("Edit", editBank, { name: "edit-bank", kind: "quiet" }),
+          button("Apply config", applyConfig, { name: "apply-config" }),
+          button("New provisioning token", newToken, { name: "provisioning-token" }),
+          button("Restart actor", restart, { name: "restart" }),
+          button("Decommission", decommission, { name: "decommission", kind: "danger" }),
+        ]));
     }
     // Rebuilt only when what it shows changed (heartbeats arrive often; buttons keep focus).
-    const key = JSON.stringify([bank.compartments, status().doors]);
+    const key = JSON.stringify([bank.compartments, status().doors, Boolean(bank.decommissioned)]);
     if (key !== compartmentsKey) {
       compartmentsKey = key;
       renderCompartments();
@@ -131,7 +139,10 @@ export function bankView(container, bankId) {
         `slave ${compartment.slave_id} · addr ${compartment.address}`,
         badge(`door-${door}`, door),
         off ? badge("warn", "out of service") : badge("ok", "in service"),
-        h("div.actions", {},
+        bank.decommissioned
+          ? h("div.actions", {},
+            button("Grants", () => showGrants(compartment.id), { name: "grants", kind: "small quiet" }))
+          : h("div.actions", {},
           button("Open", () => openCompartment(compartment), { name: "open", kind: "small" }),
           button(off ? "Back in service" : "Out of service", () => setOutOfService(compartment, !off),
             { name: "out-of-service", kind: "small quiet" }),

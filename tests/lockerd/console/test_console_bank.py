@@ -26,6 +26,7 @@ from tests.lockerd.console.harness import (
     text_of,
     wait_for,
 )
+from tests.support.service import ADMIN_TOKEN
 
 
 @pytest.fixture(scope="module")
@@ -218,16 +219,30 @@ def test_decommission(world: World, pier: dict[str, Any]) -> None:
     wait_for(
         driver, lambda d: "LockerBankDecommissioned" in history_types(d), "the decommissioning"
     )
-    # every open is refused now, with the server's reason
+    # the page offers no action any more, says why, and keeps the grants and the history
+    text_of(driver, "#decommissioned-note", "nothing can be done with it any more")
     compartment = pier["compartments"][0]
-    kind, text = world.act(
-        "open of a decommissioned bank",
-        compartment_action(compartment["id"], "open"),
-        {"reason": "check"},
-        bank_id=pier["id"],
+    wait_for(
+        driver,
+        lambda d: (
+            not d.find_elements(By.CSS_SELECTOR, '[data-action="decommission"]')
+            and not any(
+                button.is_displayed()
+                for button in d.find_elements(By.CSS_SELECTOR, '[data-action="add-compartment"]')
+            )
+            and not d.find_elements(By.CSS_SELECTOR, compartment_action(compartment["id"], "open"))
+            and d.find_elements(By.CSS_SELECTOR, compartment_action(compartment["id"], "grants"))
+        ),
+        "only the grants left as an action",
     )
-    assert kind == "error"
-    assert "the locker bank is decommissioned (HTTP 409, decommissioned)" in text
+    # and the server refuses every open with its reason (what the buttons would have met)
+    refused = world.backend.http.post(
+        f"/api/admin/compartments/{compartment['id']}/open",
+        json={"reason": "check"},
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+    )
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["reason"] == "decommissioned"
     screenshot(driver, "decommissioned.png")
     bank = world.backend.admin("GET", f"/api/admin/locker-banks/{pier['id']}")
     assert bank["decommissioned"] is True
