@@ -17,6 +17,7 @@ from pyrsistent import PMap, pmap
 
 from domain import commands as c
 from domain import events as e
+from domain.actor import Actor
 from domain.alerts import RAISED_BY, RESOLVED_BY, alert_id
 from domain.config_hash import created_hash
 from domain.lifecycle import (
@@ -380,26 +381,14 @@ def _request_open(state: BankState, command: c.RequestOpen, now: datetime) -> li
     compartment = state.compartment_by_id(command.compartment_id)
     if compartment is None:
         raise c.CommandRejected("not_found", "unknown compartment")
-    reason = _open_refusal(state, compartment, command.user_id, now, command.group_ids)
-    if reason is not None:
-        return [
-            e.CompartmentOpeningDenied(
-                user_id=command.user_id,
-                compartment_id=compartment.id,
-                reason=reason,
-                at=now,
-            )
-        ]
-    return [
-        e.CompartmentOpeningRequested(
-            transaction_id=command.transaction_id,
-            compartment_id=compartment.id,
-            compartment_number=compartment.number,
-            user_id=command.user_id,
-            requested_at=now,
-            expires_at=now + timedelta(seconds=command.command_timeout_seconds),
-        )
-    ]
+    return _decided_opening(
+        compartment,
+        _open_refusal(state, compartment, command.user_id, now, command.group_ids),
+        transaction_id=command.transaction_id,
+        user_id=command.user_id,
+        timeout=command.command_timeout_seconds,
+        now=now,
+    )
 
 
 def _operator_open(
@@ -409,30 +398,65 @@ def _operator_open(
     compartment = state.compartment_by_id(command.compartment_id)
     if compartment is None:
         raise c.CommandRejected("not_found", "unknown compartment")
-    reason = _state_refusal(state, compartment, now)
-    if reason is not None:
+    return _decided_opening(
+        compartment,
+        _state_refusal(state, compartment, now),
+        transaction_id=command.transaction_id,
+        user_id=command.user_id,
+        timeout=command.command_timeout_seconds,
+        now=now,
+        via="operator",
+        actor=command.actor,
+        reason=command.reason,
+    )
+
+
+def _decided_opening(
+    compartment: Compartment,
+    refusal: str | None,
+    *,
+    transaction_id: str,
+    user_id: str,
+    timeout: int,
+    now: datetime,
+    via: e.Via = "app",
+    actor: Actor | None = None,
+    reason: str | None = None,
+    qr_nonce: str | None = None,
+    event_id: str | None = None,
+) -> list[e.Event]:
+    """An open decided: the refusal recorded (``refusal`` names why), or the request.
+
+    The one place that builds both events, whoever opens (a user, an operator, a QR code):
+    ``reason`` is the operator's reason for opening, ``qr_nonce`` the code's nonce, ``event_id``
+    the device event that carried it.
+    """
+    if refusal is not None:
         return [
             e.CompartmentOpeningDenied(
-                user_id=command.user_id,
+                user_id=user_id,
                 compartment_id=compartment.id,
-                reason=reason,
+                reason=refusal,
                 at=now,
-                via="operator",
-                actor=command.actor,
-                request_reason=command.reason,
+                via=via,
+                event_id=event_id,
+                actor=actor,
+                request_reason=reason,
             )
         ]
     return [
         e.CompartmentOpeningRequested(
-            transaction_id=command.transaction_id,
+            transaction_id=transaction_id,
             compartment_id=compartment.id,
             compartment_number=compartment.number,
-            user_id=command.user_id,
+            user_id=user_id,
             requested_at=now,
-            expires_at=now + timedelta(seconds=command.command_timeout_seconds),
-            via="operator",
-            actor=command.actor,
-            reason=command.reason,
+            expires_at=now + timedelta(seconds=timeout),
+            via=via,
+            qr_nonce=qr_nonce,
+            event_id=event_id,
+            actor=actor,
+            reason=reason,
         )
     ]
 
@@ -655,22 +679,17 @@ def _qr_scanned(state: BankState, command: c.RecordDeviceEvent, now: datetime) -
         return denied("qr_expired")
     if claim.nonce in state.used_qr_nonces:
         return denied("qr_used")
-    reason = _open_refusal(state, compartment, claim.user_id, now, claim.group_ids)
-    if reason is not None:
-        return denied(reason)
-    return [
-        e.CompartmentOpeningRequested(
-            transaction_id=command.spare_transaction_id,
-            compartment_id=compartment.id,
-            compartment_number=compartment.number,
-            user_id=claim.user_id,
-            requested_at=now,
-            expires_at=now + timedelta(seconds=command.command_timeout_seconds),
-            via="qr",
-            qr_nonce=claim.nonce,
-            event_id=command.event_id,
-        )
-    ]
+    return _decided_opening(
+        compartment,
+        _open_refusal(state, compartment, claim.user_id, now, claim.group_ids),
+        transaction_id=command.spare_transaction_id,
+        user_id=claim.user_id,
+        timeout=command.command_timeout_seconds,
+        now=now,
+        via="qr",
+        qr_nonce=claim.nonce,
+        event_id=command.event_id,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
