@@ -19,7 +19,7 @@ from domain import commands as c
 from domain import events as e
 from domain.actor import Actor
 from domain.alerts import RAISED_BY, RESOLVED_BY, alert_id
-from domain.config_hash import created_hash
+from domain.config_hash import entries_hash
 from domain.lifecycle import (
     LIFECYCLE_COMMANDS,
     LIFECYCLE_EVENTS,
@@ -219,7 +219,7 @@ def _create(state: BankState, command: c.CreateBank, now: datetime) -> list[e.Ev
             compartments=command.compartments,
             created_at=now,
             actor=command.actor,
-            config_hash=created_hash(
+            config_hash=entries_hash(
                 ((spec.number, spec.slave_id, spec.address) for spec in command.compartments),
                 command.heartbeat_interval_seconds,
             ),
@@ -739,7 +739,7 @@ def _apply(s: BankState, event: e.Event) -> BankState:
                     }
                 ),
                 config_hash=event.config_hash
-                or created_hash(
+                or entries_hash(
                     ((spec.number, spec.slave_id, spec.address) for spec in event.compartments),
                     event.heartbeat_interval_seconds,
                 ),

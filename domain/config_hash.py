@@ -30,12 +30,12 @@ def config_hash(compartments: list[dict[str, int]], heartbeat_interval_seconds: 
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-def created_hash(
+def entries_hash(
     compartments: Iterable[tuple[int, int, int]], heartbeat_interval_seconds: int
 ) -> str:
-    """The ``config_hash`` of a bank created with ``(number, slave_id, address)`` compartments.
+    """The ``config_hash`` of ``(number, slave_id, address)`` compartments and an interval.
 
-    Part of ``LockerBankCreated`` since the contract made a bank's configuration exist from its
-    creation; read models of older histories compute it here, so both agree.
+    What a bank's state, its creation event and the read model of an older history (whose
+    ``LockerBankCreated`` carries no hash) all compute, so they agree.
     """
     return config_hash(config_compartments(compartments), heartbeat_interval_seconds)

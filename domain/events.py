@@ -45,7 +45,7 @@ class LockerBankCreated(Event, frozen=True, kw_only=True):
     actor: Actor | None = None
     #: the hash of the configuration it was created with (contract §2: a bank's configuration
     #: exists from its creation); None in events recorded before it was kept, whose state
-    #: computes the same hash from the compartments (:func:`domain.config_hash.created_hash`)
+    #: computes the same hash from the compartments (:func:`domain.config_hash.entries_hash`)
     config_hash: str | None = None
 
 

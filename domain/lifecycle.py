@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from domain import commands as c
 from domain import events as e
 from domain.actor import Actor
-from domain.config_hash import config_compartments, config_hash
+from domain.config_hash import config_compartments, config_hash, entries_hash
 from domain.state import BankState, Compartment
 
 MAX_HEARTBEAT_INTERVAL = 3600
@@ -42,8 +42,7 @@ LIFECYCLE_EVENTS = (
 
 def current_config_hash(state: BankState) -> str:
     """The hash of the configuration the state holds now."""
-    compartments = config_compartments(state.config_entries())
-    return config_hash(compartments, state.heartbeat_interval_seconds)
+    return entries_hash(state.config_entries(), state.heartbeat_interval_seconds)
 
 
 def apply_config_request(

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from domain.config_hash import created_hash
+from domain.config_hash import entries_hash
 from store.base import Projection, SqlTx, StoredEvent
 
 Handler = Callable[[SqlTx, StoredEvent], None]
@@ -38,7 +38,7 @@ class _TableProjection:
 def _bank_created(tx: SqlTx, ev: StoredEvent) -> None:
     d = ev.data
     # older histories' creation events carry no hash: the domain's own function computes it
-    config_hash = d.get("config_hash") or created_hash(
+    config_hash = d.get("config_hash") or entries_hash(
         ((c["number"], c["slave_id"], c["address"]) for c in d["compartments"]),
         d["heartbeat_interval_seconds"],
     )

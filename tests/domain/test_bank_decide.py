@@ -14,7 +14,7 @@ import pytest
 from domain import bank as b
 from domain import commands as c
 from domain import events as e
-from domain.config_hash import config_compartments, config_hash, created_hash
+from domain.config_hash import config_compartments, config_hash, entries_hash
 from domain.state import BankState
 from tests.domain._bank import (
     BANK_ID,
@@ -91,7 +91,7 @@ def test_create_emits_bank_created_then_token_issued() -> None:
             compartments=SPECS,
             created_at=T0,
             # the configuration exists from the creation (contract §2)
-            config_hash=created_hash(
+            config_hash=entries_hash(
                 ((spec.number, spec.slave_id, spec.address) for spec in SPECS), INTERVAL
             ),
         ),
