@@ -3,7 +3,8 @@
 A bank's behaviour is ``decide(state, command, now) -> events`` and ``evolve(state, event) ->
 state`` (:mod:`domain.bank`), over immutable states (:mod:`domain.state`, pyrsistent maps) and
 typed events (:mod:`domain.events`). Beside it: commands, snapshots, the Modbus configuration
-hash, QR codes, keyed hashing of secrets, the one rate limiter, the wire time format, the
+hash, QR codes, keyed hashing of secrets, the one rate limiter, the one retry backoff
+(:mod:`domain.backoff`), the wire time format, the
 records an event store keeps (:mod:`domain.records`) and the messages for devices
 (:mod:`domain.outbound`).
 

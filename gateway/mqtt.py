@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import enum
 import logging
-import math
 import random
 import select
 import socket
@@ -53,6 +52,8 @@ import trio
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+
+from domain.backoff import jittered_backoff
 
 __all__ = [
     "ConnectionRefusedByBroker",
@@ -449,13 +450,11 @@ class MqttClient:
             self._stop(stop_error or MqttError("MQTT client is closed"))
 
     def _backoff(self, failures: int) -> float:
-        """Exponential backoff with jitter: uniform in [d/2, d], d = min * 2**failures."""
+        """Exponential backoff with jitter (:func:`domain.backoff.jittered_backoff`)."""
         settings = self._settings
-        exponent = min(max(failures - 1, 0), 62)
-        delay = min(
-            settings.reconnect_max_delay, settings.reconnect_min_delay * math.ldexp(1, exponent)
+        return jittered_backoff(
+            failures, settings.reconnect_min_delay, settings.reconnect_max_delay, self._rng.random
         )
-        return self._rng.uniform(delay / 2, delay)
 
     async def _run_connection(self, task_status: trio.TaskStatus[None] | None) -> None:
         """One connection: connect, serve the socket until it closes.

@@ -33,6 +33,7 @@ import httpx
 import structlog
 import trio
 
+from domain.backoff import jittered_backoff
 from store.base import SqlTx, StoreUnavailable, Tables
 
 log = structlog.get_logger("lockerd.alerts.webhook")
@@ -54,9 +55,7 @@ class Backoff:
     maximum: float = 300.0
 
     def delay(self, attempts: int, draw: Callable[[], float] = random.random) -> float:
-        # the exponent is capped: past 2**60 the cap has long been reached (no float overflow)
-        base = min(self.maximum, self.initial * 2.0 ** min(60, max(0, attempts - 1)))
-        return float(base * (0.5 + 0.5 * draw()))
+        return jittered_backoff(attempts, self.initial, self.maximum, draw)
 
 
 @dataclass(frozen=True, slots=True)

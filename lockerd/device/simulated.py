@@ -44,6 +44,7 @@ from typing import Literal
 import structlog
 import trio
 
+from domain.backoff import jittered_backoff
 from gateway.mqtt import (
     ConnectionRefusedByBroker,
     InboundMessage,
@@ -782,5 +783,4 @@ def _abort_connection(client: MqttClient) -> None:
 
 
 def _backoff(rng: random.Random, failures: int, low: float = 0.2, high: float = 10.0) -> float:
-    delay = min(high, low * 2 ** min(failures - 1, 10))
-    return rng.uniform(delay / 2, delay)
+    return jittered_backoff(failures, low, high, rng.random)
