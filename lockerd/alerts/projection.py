@@ -145,6 +145,13 @@ def _resolve(tx: SqlTx, event: StoredEvent, alert_type: str) -> None:
         _enqueue(tx, event, _one(tx, the_id))
 
 
+#: the events that end a bank's outage watch: it is back, its alert is raised, or it is gone
+_OUTAGE_ENDS: Final = frozenset(
+    {"LockerBankCameOnline", "BankOfflineTooLong", "LockerBankDecommissioned"}
+)
+_WATCHED: Final = _OUTAGE_ENDS | {"LockerBankWentOffline"}
+
+
 def _watch_outage(tx: SqlTx, event: StoredEvent) -> None:
     if event.type == "LockerBankWentOffline":
         tx.execute(
@@ -152,18 +159,8 @@ def _watch_outage(tx: SqlTx, event: StoredEvent) -> None:
             " ON CONFLICT (bank_id) DO NOTHING",
             (event.stream_id, iso(event.recorded_at)),
         )
-    elif event.type in ("LockerBankCameOnline", "BankOfflineTooLong", "LockerBankDecommissioned"):
+    elif event.type in _OUTAGE_ENDS:
         tx.execute("DELETE FROM alert_offline_watch WHERE bank_id = ?", (event.stream_id,))
-
-
-_WATCHED: Final = frozenset(
-    {
-        "LockerBankWentOffline",
-        "LockerBankCameOnline",
-        "BankOfflineTooLong",
-        "LockerBankDecommissioned",
-    }
-)
 
 
 def settle_history(tx: SqlTx) -> None:
