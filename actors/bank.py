@@ -1,13 +1,25 @@
 """The bank actor: the imperative shell around ``decide`` and ``evolve``.
 
-One incarnation loads the bank (snapshot + tail of events), then handles its mailbox one
-message at a time: decide at the actor's clock, append the durable events with the expected
-version, fold them into the state, and only then act on them (hand device messages to the
-dispatcher, schedule the next deadline, update the fleet view, tell the listeners). If
-anything raises, the incarnation dies; its supervisor starts a new one, which rebuilds the
-state from the store, so no half-applied change survives a crash. The message that was being
-handled gets an error answer, never silence, and is dropped (counted ``actor_crashed`` and
-logged), never handed to the next incarnation: one bad message cannot crash an actor twice.
+One incarnation loads the bank (snapshot + tail of events), then handles its mailbox in
+*batches*: it takes the next message and, without waiting, every message already queued
+behind it (at most :data:`MAX_BATCH`), decides each in turn against the state the ones before
+it lead to (at the actor's clock), appends all their durable events in one append with the
+expected version, folds them in, and only then acts on them, message by message in their
+order (acknowledge, hand device messages to the dispatcher, answer), updating the fleet view,
+the listeners and the next deadline once. The result is the same as handling the messages
+one at a time; under load it costs one append (one commit, one round trip to the store's
+thread) for many messages instead of one each, and a message queued behind another no longer
+waits for the other's commit before its own. An idle bank's batch is one message.
+
+If anything raises, the incarnation dies; its supervisor starts a new one, which rebuilds the
+state from the store, so no half-applied change survives a crash. The message being handled
+gets an error answer, never silence, and is dropped (counted ``actor_crashed`` and logged),
+never handed to the next incarnation: one bad message cannot crash an actor twice. Batches
+keep this one-message semantics: a message on which ``decide`` itself raises (a bug) crashes
+the actor alone (the messages of its batch before it are stored and answered first, those
+behind it stay in the mailbox), and when the append of a batch fails (below) only its first
+message goes down with the actor; the others are handed back to the front of the mailbox
+(:meth:`~actors.mailbox.Mailbox.put_back`) for the next incarnation, as if never taken.
 
 An append can fail in two ways, told apart here. The store is down or another writer got there
 first (``ConcurrencyError``, or one of ``BankServices.transient_store_errors``, the store's
@@ -15,7 +27,9 @@ first (``ConcurrencyError``, or one of ``BankServices.transient_store_errors``, 
 append failure is this message's fault (a value the database cannot hold, e.g. PostgreSQL's
 ``DataError`` for NUL in text): nothing was stored, so the state is unchanged; the message is
 dropped (counted ``store_rejected``, logged), its asker gets a rejection (``invalid``), and the
-actor carries on. The boundaries refuse such values first; this is the safety net.
+actor carries on. When that happens to a batch of several messages, nothing of it was stored,
+so each of its messages is handled again on its own, which finds the one to refuse. The
+boundaries refuse such values first; this is the safety net.
 
 A bank whose actor has failed (past its restart budget) still gets its deadlines: the registry
 runs a *deadlines-only* incarnation (``deadlines_only=True``) that handles ticks and the
@@ -70,7 +84,7 @@ class Outcome:
     crashed: str | None = None
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # compared by identity: the actor tracks the ones in hand
 class Envelope:
     command: c.BankCommand
     kind: str | None = None  # inbound message kind, for the processed/dropped counter
@@ -127,6 +141,20 @@ DEADLINE_COMMANDS = (c.Tick, c.MarkDispatched, c.RecordProvisioningReplyFailed)
 #: (its ``bank_actor_failed`` alert above all) needs no working actor, only the store.
 FAILED_BANK_ASKS = (c.AcknowledgeAlert,)
 UNSTORABLE = c.CommandRejected("invalid", "the request holds a value that cannot be stored")
+#: Most messages handled in one batch (one append). Bounded so that one batch's append, and
+#: the wait of the first message in it, stay short however deep the mailbox is.
+MAX_BATCH = 32
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What ``decide`` made of one message of a batch: its events (or its rejection) and the
+    bank's state once the messages of the batch up to and including it are applied."""
+
+    envelope: Envelope
+    events: list[e.Event]
+    rejected: c.CommandRejected | None
+    after: BankState
 
 
 _OUTCOME_STATUS: dict[type[e.Event], str] = {
@@ -160,6 +188,8 @@ class BankActor:
         self.restarted_by = restarted_by
         self.state = BankState()
         self._snapshot_version = 0
+        #: the messages taken from the mailbox and not answered yet, in mailbox order
+        self._in_hand: list[Envelope] = []
 
     async def run(self) -> None:
         await self._load()
@@ -175,22 +205,28 @@ class BankActor:
                 continue
             with trio.CancelScope(shield=self.s.finish_in_flight):
                 try:
-                    await self._handle(envelope)
+                    await self._handle_batch(envelope)
                 except BaseException as exc:
-                    self._answer(envelope, Outcome(self.state, crashed=repr(exc)))
-                    if not isinstance(exc, trio.Cancelled):
-                        self.s.observer.message_dropped(envelope.kind, "actor_crashed")
-                        log.error(
-                            "message_dropped",
-                            bank_id=self.bank_id,
-                            kind=envelope.kind,
-                            reason="actor_crashed",
-                            command=type(envelope.command).__name__,
-                            error=repr(exc),
-                        )
-                        # a message that crashed the actor must not come back forever
-                        envelope.done()
+                    self._drop_in_hand(exc)
                     raise
+
+    def _drop_in_hand(self, exc: BaseException) -> None:
+        """The actor dies on ``exc``: answer every message it holds and has not answered."""
+        in_hand, self._in_hand = self._in_hand, []
+        for envelope in in_hand:
+            self._answer(envelope, Outcome(self.state, crashed=repr(exc)))
+            if not isinstance(exc, trio.Cancelled):
+                self.s.observer.message_dropped(envelope.kind, "actor_crashed")
+                log.error(
+                    "message_dropped",
+                    bank_id=self.bank_id,
+                    kind=envelope.kind,
+                    reason="actor_crashed",
+                    command=type(envelope.command).__name__,
+                    error=repr(exc),
+                )
+                # a message that crashed the actor must not come back forever
+                envelope.done()
 
     def refuse_failed(self, envelope: Envelope) -> None:
         """Answer and count a message that a failed bank does not handle."""
@@ -239,29 +275,61 @@ class BankActor:
                 if self.s.record_dispatch_first:
                     # recorded before it goes out, as every command is with several nodes
                     await self._handle(Envelope(c.MarkDispatched(tx.transaction_id)))
-                await self._dispatch_command(tx.transaction_id, now)
+                await self._dispatch_command(self.state, tx.transaction_id, now)
 
     async def _handle(self, envelope: Envelope) -> None:
+        """Handle one message on its own (a batch of one)."""
+        self._in_hand.append(envelope)
+        await self._commit([self._decide(self.state, envelope, self.s.clock())])
+
+    async def _handle_batch(self, first: Envelope) -> None:
+        """Handle ``first`` and the messages queued behind it as one batch (module doc)."""
+        self._in_hand.append(first)
         now = self.s.clock()
-        observer = self.s.observer
+        batch: list[Decision] = []
+        state = self.state
+        envelope: Envelope | None = first
+        while envelope is not None:
+            if envelope is not first:
+                self._in_hand.append(envelope)
+            try:
+                decision = self._decide(state, envelope, now)
+            except Exception:
+                # a bug in decide: the messages before this one are handled as ever, this one
+                # crashes the actor (run() answers and drops it)
+                self._in_hand.pop()
+                try:
+                    if batch:
+                        await self._commit(batch)
+                finally:
+                    self._in_hand.append(envelope)
+                raise
+            batch.append(decision)
+            state = decision.after
+            if self.deadlines_only or len(batch) >= MAX_BATCH:
+                break
+            envelope = self.mailbox.get_nowait()
+        await self._commit(batch)
+
+    def _decide(self, state: BankState, envelope: Envelope, now: datetime) -> Decision:
+        """``decide`` for one message against ``state``; raises only what decide raises
+        other than a rejection (a bug)."""
         try:
-            decided = decide(self.state, envelope.command, now)
+            decided = decide(state, envelope.command, now)
         except c.CommandRejected as rejection:
-            observer.message_dropped(envelope.kind, rejection.code)
-            if envelope.kind is not None:
-                log.info(
-                    "message_dropped",
-                    bank_id=self.bank_id,
-                    kind=envelope.kind,
-                    reason=rejection.code,
-                    detail=rejection.message,
-                )
-            self._answer(envelope, Outcome(self.state, rejected=rejection))
-            envelope.done()
-            return
+            return Decision(envelope, [], rejection, state)
         if self.s.record_dispatch_first:
-            decided = self._with_dispatch_records(decided, now)
-        durable = [ev for ev in decided if e.is_durable(ev)]
+            decided = _with_dispatch_records(state, decided, now)
+        return Decision(envelope, decided, None, fold(state, decided))
+
+    async def _commit(self, batch: list[Decision]) -> None:
+        """Append the batch's durable events in one append, then finish its messages in order.
+
+        The messages of ``batch`` are the first ones of ``self._in_hand``; each leaves it once
+        answered.
+        """
+        now = self.s.clock()
+        durable = [ev for d in batch for ev in d.events if e.is_durable(ev)]
         stored: list[StoredEvent] = []
         if durable:
             started = trio.current_time()
@@ -274,32 +342,42 @@ class BankActor:
             except ConcurrencyError:
                 # another writer got there first: crash, the restart reloads; not applied, so
                 # a device message must be delivered again, not acknowledged
-                envelope.withhold()
+                self._hand_back(batch)
                 raise
             except Exception as exc:
                 if isinstance(exc, self.s.transient_store_errors):
-                    envelope.withhold()  # the store is down: crash, redelivered later
+                    self._hand_back(batch)  # the store is down: crash, redelivered later
                     raise
-                self._refuse_unstorable(envelope, durable, exc)  # dropped: acknowledged
+                if len(batch) > 1:
+                    # nothing was stored: find the message at fault by handling each alone
+                    for decision in batch:
+                        await self._commit([self._decide(self.state, decision.envelope, now)])
+                    return
+                self._refuse_unstorable(batch[0].envelope, durable, exc)  # acknowledged
                 return
             except BaseException:
-                envelope.withhold()  # cancelled: not applied
+                self._hand_back(batch)  # cancelled: not applied
                 raise
-            observer.append_took(trio.current_time() - started)
-        self.state = fold(self.state, decided)
-        envelope.done()
+            self.s.observer.append_took(trio.current_time() - started)
+        self.state = batch[-1].after
         if stored:
             for listener in self.s.listeners:
                 listener(self.bank_id, stored)
-        if envelope.kind is not None:
-            if decided:
-                observer.message_processed(envelope.kind)
-            else:
-                observer.message_dropped(envelope.kind, "duplicate")
-        await self._react(envelope, decided, now)
-        self._publish_status(decided)
+        for decision in batch:
+            await self._apply(decision, now)
+        self._publish_status([ev for d in batch for ev in d.events])
         self.s.timers.schedule(self.bank_id, self.state.next_deadline())
-        self._answer(envelope, Outcome(self.state, tuple(decided), tuple(stored)))
+        position = 0
+        for decision in batch:
+            count = sum(1 for ev in decision.events if e.is_durable(ev))
+            if decision.rejected is not None:
+                outcome = Outcome(decision.after, rejected=decision.rejected)
+            else:
+                own = tuple(stored[position : position + count])
+                outcome = Outcome(decision.after, tuple(decision.events), own)
+            position += count
+            self._answer(decision.envelope, outcome)
+            self._in_hand.remove(decision.envelope)
         if self.state.version - self._snapshot_version >= self.s.snapshot_every:
             state = self.state
             # encoding grows with the remembered transactions (about 35 ms at 10,000): off
@@ -308,6 +386,41 @@ class BankActor:
             encoded = await trio.to_thread.run_sync(encode_snapshot, state)
             await self.s.store.save_snapshot(Snapshot(self.bank_id, state.version, encoded))
             self._snapshot_version = state.version
+
+    def _hand_back(self, batch: list[Decision]) -> None:
+        """Nothing of ``batch`` was applied and the actor is about to die: its first message
+        goes down with it, unacknowledged (``run`` answers it); the others go back to the
+        front of the mailbox, for the next incarnation."""
+        first, *rest = (decision.envelope for decision in batch)
+        first.withhold()
+        for envelope in rest:
+            self._in_hand.remove(envelope)
+        self.mailbox.put_back(rest)
+
+    async def _apply(self, decision: Decision, now: datetime) -> None:
+        """Acknowledge, count and act on one message whose events are stored."""
+        envelope = decision.envelope
+        observer = self.s.observer
+        rejection = decision.rejected
+        if rejection is not None:
+            observer.message_dropped(envelope.kind, rejection.code)
+            if envelope.kind is not None:
+                log.info(
+                    "message_dropped",
+                    bank_id=self.bank_id,
+                    kind=envelope.kind,
+                    reason=rejection.code,
+                    detail=rejection.message,
+                )
+            envelope.done()
+            return
+        envelope.done()
+        if envelope.kind is not None:
+            if decision.events:
+                observer.message_processed(envelope.kind)
+            else:
+                observer.message_dropped(envelope.kind, "duplicate")
+        await self._react(envelope, decision.events, now, decision.after)
 
     def _refuse_unstorable(
         self, envelope: Envelope, durable: list[e.Event], error: Exception
@@ -324,24 +437,8 @@ class BankActor:
             error=repr(error),
         )
         self._answer(envelope, Outcome(self.state, rejected=UNSTORABLE))
+        self._in_hand.remove(envelope)
         envelope.done()  # it can never be stored: it must not come back
-
-    def _with_dispatch_records(self, decided: list[e.Event], now: datetime) -> list[e.Event]:
-        """``decided`` plus a ``CommandDispatched`` for every command it requests, so the
-        request and its dispatch record are appended in one transaction (no extra round trip
-        on the open path)."""
-        requested = [
-            ev.transaction_id
-            for ev in decided
-            if isinstance(ev, (e.CompartmentOpeningRequested, e.ConfigApplyRequested))
-        ]
-        if not requested:
-            return decided
-        interim = fold(self.state, decided)
-        records: list[e.Event] = []
-        for transaction_id in requested:
-            records += decide(interim, c.MarkDispatched(transaction_id), now)
-        return [*decided, *records]
 
     def _answer(self, envelope: Envelope, outcome: Outcome) -> None:
         if envelope.reply is not None:
@@ -350,11 +447,14 @@ class BankActor:
                 envelope.reply.send_nowait(outcome)
             envelope.reply = None
 
-    async def _react(self, envelope: Envelope, decided: list[e.Event], now: datetime) -> None:
+    async def _react(
+        self, envelope: Envelope, decided: list[e.Event], now: datetime, state: BankState
+    ) -> None:
+        """Act on one message's events; ``state``: the bank once they are applied."""
         for event in decided:
             match event:
                 case e.CompartmentOpeningRequested() | e.ConfigApplyRequested():
-                    await self._dispatch_command(event.transaction_id, now)
+                    await self._dispatch_command(state, event.transaction_id, now)
                 case e.LockerBankProvisioned():
                     await self._reply_provisioned(event, envelope.secret or "")
                 case e.ProvisioningFailed() | e.RegistrationRefused():
@@ -362,7 +462,7 @@ class BankActor:
                         Delivery(ProvisioningRefused(event.client_id, event.reason))
                     )
                 case e.CompartmentOpened() | e.ConfigApplied() | e.CommandFailed():
-                    action = self.state.transactions[event.transaction_id].action
+                    action = state.transactions[event.transaction_id].action
                     self.s.observer.command_finished(action, _OUTCOME_STATUS[type(event)])
                 case e.CommandTimedOut():
                     self.s.observer.command_finished(event.action, "timeout")
@@ -376,8 +476,8 @@ class BankActor:
                     transaction_id=getattr(event, "transaction_id", None),
                 )
 
-    async def _dispatch_command(self, transaction_id: str, now: datetime) -> None:
-        tx = self.state.transactions[transaction_id]
+    async def _dispatch_command(self, state: BankState, transaction_id: str, now: datetime) -> None:
+        tx = state.transactions[transaction_id]
         mailbox = self.mailbox
 
         async def sent() -> None:
@@ -386,7 +486,7 @@ class BankActor:
         remaining = (tx.expires_at - now).total_seconds()
         await self.s.dispatcher.submit(
             Delivery(
-                device_command(self.state, tx),
+                device_command(state, tx),
                 deadline=trio.current_time() + remaining,
                 on_sent=None if self.s.record_dispatch_first else sent,
             )
@@ -424,7 +524,7 @@ class BankActor:
         status.presence = state.presence
         if state.last_seen is not None:  # keep the persisted last_seen until a heartbeat
             status.last_seen = state.last_seen
-        status.pending_commands = len(state.pending())
+        status.pending_commands = len(state.pending_ids)
         status.mailbox = self.mailbox.depth
         status.doors = {n: comp.door_state for n, comp in state.compartments.items()}
         status.config_hash = state.config_hash
@@ -434,6 +534,26 @@ class BankActor:
             n for n, comp in state.compartments.items() if comp.out_of_service
         )
         self.s.fleet.changed(self.bank_id)
+
+
+def _with_dispatch_records(
+    state: BankState, decided: list[e.Event], now: datetime
+) -> list[e.Event]:
+    """``decided`` (decided against ``state``) plus a ``CommandDispatched`` for every command
+    it requests, so the request and its dispatch record are appended in one transaction (no
+    extra round trip on the open path)."""
+    requested = [
+        ev.transaction_id
+        for ev in decided
+        if isinstance(ev, (e.CompartmentOpeningRequested, e.ConfigApplyRequested))
+    ]
+    if not requested:
+        return decided
+    interim = fold(state, decided)
+    records: list[e.Event] = []
+    for transaction_id in requested:
+        records += decide(interim, c.MarkDispatched(transaction_id), now)
+    return [*decided, *records]
 
 
 def _keeps_deadlines(envelope: Envelope) -> bool:

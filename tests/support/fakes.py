@@ -134,7 +134,9 @@ class MemoryEventLog:
     :class:`InjectedStoreFailure` (or ``error``): before storing anything, or with
     ``after_commit=True`` after storing (a store that committed but lost the answer).
     ``reads`` records every ``read_stream`` call as ``(stream_id, after_version)``;
-    ``append_calls`` counts appends, failed ones included.
+    ``append_calls`` counts appends, failed ones included; ``appended`` holds the event types
+    of each successful append, in order. ``hold_appends()`` makes appends wait (counted in
+    ``appends_waiting``) until ``release_appends()``, to let messages queue up behind one.
     """
 
     def __init__(self, *, clock: Callable[[], datetime] | None = None) -> None:
@@ -142,6 +144,9 @@ class MemoryEventLog:
         self.snapshots: dict[str, Snapshot] = {}
         self.reads: list[tuple[str, int]] = []
         self.append_calls = 0
+        self.appended: list[list[str]] = []
+        self.appends_waiting = 0
+        self._gate: trio.Event | None = None
         self._clock = clock or (lambda: datetime.now(UTC))
         self._position = 0
         self._failures: deque[_AppendFailure] = deque()
@@ -160,10 +165,25 @@ class MemoryEventLog:
     def pending_failures(self) -> int:
         return len(self._failures)
 
+    def hold_appends(self) -> None:
+        self._gate = trio.Event()
+
+    def release_appends(self) -> None:
+        if self._gate is not None:
+            self._gate.set()
+        self._gate = None
+
     async def append(
         self, stream_id: str, expected_version: int, events: Sequence[NewEvent]
     ) -> list[StoredEvent]:
         await trio.lowlevel.checkpoint()
+        while self._gate is not None:
+            self.appends_waiting += 1
+            self._changes.notify()
+            try:
+                await self._gate.wait()
+            finally:
+                self.appends_waiting -= 1
         self.append_calls += 1
         failure = self._failures.popleft() if self._failures else None
         if failure is not None and not failure.after_commit:
@@ -186,6 +206,7 @@ class MemoryEventLog:
                 )
             )
         stream.extend(stored)
+        self.appended.append([event.type for event in events])
         self._changes.notify()
         if failure is not None:
             raise failure.error(f"injected failure after committing to {stream_id}")
