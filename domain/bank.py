@@ -8,7 +8,6 @@ command causes (possibly none: a duplicate changes nothing) or raises
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import datetime, timedelta
 from functools import reduce
 from typing import Any
@@ -24,16 +23,18 @@ from domain.lifecycle import (
     LIFECYCLE_COMMANDS,
     LIFECYCLE_EVENTS,
     apply_config_request,
-    apply_lifecycle,
     config_push,
     decide_lifecycle,
+    lifecycle_changes,
 )
 from domain.state import (
     DEDUP_WINDOW,
     MAX_REMEMBERED,
+    BankChanges,
     BankState,
     Compartment,
     Transaction,
+    copy_with,
     opens_the_door,
 )
 
@@ -697,96 +698,103 @@ def _qr_scanned(state: BankState, command: c.RecordDeviceEvent, now: datetime) -
 
 
 def evolve(state: BankState, event: e.Event) -> BankState:
-    state = _track_alerts(_apply(state, event), event)
+    """``state`` with ``event`` folded in (a new state; ``state`` is not modified).
+
+    The event's changes (:func:`_changes`), the alerts it raises or resolves and, for a durable
+    event, the version are gathered first and applied in one copy of the state: a copy of a
+    ``BankState`` costs more than anything else an event does to it.
+    """
+    changes = _changes(state, event)
+    _track_alerts(state, changes, event)
     if e.is_durable(event):
-        state = replace(state, version=state.version + 1)
-    return state
+        changes["version"] = state.version + 1
+    return copy_with(state, **changes) if changes else state
 
 
-def _track_alerts(s: BankState, event: e.Event) -> BankState:
-    """Keep ``open_alerts`` (domain.alerts): before the version is counted, so the raising
-    event's stream version is ``s.version + 1``."""
+def _track_alerts(s: BankState, changes: BankChanges, event: e.Event) -> None:
+    """Keep ``open_alerts`` (domain.alerts) in ``changes``, the event's changes to ``s``: as
+    they are before the version is counted, so the raising event's stream version is
+    ``s.version + 1``."""
     name = type(event).__name__
     raised = RAISED_BY.get(name)
-    if raised is not None:
-        return replace(s, open_alerts=s.open_alerts.set(alert_id(s.bank_id, s.version + 1), raised))
     resolved = RESOLVED_BY.get(name)
-    if resolved is not None and resolved in s.open_alerts.values():
-        kept = {k: v for k, v in s.open_alerts.items() if v != resolved}
-        return replace(s, open_alerts=pmap(kept))
-    return s
+    if raised is None and resolved is None:
+        return
+    open_alerts = changes.get("open_alerts", s.open_alerts)
+    if raised is not None:
+        bank_id = changes.get("bank_id", s.bank_id)
+        changes["open_alerts"] = open_alerts.set(alert_id(bank_id, s.version + 1), raised)
+    elif resolved in open_alerts.values():
+        changes["open_alerts"] = pmap({k: v for k, v in open_alerts.items() if v != resolved})
 
 
 def fold(state: BankState, events: list[e.Event]) -> BankState:
     return reduce(evolve, events, state)
 
 
-def _apply(s: BankState, event: e.Event) -> BankState:
+def _changes(s: BankState, event: e.Event) -> BankChanges:
+    """What ``event`` changes in ``s`` (the version and ``open_alerts`` are :func:`evolve`'s):
+    a new dict each time, which :func:`evolve` may add to; empty when nothing changes."""
     if isinstance(event, LIFECYCLE_EVENTS):
-        return apply_lifecycle(s, event)
+        return lifecycle_changes(s, event)
     match event:
         case e.LockerBankCreated():
-            return replace(
-                s,
-                bank_id=event.bank_id,
-                name=event.name,
-                location=event.location,
-                heartbeat_interval_seconds=event.heartbeat_interval_seconds,
-                compartments=pmap(
+            return {
+                "bank_id": event.bank_id,
+                "name": event.name,
+                "location": event.location,
+                "heartbeat_interval_seconds": event.heartbeat_interval_seconds,
+                "compartments": pmap(
                     {
                         spec.number: Compartment(spec.id, spec.number, spec.slave_id, spec.address)
                         for spec in event.compartments
                     }
                 ),
-                config_hash=event.config_hash
+                "config_hash": event.config_hash
                 or entries_hash(
                     ((spec.number, spec.slave_id, spec.address) for spec in event.compartments),
                     event.heartbeat_interval_seconds,
                 ),
-            )
+            }
         case e.ProvisioningTokenIssued():
             # a new token voids every earlier one, the used one too (no lost-reply redemption)
-            return replace(
-                s,
-                token_hash=event.token_hash,
-                token_expires_at=event.expires_at,
-                used_token_hash=None,
-            )
+            return {
+                "token_hash": event.token_hash,
+                "token_expires_at": event.expires_at,
+                "used_token_hash": None,
+            }
         case e.LockerBankProvisioned():
-            return replace(
-                s,
-                token_hash=None,
-                token_expires_at=None,
-                used_token_hash=event.token_hash,
-                provisioned_client_id=event.client_id,
-                provisioned_at=event.provisioned_at,
-                mqtt_user=event.mqtt_user,
-                credential_hash=event.credential_hash,
-                credentials_seen_in_use=False,
+            return {
+                "token_hash": None,
+                "token_expires_at": None,
+                "used_token_hash": event.token_hash,
+                "provisioned_client_id": event.client_id,
+                "provisioned_at": event.provisioned_at,
+                "mqtt_user": event.mqtt_user,
+                "credential_hash": event.credential_hash,
+                "credentials_seen_in_use": False,
                 **_revoked(s, event),
-            )
+            }
         case e.CompartmentAccessGranted():
             users = s.grants.get(event.compartment_id, pmap())
-            return replace(
-                s,
-                grants=s.grants.set(
+            return {
+                "grants": s.grants.set(
                     event.compartment_id, users.set(event.user_id, event.expires_at)
-                ),
-            )
+                )
+            }
         case e.CompartmentAccessRevoked():
             users = s.grants.get(event.compartment_id, pmap()).discard(event.user_id)
-            return replace(s, grants=s.grants.set(event.compartment_id, users))
+            return {"grants": s.grants.set(event.compartment_id, users)}
         case e.CompartmentGroupAccessGranted():
             groups = s.group_grants.get(event.compartment_id, pmap())
-            return replace(
-                s,
-                group_grants=s.group_grants.set(
+            return {
+                "group_grants": s.group_grants.set(
                     event.compartment_id, groups.set(event.group_id, event.expires_at)
-                ),
-            )
+                )
+            }
         case e.CompartmentGroupAccessRevoked():
             groups = s.group_grants.get(event.compartment_id, pmap()).discard(event.group_id)
-            return replace(s, group_grants=s.group_grants.set(event.compartment_id, groups))
+            return {"group_grants": s.group_grants.set(event.compartment_id, groups)}
         case e.CompartmentOpeningRequested():
             tx = Transaction(
                 transaction_id=event.transaction_id,
@@ -800,11 +808,11 @@ def _apply(s: BankState, event: e.Event) -> BankState:
             used = s.used_qr_nonces
             if event.qr_nonce is not None:
                 used = _remember(used, event.qr_nonce, event.requested_at)
-            return _seen(
-                replace(_put_tx(s, tx, prune_at=event.requested_at), used_qr_nonces=used),
-                event.event_id,
-                event.requested_at,
-            )
+            return {
+                **_put_tx(s, tx, prune_at=event.requested_at),
+                "used_qr_nonces": used,
+                **_seen(s, event.event_id, event.requested_at),
+            }
         case e.ConfigApplyRequested():
             tx = Transaction(
                 transaction_id=event.transaction_id,
@@ -815,9 +823,7 @@ def _apply(s: BankState, event: e.Event) -> BankState:
                 user_id=event.requested_by,
                 config_hash=event.config_hash,
             )
-            return replace(
-                _put_tx(s, tx, prune_at=event.requested_at), config_hash=event.config_hash
-            )
+            return {**_put_tx(s, tx, prune_at=event.requested_at), "config_hash": event.config_hash}
         case e.CommandDispatched():
             return _update_tx(s, event.transaction_id, dispatched=True)
         case e.CompartmentOpened():
@@ -829,10 +835,12 @@ def _apply(s: BankState, event: e.Event) -> BankState:
                 s, event.transaction_id, status="error", completed_at=event.received_at
             )
         case e.ConfigApplied():
-            s = _update_tx(
-                s, event.transaction_id, status="success", completed_at=event.received_at
-            )
-            return replace(s, applied_config_hash=event.applied_config_hash)
+            return {
+                **_update_tx(
+                    s, event.transaction_id, status="success", completed_at=event.received_at
+                ),
+                "applied_config_hash": event.applied_config_hash,
+            }
         case e.CommandTimedOut():
             return _update_tx(
                 s, event.transaction_id, status="timeout", completed_at=event.timed_out_at
@@ -841,69 +849,65 @@ def _apply(s: BankState, event: e.Event) -> BankState:
             return _update_tx(s, event.transaction_id, has_late_answer=True)
         case e.HeartbeatReceived():
             if not event.in_order:  # a sign of life, but not the latest heartbeat
-                return replace(
-                    s, presence="online", last_seen=event.received_at, credentials_seen_in_use=True
-                )
-            return replace(
-                s,
-                presence="online",
-                last_seen=event.received_at,
-                session_id=event.session_id if event.session_id is not None else s.session_id,
-                uptime_seconds=event.uptime_seconds,
-                heartbeat_device_time=event.device_time,
-                credentials_seen_in_use=True,
-            )
+                return {
+                    "presence": "online",
+                    "last_seen": event.received_at,
+                    "credentials_seen_in_use": True,
+                }
+            return {
+                "presence": "online",
+                "last_seen": event.received_at,
+                "session_id": event.session_id if event.session_id is not None else s.session_id,
+                "uptime_seconds": event.uptime_seconds,
+                "heartbeat_device_time": event.device_time,
+                "credentials_seen_in_use": True,
+            }
         case e.DeviceCredentialsUsed():
-            return replace(s, credentials_seen_in_use=True)
+            return {"credentials_seen_in_use": True}
         case e.LockerBankCameOnline():
             # when replayed from the store (no live heartbeat before it) the heartbeat deadline
             # still runs from the moment it came online, so it cannot stay online forever
-            return replace(
-                s,
-                presence="online",
-                last_seen=s.last_seen or event.at,
-                credentials_seen_in_use=True,
-                offline_since=None,
-                offline_alerted=False,
-            )
+            return {
+                "presence": "online",
+                "last_seen": s.last_seen or event.at,
+                "credentials_seen_in_use": True,
+                "offline_since": None,
+                "offline_alerted": False,
+            }
         case e.LockerBankWentOffline():
             if s.offline_since is not None:  # the same outage (a last will after a restart)
-                return replace(s, presence="offline")
-            return replace(s, presence="offline", offline_since=event.at, offline_alerted=False)
+                return {"presence": "offline"}
+            return {"presence": "offline", "offline_since": event.at, "offline_alerted": False}
         case e.BankOfflineTooLong():
-            return replace(s, offline_alerted=True)
+            return {"offline_alerted": True}
         case e.BankActorFailed():
-            return replace(s, actor_failed=True)
+            return {"actor_failed": True}
         case e.BankActorRestarted():
-            return replace(s, actor_failed=False)
+            return {"actor_failed": False}
         case e.AlertAcknowledged():
-            return replace(s, open_alerts=s.open_alerts.discard(event.alert_id))
+            return {"open_alerts": s.open_alerts.discard(event.alert_id)}
         case e.DoorStateChanged():
             compartment = s.compartments[event.compartment_number]
-            return _seen(
-                replace(
-                    s,
-                    compartments=s.compartments.set(
-                        compartment.number, replace(compartment, door_state=event.state)
-                    ),
+            return {
+                "compartments": s.compartments.set(
+                    compartment.number, copy_with(compartment, door_state=event.state)
                 ),
-                event.event_id,
-                event.at,
-            )
+                **_seen(s, event.event_id, event.at),
+            }
         case e.UncommandedDoorOpening():
-            return replace(s, alerts=s.alerts + 1)
+            return {"alerts": s.alerts + 1}
         case e.DeviceEventRecorded():
             return _seen(s, event.event_id, event.at)
         case e.CompartmentOpeningDenied():
             return _seen(s, event.event_id, event.at)
         case e.ProvisioningFailed():
-            return replace(s, last_provisioning_failure_at=event.at)
+            return {"last_provisioning_failure_at": event.at}
         case e.ProvisioningReplyFailed() | e.DeviceRebooted() | e.RegistrationRefused():
-            return s
+            return {}
     raise AssertionError(f"unhandled event {event!r}")  # pragma: no cover
 
 
-def _revoked(s: BankState, event: e.LockerBankProvisioned) -> dict[str, Any]:
+def _revoked(s: BankState, event: e.LockerBankProvisioned) -> BankChanges:
     """What revoking the previous credentials changes: their session's liveness says nothing
     about the new device (presence is ``unknown`` until its first heartbeat), and the window
     during which the broker may still honour them."""
@@ -923,18 +927,24 @@ def _iso(moment: datetime | None) -> str:
     return "now" if moment is None else moment.isoformat(timespec="milliseconds")
 
 
-def _update_tx(s: BankState, transaction_id: str, **changes: Any) -> BankState:
+def _update_tx(s: BankState, transaction_id: str, **changes: Any) -> BankChanges:
     tx = s.transactions.get(transaction_id)
     if tx is None:  # pruned long ago: nothing to update
-        return s
-    return _put_tx(s, replace(tx, **changes))
+        return {}
+    return _put_tx(s, copy_with(tx, **changes))
 
 
-def _put_tx(s: BankState, tx: Transaction, *, prune_at: datetime | None = None) -> BankState:
-    """Remember ``tx`` and keep the derived indexes (``pending_ids``, ``opens_done_at``)."""
+def _put_tx(s: BankState, tx: Transaction, *, prune_at: datetime | None = None) -> BankChanges:
+    """The changes that remember ``tx`` and keep the derived indexes (``pending_ids``,
+    ``opens_done_at``)."""
     transactions = s.transactions.set(tx.transaction_id, tx)
     if prune_at is not None and len(transactions) > MAX_REMEMBERED:
-        return replace(s, transactions=_prune(transactions, prune_at)).reindexed()
+        pruned = copy_with(s, transactions=_prune(transactions, prune_at)).reindexed()
+        return {
+            "transactions": pruned.transactions,
+            "pending_ids": pruned.pending_ids,
+            "opens_done_at": pruned.opens_done_at,
+        }
     if tx.status == "pending":
         pending = s.pending_ids.add(tx.transaction_id)
     else:
@@ -946,13 +956,13 @@ def _put_tx(s: BankState, tx: Transaction, *, prune_at: datetime | None = None) 
         previous = done.get(number)
         if previous is None or previous < tx.completed_at:
             done = done.set(number, tx.completed_at)
-    return replace(s, transactions=transactions, pending_ids=pending, opens_done_at=done)
+    return {"transactions": transactions, "pending_ids": pending, "opens_done_at": done}
 
 
-def _seen(s: BankState, event_id: str | None, at: datetime) -> BankState:
+def _seen(s: BankState, event_id: str | None, at: datetime) -> BankChanges:
     if event_id is None:
-        return s
-    return replace(s, seen_event_ids=_remember(s.seen_event_ids, event_id, at))
+        return {}
+    return {"seen_event_ids": _remember(s.seen_event_ids, event_id, at)}
 
 
 def _remember(seen: PMap[str, datetime], key: str, at: datetime) -> PMap[str, datetime]:

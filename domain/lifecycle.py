@@ -2,7 +2,7 @@
 decommissioning; and the configuration push that follows a change (contract §2).
 
 Pure, like :mod:`domain.bank`, which hands these commands here (``decide_lifecycle``) and
-folds these events with :func:`apply_lifecycle`. Every event names its ``actor``.
+folds these events with :func:`lifecycle_changes`. Every event names its ``actor``.
 
 The Modbus configuration is the heartbeat interval and every compartment's number, slave id
 and address (:func:`domain.config_hash.config_hash`). A change of it gives the bank a new
@@ -13,14 +13,13 @@ location are not part of it and change no hash.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import datetime, timedelta
 
 from domain import commands as c
 from domain import events as e
 from domain.actor import Actor
 from domain.config_hash import config_compartments, config_hash, entries_hash
-from domain.state import BankState, Compartment
+from domain.state import BankChanges, BankState, Compartment, copy_with
 
 MAX_HEARTBEAT_INTERVAL = 3600
 
@@ -113,7 +112,7 @@ def decide_lifecycle(state: BankState, command: c.BankCommand, now: datetime) ->
     if change is None:
         return []  # nothing to change
     assert isinstance(command, c.ConfigChange)
-    after = apply_lifecycle(state, change)
+    after = copy_with(state, **lifecycle_changes(state, change))  # its version is not counted
     return [
         change,
         *config_push(after, command.transaction_id, now, command.command_timeout_seconds),
@@ -133,7 +132,7 @@ def _edit_bank(state: BankState, command: c.EditBank, now: datetime) -> e.Event 
         return None
     new_hash = None
     if interval != state.heartbeat_interval_seconds:
-        new_hash = current_config_hash(replace(state, heartbeat_interval_seconds=interval))
+        new_hash = current_config_hash(copy_with(state, heartbeat_interval_seconds=interval))
     return e.LockerBankEdited(
         name=name,
         location=location,
@@ -161,7 +160,7 @@ def _add_compartment(state: BankState, command: c.AddCompartment, now: datetime)
             "conflict", "another compartment of this bank has that slave_id and address"
         )
     added = Compartment(command.compartment_id, command.number, command.slave_id, command.address)
-    after = replace(state, compartments=state.compartments.set(added.number, added))
+    after = copy_with(state, compartments=state.compartments.set(added.number, added))
     return e.CompartmentAdded(
         compartment_id=added.id,
         number=added.number,
@@ -184,7 +183,7 @@ def _edit_compartment(
     state: BankState, command: c.EditCompartment, now: datetime
 ) -> e.Event | None:
     old = _known(state, command.compartment_id)
-    new = replace(
+    new = copy_with(
         old,
         slave_id=old.slave_id if command.slave_id is None else command.slave_id,
         address=old.address if command.address is None else command.address,
@@ -202,7 +201,7 @@ def _edit_compartment(
     new_hash = None
     if modbus_changed:
         new_hash = current_config_hash(
-            replace(state, compartments=state.compartments.set(new.number, new))
+            copy_with(state, compartments=state.compartments.set(new.number, new))
         )
     return e.CompartmentEdited(
         compartment_id=new.id,
@@ -222,7 +221,7 @@ def _retire_compartment(state: BankState, command: c.RetireCompartment, now: dat
         raise c.CommandRejected("conflict", "a command for this compartment is still pending")
     if len(state.compartments) == 1:
         raise c.CommandRejected("conflict", "a locker bank keeps at least one compartment")
-    after = replace(state, compartments=state.compartments.discard(compartment.number))
+    after = copy_with(state, compartments=state.compartments.discard(compartment.number))
     return e.CompartmentRetired(
         compartment_id=compartment.id,
         number=compartment.number,
@@ -232,57 +231,58 @@ def _retire_compartment(state: BankState, command: c.RetireCompartment, now: dat
     )
 
 
-def apply_lifecycle(s: BankState, event: e.Event) -> BankState:
-    """Fold one of :data:`LIFECYCLE_EVENTS` (the version is :func:`domain.bank.evolve`'s)."""
+def lifecycle_changes(s: BankState, event: e.Event) -> BankChanges:
+    """What one of :data:`LIFECYCLE_EVENTS` changes in ``s``, for :func:`domain.bank.evolve`
+    (which also counts the version): a new dict each time."""
     match event:
         case e.LockerBankEdited():
-            s = replace(
-                s,
-                name=event.name,
-                location=event.location,
-                heartbeat_interval_seconds=event.heartbeat_interval_seconds,
-            )
-            return s if event.config_hash is None else replace(s, config_hash=event.config_hash)
+            edited: BankChanges = {
+                "name": event.name,
+                "location": event.location,
+                "heartbeat_interval_seconds": event.heartbeat_interval_seconds,
+            }
+            if event.config_hash is not None:
+                edited["config_hash"] = event.config_hash
+            return edited
         case e.CompartmentAdded():
             added = Compartment(event.compartment_id, event.number, event.slave_id, event.address)
-            return replace(
-                s,
-                compartments=s.compartments.set(event.number, added),
-                config_hash=event.config_hash,
-            )
+            return {
+                "compartments": s.compartments.set(event.number, added),
+                "config_hash": event.config_hash,
+            }
         case e.CompartmentEdited():
             old = s.compartments[event.number]
-            new = replace(
+            new = copy_with(
                 old,
                 slave_id=event.slave_id,
                 address=event.address,
                 out_of_service=event.out_of_service,
             )
-            s = replace(s, compartments=s.compartments.set(event.number, new))
-            return s if event.config_hash is None else replace(s, config_hash=event.config_hash)
+            changed: BankChanges = {"compartments": s.compartments.set(event.number, new)}
+            if event.config_hash is not None:
+                changed["config_hash"] = event.config_hash
+            return changed
         case e.CompartmentRetired():
-            return replace(
-                s,
-                compartments=s.compartments.discard(event.number),
-                grants=s.grants.discard(event.compartment_id),
-                group_grants=s.group_grants.discard(event.compartment_id),
-                config_hash=event.config_hash,
-            )
+            return {
+                "compartments": s.compartments.discard(event.number),
+                "grants": s.grants.discard(event.compartment_id),
+                "group_grants": s.group_grants.discard(event.compartment_id),
+                "config_hash": event.config_hash,
+            }
         case e.LockerBankDecommissioned():
-            return replace(
-                s,
-                decommissioned_at=event.at,
-                token_hash=None,
-                token_expires_at=None,
-                used_token_hash=None,
-                mqtt_user=None,
-                credential_hash=None,
-                credentials_revoked_at=event.at if event.revoked_mqtt_user else None,
-                presence="offline",
-                session_id=None,
-                uptime_seconds=None,
-                heartbeat_device_time=None,
-            )
+            return {
+                "decommissioned_at": event.at,
+                "token_hash": None,
+                "token_expires_at": None,
+                "used_token_hash": None,
+                "mqtt_user": None,
+                "credential_hash": None,
+                "credentials_revoked_at": event.at if event.revoked_mqtt_user else None,
+                "presence": "offline",
+                "session_id": None,
+                "uptime_seconds": None,
+                "heartbeat_device_time": None,
+            }
     raise AssertionError(f"not a lifecycle event: {event!r}")  # pragma: no cover
 
 
@@ -290,8 +290,8 @@ __all__ = [
     "LIFECYCLE_COMMANDS",
     "LIFECYCLE_EVENTS",
     "apply_config_request",
-    "apply_lifecycle",
     "config_push",
     "current_config_hash",
     "decide_lifecycle",
+    "lifecycle_changes",
 ]
