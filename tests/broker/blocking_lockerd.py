@@ -2,9 +2,10 @@
 and apply, on demand (tests/broker/test_ack_kill.py).
 
 Configured like ``lockerd serve`` from LOCKERD_* variables. ``READY`` is printed on stdout once
-the service runs. A line ``ARM <n>`` on stdin makes the n-th append from then on that records a
-device's answer (``CompartmentOpened``) wait forever, after printing ``BLOCKED``: the answer has
-been delivered to lockerd but not applied. The test then kills the process (kill -9) and
+the service runs. A line ``ARM <n>`` on stdin makes the append that records the n-th device
+answer (``CompartmentOpened``) from then on wait forever, after printing ``BLOCKED``: the answer
+has been delivered to lockerd but not applied (a bank actor may store several answers in one
+append: then those after it in the append are held too). The test then kills the process (kill -9) and
 starts it again.
 """
 
@@ -32,9 +33,10 @@ async def main() -> None:
             stream_id: str, expected_version: int, events: Sequence[NewEvent]
         ) -> list[StoredEvent]:
             nonlocal answers
-            if any(event.type == "CompartmentOpened" for event in events):
-                answers += 1
-                if answers == block_at:
+            opened = sum(1 for event in events if event.type == "CompartmentOpened")
+            if opened:
+                answers += opened
+                if answers - opened < block_at <= answers:
                     print("BLOCKED", flush=True)
                     await trio.sleep_forever()
             return await original(stream_id, expected_version, events)
