@@ -27,18 +27,26 @@ class Keyring:
 
     def __init__(self, master: bytes) -> None:
         self._master = master
+        # purposes are a handful of constants of the code; every session check hashes under
+        # one, so its subkey is derived once, not per request
+        self._subkeys: dict[str, bytes] = {}
 
     def _subkey(self, purpose: str) -> bytes:
-        return hmac.new(self._master, purpose.encode(), hashlib.sha256).digest()
+        subkey = self._subkeys.get(purpose)
+        if subkey is None:
+            subkey = self._subkeys[purpose] = hmac.digest(
+                self._master, purpose.encode(), hashlib.sha256
+            )
+        return subkey
 
     def hash(self, purpose: str, value: str) -> str:
-        return hmac.new(self._subkey(purpose), value.encode(), hashlib.sha256).hexdigest()
+        return hmac.digest(self._subkey(purpose), value.encode(), hashlib.sha256).hex()
 
     def verify(self, purpose: str, value: str, expected_hash: str) -> bool:
         return hmac.compare_digest(self.hash(purpose, value), expected_hash)
 
     def sign(self, purpose: str, message: bytes) -> bytes:
-        return hmac.new(self._subkey(purpose), message, hashlib.sha256).digest()
+        return hmac.digest(self._subkey(purpose), message, hashlib.sha256)
 
 
 def constant_time_equals(given: str | None, expected: str | None) -> bool:
