@@ -84,7 +84,6 @@ def _fast_copies(*classes: type) -> None:
 if TYPE_CHECKING:
     # to the type checker it is ``dataclasses.replace``, whose plugin checks the field names
     # and the types of the changes
-    # ``dataclasses.replace`` itself, whose mypy plugin checks the changes' names and types
     from dataclasses import replace as copy_with
 else:
     copy_with = _copy_with
