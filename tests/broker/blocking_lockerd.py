@@ -5,8 +5,8 @@ Configured like ``lockerd serve`` from LOCKERD_* variables. ``READY`` is printed
 the service runs. A line ``ARM <n>`` on stdin makes the append that records the n-th device
 answer (``CompartmentOpened``) from then on wait forever, after printing ``BLOCKED``: the answer
 has been delivered to lockerd but not applied (a bank actor may store several answers in one
-append: then those after it in the append are held too). The test then kills the process (kill -9) and
-starts it again.
+append: then those after it in the append are held too). The test then kills the process
+(kill -9) and starts it again.
 """
 
 from __future__ import annotations
