@@ -329,7 +329,9 @@ class BankActor:
         answered.
         """
         now = self.s.clock()
-        durable = [ev for d in batch for ev in d.events if e.is_durable(ev)]
+        # each message's durable events, once: appended together, then split among the answers
+        durable_of = [[ev for ev in d.events if e.is_durable(ev)] for d in batch]
+        durable = [ev for events in durable_of for ev in events]
         stored: list[StoredEvent] = []
         if durable:
             started = trio.current_time()
@@ -368,8 +370,8 @@ class BankActor:
         self._publish_status([ev for d in batch for ev in d.events])
         self.s.timers.schedule(self.bank_id, self.state.next_deadline())
         position = 0
-        for decision in batch:
-            count = sum(1 for ev in decision.events if e.is_durable(ev))
+        for decision, own_durable in zip(batch, durable_of, strict=True):
+            count = len(own_durable)
             if decision.rejected is not None:
                 outcome = Outcome(decision.after, rejected=decision.rejected)
             else:
