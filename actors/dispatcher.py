@@ -53,8 +53,16 @@ class Dispatcher:
         return self._send.statistics().current_buffer_used
 
     async def submit(self, delivery: Delivery) -> None:
-        """Queue a delivery; waits only while the outbox is full (capacity), never for MQTT."""
-        await self._send.send(delivery)
+        """Queue a delivery; waits only while the outbox is full (capacity), never for MQTT.
+
+        With room it does not yield to the scheduler: a bank actor submits one delivery per
+        command of a batch, and each yield would cost it a whole scheduler round under load
+        (see :meth:`actors.mailbox.Mailbox.put`).
+        """
+        try:
+            self._send.send_nowait(delivery)
+        except trio.WouldBlock:
+            await self._send.send(delivery)
 
     async def enqueue(self, message: DeviceMessage) -> None:
         """Queue a message that needs no deadline and no follow-up."""

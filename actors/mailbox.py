@@ -39,8 +39,18 @@ class Mailbox(Generic[T]):
         return self._send.statistics().current_buffer_used + len(self._returned)
 
     async def put(self, message: T) -> None:
-        """Wait for room; bound the wait with the caller's cancel scope."""
-        await self._send.send(message)
+        """Queue ``message``: at once when there is room, else wait for room (bound the wait
+        with the caller's cancel scope).
+
+        With room it does not yield to the scheduler. The gateway routes every device message
+        through here from one task; a yield per message made each wait a whole scheduler round
+        (every HTTP request in flight takes a step first), so under load messages queued in
+        front of the gateway for ~150 ms (docs/benchmarks.md). The sender's own loop yields.
+        """
+        try:
+            self._send.send_nowait(message)
+        except trio.WouldBlock:
+            await self._send.send(message)
 
     def put_nowait(self, message: T) -> None:
         try:

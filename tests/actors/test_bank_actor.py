@@ -403,6 +403,20 @@ async def test_pending_command_times_out_at_expires_at_and_a_late_answer_is_reco
         assert w.observer.commands[("open_compartment", "success")] == 0
 
 
+async def test_telling_a_bank_with_room_in_its_mailbox_takes_no_scheduler_round(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The gateway tells every device message from one task: each is queued at once, and all
+    of them are handled (tests/actors/test_handoffs.py has the mailbox's side)."""
+    async with world() as w:
+        await online_bank(w)
+        before = w.observer.processed["state"]
+        with trio.testing.assert_no_checkpoints():
+            for uptime in range(200, 210):
+                await w.registry.tell(BANK, heartbeat(uptime=uptime), kind="state")
+        await w.observer.wait_until(lambda: w.observer.processed["state"] == before + 10)
+
+
 # ---------------------------------------------------------------------------------------------
 # crashes, the outbox, the restart budget
 
