@@ -61,7 +61,7 @@ from domain.actor import Actor
 from domain.bank import decide, fold
 from domain.outbound import ProvisioningGranted, ProvisioningRefused, device_command
 from domain.records import ConcurrencyError, NewEvent, Snapshot, StoredEvent
-from domain.snapshot import decode_snapshot, encode_snapshot
+from domain.snapshot import decode_snapshot, encode_snapshot, snapshot_interval
 from domain.state import BankState
 
 log = structlog.get_logger("lockerd.bank")
@@ -120,6 +120,8 @@ class BankServices:
     timers: TimerService
     observer: ActorObserver
     clock: Clock
+    #: events between two snapshots of a bank, at least: more for a bank that remembers many
+    #: transactions (:func:`domain.snapshot.snapshot_interval`)
     snapshot_every: int = 100
     listeners: list[StoredEventListener] = field(default_factory=list)
     #: what the store raises when it is down (not the event's fault): an append failing with
@@ -380,7 +382,8 @@ class BankActor:
             position += count
             self._answer(decision.envelope, outcome)
             self._in_hand.remove(decision.envelope)
-        if self.state.version - self._snapshot_version >= self.s.snapshot_every:
+        interval = snapshot_interval(self.s.snapshot_every, len(self.state.transactions))
+        if self.state.version - self._snapshot_version >= interval:
             state = self.state
             # encoding grows with the remembered transactions (about 35 ms at 10,000): off
             # the loop, so that other banks and HTTP are not stalled meanwhile (the state is

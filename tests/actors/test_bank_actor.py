@@ -7,6 +7,7 @@ Each test runs a small world (:func:`world`) and waits for what it expects throu
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
@@ -32,6 +33,7 @@ from domain.actor import Actor
 from domain.alerts import alert_id
 from domain.outbound import DeviceCommand, ProvisioningGranted, ProvisioningRefused
 from domain.records import ConcurrencyError, NewEvent, Snapshot, StoredEvent
+from domain.snapshot import snapshot_interval
 from tests.support.fakes import (
     EPOCH,
     FakeClock,
@@ -261,6 +263,38 @@ async def test_created_bank_loads_again_from_its_snapshot_and_the_tail() -> None
     assert loaded.state.version == 5
     assert set(loaded.state.grants) == {"comp-1", "comp-2", "comp-3"}
     assert again.fleet.banks[BANK].name == "Bank A"
+
+
+class SnapshotHistory(MemoryEventLog):
+    """Remembers the version of every snapshot saved, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.saved: list[int] = []
+
+    async def save_snapshot(self, snapshot: Snapshot) -> None:
+        await super().save_snapshot(snapshot)
+        self.saved.append(snapshot.version)
+
+
+async def test_a_bank_that_remembers_many_transactions_is_snapshotted_less_often() -> None:
+    """Snapshots are spaced by ``snapshot_interval``, which grows with what the bank
+    remembers (a snapshot encodes every remembered transaction). Real clock: snapshots are
+    encoded in a worker thread, which a virtual clock would jump over."""
+    log = SnapshotHistory()
+    async with world(log=log, snapshot_every=2) as w:
+        await online_bank(w)
+        for n in range(40):
+            await w.registry.ask(BANK, open_cmd(f"tx-{n}"))
+            state = (await w.registry.ask(BANK, answer(f"tx-{n}"), kind="response")).state
+        # answered once the actor is done with the last answer, its snapshot included
+        await w.registry.ask(BANK, c.MarkDispatched("no-such-transaction"))
+    assert len(state.transactions) > 40  # the opens and the configuration
+    spacing = [later - earlier for earlier, later in itertools.pairwise(log.saved)]
+    assert min(spacing) >= 2
+    # at the end about 40 remembered: a snapshot every 10 events or so, not every 2
+    assert spacing[-1] >= snapshot_interval(2, 36) > 2
+    assert len(log.saved) < (state.version - 10) / 2
 
 
 @pytest.mark.parametrize(
