@@ -965,26 +965,38 @@ def _seen(s: BankState, event_id: str | None, at: datetime) -> BankChanges:
     return {"seen_event_ids": _remember(s.seen_event_ids, event_id, at)}
 
 
+def _low_water() -> int:
+    """What pruning keeps at most: three quarters of the cap, so that the next prune (a scan
+    of everything remembered) comes only after a quarter of the cap more (domain.state)."""
+    return MAX_REMEMBERED * 3 // 4
+
+
 def _remember(seen: PMap[str, datetime], key: str, at: datetime) -> PMap[str, datetime]:
     seen = seen.set(key, at)
     if len(seen) <= MAX_REMEMBERED:
         return seen
     horizon = at - DEDUP_WINDOW
-    kept = {k: t for k, t in seen.items() if t >= horizon}
-    if len(kept) > MAX_REMEMBERED:
-        kept = dict(sorted(kept.items(), key=lambda item: item[1])[-MAX_REMEMBERED:])
-    return pmap(kept)
+    kept = [(k, t) for k, t in seen.items() if t >= horizon]
+    if len(kept) > _low_water():
+        kept = sorted(kept, key=lambda item: item[1])[-_low_water() :]
+    return pmap(dict(kept))
 
 
 def _prune(txs: PMap[str, Transaction], now: datetime) -> PMap[str, Transaction]:
-    """Forget finished transactions once the window is exceeded (they stay in the read model)."""
+    """Forget finished transactions once the cap is exceeded (they stay in the read model):
+    those older than the window, then, if more than the low water mark are left, the oldest
+    finished ones. Pending transactions are never forgotten."""
     if len(txs) <= MAX_REMEMBERED:
         return txs
     horizon = now - DEDUP_WINDOW
-    return pmap(
-        {
-            k: tx
-            for k, tx in txs.items()
-            if tx.status == "pending" or (tx.completed_at or tx.requested_at) >= horizon
-        }
-    )
+    pending = {k: tx for k, tx in txs.items() if tx.status == "pending"}
+    finished = [
+        tx
+        for tx in txs.values()
+        if tx.status != "pending" and (tx.completed_at or tx.requested_at) >= horizon
+    ]
+    room = max(0, _low_water() - len(pending))
+    if len(finished) > room:
+        finished = sorted(finished, key=lambda tx: tx.completed_at or tx.requested_at)
+        finished = finished[len(finished) - room :] if room else []
+    return pmap({**pending, **{tx.transaction_id: tx for tx in finished}})

@@ -23,7 +23,11 @@ from domain.events import Action, DoorState, Presence
 TxStatus = Literal["pending", "success", "error", "timeout"]
 
 # How long answers to finished transactions and seen device event ids are remembered for
-# deduplication. Older duplicates are treated as unknown and dropped.
+# deduplication. Older duplicates are treated as unknown and dropped. A bank remembers at
+# most MAX_REMEMBERED of each: past that, what is older than the window is forgotten and, if
+# that is not enough, the oldest (finished) ones, down to three quarters of the cap, so that
+# the scan this takes happens once per quarter of the cap, not at every event
+# (domain.bank._remember, _prune).
 DEDUP_WINDOW = timedelta(hours=24)
 MAX_REMEMBERED = 10_000
 
