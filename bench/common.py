@@ -106,12 +106,18 @@ async def wait_time_wait(limit: int = 3000, time_limit: float = 75.0) -> float:
 
 
 def new_broker(workdir: Path, **options: Any) -> MosquittoBroker:
-    """A private mosquitto: unlimited queue (a burst must not be dropped), quiet log."""
+    """A private mosquitto: the production window (docs/deploy.md), a queue no burst fills,
+    quiet log."""
     extra = [
         # Nagle off on the broker's sockets, as recommended for production (see
         # docs/benchmarks.md: without it every hop of a command round trip waits ~40 ms).
         "set_tcp_nodelay true",
-        "max_queued_messages 0",
+        "max_inflight_messages 1000",
+        # Not 0 ("no maximum"): Mosquitto before 2.0.17 can stop delivering to a client for
+        # good with it (2.0.17's "Fix max_queued_message 0 stopping clients from receiving
+        # messages", eclipse-mosquitto/mosquitto#3088); Debian's 2.0.11 did under a heartbeat
+        # burst: lockerd had acknowledged everything, the broker held 38,000 messages for it.
+        "max_queued_messages 10000000",
         "connection_messages false",
         "log_type error",
         "log_type warning",

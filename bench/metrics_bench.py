@@ -382,7 +382,8 @@ def run_once(args: argparse.Namespace) -> tuple[Phase, Phase]:
         broker = MosquittoBroker(
             Path(tmp),
             extra_config=[
-                "max_queued_messages 0",
+                # not 0: Mosquitto before 2.0.17 can stop delivering (bench/common.py)
+                "max_queued_messages 10000000",
                 "max_inflight_messages 0",
                 "connection_messages false",
                 "log_type error",

@@ -90,7 +90,8 @@ def render(report: dict[str, Any]) -> str:
         f" {meta['runs']} run(s) per benchmark; wall time {meta['seconds']:.0f} s.",
         f"Software: {meta['software']}.",
         "",
-        "Every benchmark starts its own mosquitto (`set_tcp_nodelay true`, unlimited queue) and"
+        "Every benchmark starts its own mosquitto (`set_tcp_nodelay true`, 1,000 in flight, a"
+        " queue no burst fills) and"
         " `lockerd serve` as a child process (honest CPU/RSS), measures a baseline in the same"
         " run, and reports min / median / max over the runs. Loopback only; every load loop is"
         " bounded in count and time. Produced by `python bench/run.py`"
