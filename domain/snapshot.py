@@ -60,7 +60,7 @@ def snapshot_interval(every: int, remembered: int) -> int:
     snapshots cost more per event the more it remembers (a closed loop of opens lost half its
     rate within 30 s, docs/benchmarks.md); spaced by a quarter of the remembered transactions
     they cost about one ``fold`` per event whatever the size, and a load replays at most that
-    many events (~40 ms at 10,000 remembered, about what decoding the snapshot takes).
+    many events (~40 ms at 10,000 remembered, beside ~70 ms to decode that snapshot).
     """
     return max(every, -(-remembered // SNAPSHOT_SPREAD))  # rounded up
 
