@@ -40,7 +40,10 @@ from gateway.mqtt import InboundMessage, MqttClient
 log = structlog.get_logger("lockerd.gateway")
 
 #: Messages routed per scheduler turn when more are already waiting in the inbound channel.
-ROUTE_BATCH = 256
+#: Routing a message does not yield while the bank's mailbox has room (actors.mailbox), so a
+#: batch holds the loop for its whole length: 64 bounds that to about 2 ms (256 measured the
+#: same heartbeat throughput, 7,400-7,700/s, while holding the loop four times as long).
+ROUTE_BATCH = 64
 #: Failed registrations a client id may make per window before it is answered "rate_limited".
 REGISTRATION_FAILURES = 5
 REGISTRATION_WINDOW_SECONDS = 60.0
