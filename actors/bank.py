@@ -46,6 +46,7 @@ from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import structlog
 import trio
@@ -218,15 +219,7 @@ class BankActor:
         for envelope in in_hand:
             self._answer(envelope, Outcome(self.state, crashed=repr(exc)))
             if not isinstance(exc, trio.Cancelled):
-                self.s.observer.message_dropped(envelope.kind, "actor_crashed")
-                log.error(
-                    "message_dropped",
-                    bank_id=self.bank_id,
-                    kind=envelope.kind,
-                    reason="actor_crashed",
-                    command=type(envelope.command).__name__,
-                    error=repr(exc),
-                )
+                self._drop_failed(envelope, "actor_crashed", exc)
                 # a message that crashed the actor must not come back forever
                 envelope.done()
 
@@ -321,8 +314,10 @@ class BankActor:
         except c.CommandRejected as rejection:
             return Decision(envelope, [], rejection, state)
         if self.s.record_dispatch_first:
-            decided = _with_dispatch_records(state, decided, now)
-        return Decision(envelope, decided, None, fold(state, decided))
+            decided, after = _with_dispatch_records(state, decided, now)
+        else:
+            after = fold(state, decided)
+        return Decision(envelope, decided, None, after)
 
     async def _commit(self, batch: list[Decision]) -> None:
         """Append the batch's durable events in one append, then finish its messages in order.
@@ -431,19 +426,26 @@ class BankActor:
         self, envelope: Envelope, durable: list[e.Event], error: Exception
     ) -> None:
         """The store refused this message's events: drop it alone, the state is unchanged."""
-        self.s.observer.message_dropped(envelope.kind, "store_rejected")
+        event_types = [e.event_type(ev) for ev in durable]
+        self._drop_failed(envelope, "store_rejected", error, event_types=event_types)
+        self._answer(envelope, Outcome(self.state, rejected=UNSTORABLE))
+        self._in_hand.remove(envelope)
+        envelope.done()  # it can never be stored: it must not come back
+
+    def _drop_failed(
+        self, envelope: Envelope, reason: str, error: BaseException, **detail: Any
+    ) -> None:
+        """Count and log ``envelope`` as dropped because handling it failed (``reason``)."""
+        self.s.observer.message_dropped(envelope.kind, reason)
         log.error(
             "message_dropped",
             bank_id=self.bank_id,
             kind=envelope.kind,
-            reason="store_rejected",
+            reason=reason,
             command=type(envelope.command).__name__,
-            event_types=[e.event_type(ev) for ev in durable],
+            **detail,
             error=repr(error),
         )
-        self._answer(envelope, Outcome(self.state, rejected=UNSTORABLE))
-        self._in_hand.remove(envelope)
-        envelope.done()  # it can never be stored: it must not come back
 
     def _answer(self, envelope: Envelope, outcome: Outcome) -> None:
         if envelope.reply is not None:
@@ -543,22 +545,22 @@ class BankActor:
 
 def _with_dispatch_records(
     state: BankState, decided: list[e.Event], now: datetime
-) -> list[e.Event]:
+) -> tuple[list[e.Event], BankState]:
     """``decided`` (decided against ``state``) plus a ``CommandDispatched`` for every command
     it requests, so the request and its dispatch record are appended in one transaction (no
-    extra round trip on the open path)."""
+    extra round trip on the open path), and the state they all lead to (folded once)."""
+    interim = fold(state, decided)
     requested = [
         ev.transaction_id
         for ev in decided
         if isinstance(ev, (e.CompartmentOpeningRequested, e.ConfigApplyRequested))
     ]
     if not requested:
-        return decided
-    interim = fold(state, decided)
+        return decided, interim
     records: list[e.Event] = []
     for transaction_id in requested:
         records += decide(interim, c.MarkDispatched(transaction_id), now)
-    return [*decided, *records]
+    return [*decided, *records], fold(interim, records)
 
 
 def _keeps_deadlines(envelope: Envelope) -> bool:
