@@ -8,11 +8,9 @@ or the actor was cancelled with it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import datetime
 
 import pytest
-import structlog.testing
 import trio
 import trio.testing
 
@@ -30,12 +28,6 @@ from tests.actors.test_bank_actor import (
     until_dispatched,
     world,
 )
-
-
-@pytest.fixture(autouse=True)
-def _quiet_logs() -> Iterator[None]:
-    with structlog.testing.capture_logs():
-        yield
 
 
 class Acks:

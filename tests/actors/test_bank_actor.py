@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import pytest
-import structlog
-import structlog.testing
 import trio
 import trio.testing
 
@@ -56,13 +54,6 @@ WORLD_DEADLINE = 600.0  # virtual seconds: a test waiting for something that nev
 POLICY = RestartPolicy(
     max_restarts=2, within_seconds=10.0, backoff_initial=0.01, backoff_max=0.1, jitter=0.0
 )
-
-
-@pytest.fixture(autouse=True)
-def _quiet_logs() -> Iterator[None]:
-    """Keep structlog's output (tracebacks of the crashes these tests cause) out of the way."""
-    with structlog.testing.capture_logs():
-        yield
 
 
 @dataclass

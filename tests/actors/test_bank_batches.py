@@ -8,10 +8,7 @@ messages, the outcome is the one of handling the messages one at a time.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
-import structlog.testing
 import trio
 import trio.testing
 
@@ -34,13 +31,6 @@ from tests.actors.test_bank_actor import (
     world,
 )
 from tests.support.fakes import InjectedStoreFailure
-
-
-@pytest.fixture(autouse=True)
-def _quiet_logs() -> Iterator[None]:
-    with structlog.testing.capture_logs():
-        yield
-
 
 Answer = Outcome | BankUnavailable
 
